@@ -1,0 +1,241 @@
+"""The profile manager (VCEM role) and the discovery service (SIM role) of the lab simulator, over its
+HTTP manager API (lab/API.md). Pydantic models at the edge: a malformed answer is an AdapterError that
+names the endpoint, never a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from monitor.model import (
+    BmcEndpoint,
+    Domain,
+    DomainGroup,
+    Enclosure,
+    Health,
+    HostRecord,
+    Inventory,
+    PowerState,
+    Profile,
+    Server,
+)
+from monitor.ports import (
+    AdapterError,
+    AdapterTimeout,
+    AdapterUnavailable,
+    AuthenticationFailed,
+    DiscoveryResult,
+    NotFound,
+    OperationRejected,
+)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class HostIn(_Lenient):
+    name: str
+    ip: str
+
+
+class BmcIn(_Lenient):
+    url: str
+    username: str
+    password: str
+    verify_tls: bool = True
+
+
+class ServerIn(_Lenient):
+    id: str
+    domain_group: str
+    domain: str
+    enclosure: str
+    bay: int
+    span: int = 1
+    product: str
+    present: bool = True
+    power: str | None = None
+    health: str | None = None
+    profile: str | None = None
+    spare: bool = False
+    host: HostIn | None = None
+    management_addresses: list[str] = []
+    bmc: BmcIn | None = None
+
+    def to_model(self) -> Server:
+        return Server(
+            id=self.id, domain_group=self.domain_group, domain=self.domain, enclosure=self.enclosure,
+            bay=self.bay, span=self.span, product=self.product, present=self.present,
+            power=PowerState.parse(self.power), health=Health.parse(self.health), profile=self.profile,
+            spare=self.spare, host=HostRecord(self.host.name, self.host.ip) if self.host else None,
+            management_addresses=tuple(self.management_addresses),
+            bmc=BmcEndpoint(self.bmc.url, self.bmc.username, self.bmc.password,
+                            verify_tls=self.bmc.verify_tls) if self.bmc else None,
+        )
+
+
+class DomainIn(_Lenient):
+    id: str
+    group: str
+    status: str
+
+
+class GroupIn(_Lenient):
+    id: str
+
+
+class EnclosureIn(_Lenient):
+    id: str
+    domain: str
+    bays: int = 16
+
+
+class ProfileIn(_Lenient):
+    id: str
+    server: str | None = None
+    host: HostIn | None = None
+
+    def to_model(self) -> Profile:
+        return Profile(self.id, self.server, HostRecord(self.host.name, self.host.ip) if self.host else None)
+
+
+class InventoryIn(_Lenient):
+    domain_groups: list[GroupIn]
+    domains: list[DomainIn]
+    enclosures: list[EnclosureIn]
+    servers: list[ServerIn]
+    profiles: list[ProfileIn] = []
+
+
+class DiscoverIn(_Lenient):
+    server: str
+    found: bool
+    host: HostIn | None = None
+    detail: str = ""
+
+
+class LabClient:
+    """HTTP access to the lab's manager API, one session, a timeout on every call."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 10.0,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._own_session = session is None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        endpoint = f"{self.url}{path}"
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            async with self._http().request(method, endpoint, json=body, headers=headers,
+                                            timeout=self._timeout) as resp:
+                text = await resp.text()
+                try:
+                    data = await resp.json(content_type=None) if text else None
+                except ValueError:
+                    data = None
+                if resp.status == 401 or resp.status == 403:
+                    raise AuthenticationFailed(f"{method} {path}: {resp.status}", endpoint=endpoint)
+                if resp.status == 404:
+                    raise NotFound(_message(data, text, resp.status), endpoint=endpoint)
+                if resp.status >= 400:
+                    raise OperationRejected(_message(data, text, resp.status), endpoint=endpoint,
+                                            status=resp.status)
+                return data
+        except TimeoutError:
+            raise AdapterTimeout(f"{method} {path} timed out", endpoint=endpoint) from None
+        except aiohttp.ClientError as exc:
+            raise AdapterUnavailable(f"{method} {path}: {exc}", endpoint=endpoint) from exc
+
+    async def parse(self, model: type[Any], method: str, path: str, body: Any = None) -> Any:
+        data = await self.call(method, path, body)
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise AdapterError(f"malformed answer to {method} {path}: {exc.errors()[0]['msg']}",
+                               endpoint=self.url + path) from exc
+
+
+def _message(data: Any, text: str, status: int) -> str:
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return f"{data['error']} (HTTP {status})"
+    return f"HTTP {status}: {text[:200]}"
+
+
+class LabManager:
+    """ProfileManager over the lab simulator's manager API."""
+
+    def __init__(self, client: LabClient) -> None:
+        self._c = client
+
+    async def inventory(self) -> Inventory:
+        inv: InventoryIn = await self._c.parse(InventoryIn, "GET", "/api/v1/inventory")
+        return Inventory(
+            groups={g.id: DomainGroup(g.id) for g in inv.domain_groups},
+            domains={d.id: Domain(d.id, d.group, d.status) for d in inv.domains},
+            enclosures={e.id: Enclosure(e.id, e.domain, e.bays) for e in inv.enclosures},
+            servers={s.id: s.to_model() for s in inv.servers},
+            profiles={p.id: p.to_model() for p in inv.profiles},
+        )
+
+    async def domain(self, domain_id: str) -> Domain:
+        d: DomainIn = await self._c.parse(DomainIn, "GET", f"/api/v1/domains/{domain_id}")
+        return Domain(d.id, d.group, d.status)
+
+    async def server(self, server_id: str) -> Server:
+        s: ServerIn = await self._c.parse(ServerIn, "GET", f"/api/v1/servers/{server_id}")
+        return s.to_model()
+
+    async def profile(self, profile_id: str) -> Profile:
+        p: ProfileIn = await self._c.parse(ProfileIn, "GET", f"/api/v1/profiles/{profile_id}")
+        return p.to_model()
+
+    async def move_profile(self, profile_id: str, source: str, target: str) -> None:
+        await self._c.call("POST", f"/api/v1/profiles/{profile_id}/move", {"from": source, "to": target})
+
+    async def set_spare(self, server_id: str, spare: bool) -> None:
+        await self._c.call("PUT", f"/api/v1/servers/{server_id}/spare", {"spare": spare})
+
+    async def close(self) -> None:
+        await self._c.close()
+
+
+class LabDiscovery:
+    """DiscoveryService over the lab simulator's SIM role."""
+
+    def __init__(self, client: LabClient) -> None:
+        self._c = client
+
+    async def remove_host(self, server_id: str) -> HostRecord | None:
+        try:
+            h: HostIn = await self._c.parse(HostIn, "DELETE", f"/api/v1/hosts/{server_id}")
+        except NotFound:
+            return None
+        return HostRecord(h.name, h.ip)
+
+    async def restore_host(self, server_id: str, record: HostRecord) -> None:
+        await self._c.call("PUT", f"/api/v1/hosts/{server_id}", record.as_dict())
+
+    async def discover(self, server_id: str) -> DiscoveryResult:
+        r: DiscoverIn = await self._c.parse(DiscoverIn, "POST", f"/api/v1/discover/{server_id}")
+        host = HostRecord(r.host.name, r.host.ip) if r.host else None
+        return DiscoveryResult(r.found, host, r.detail or ("found" if r.found else "not found"))
+
+    async def close(self) -> None:
+        """The client is shared with LabManager, which closes it."""

@@ -1,0 +1,243 @@
+"""Configuration of the lab simulator: pydantic models plus a YAML loader with line-numbered errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "Credentials",
+    "LabConfig",
+    "Latency",
+    "expand_env",
+    "load_config",
+    "parse_config",
+]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration file could not be read or is invalid; the message is `FILE:LINE: field: message`."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Credentials(_Model):
+    """The BMC account accepted by every simulated BMC (Basic auth or Redfish session)."""
+
+    username: str = Field(default="admin", min_length=1)
+    password: str = Field(default="lab-password", min_length=1)
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("a Basic-auth username cannot contain ':'")
+        return value
+
+
+class Latency(_Model):
+    """Every timed behaviour of the outside world, in milliseconds or seconds."""
+
+    bmc_ms: float = Field(default=0.0, ge=0)
+    manager_ms: float = Field(default=0.0, ge=0)
+    power_off_s: float = Field(default=1.0, ge=0)
+    power_on_s: float = Field(default=1.0, ge=0)
+    boot_s: float = Field(default=3.0, ge=0)
+
+
+class LabConfig(_Model):
+    """The whole lab configuration; every key is optional."""
+
+    listen: str = "127.0.0.1:8163"
+    bmc_network: str = "127.77.0.0/16"
+    bmc_port: int = Field(default=0, ge=0, le=65535)
+    credentials: Credentials = Field(default_factory=Credentials)
+    api_token: str | None = None
+    enclosures: int = Field(default=4, ge=1, le=64)
+    domains_per_group: int = Field(default=2, ge=1, le=64)
+    seed: int = 7
+    latency: Latency = Field(default_factory=Latency)
+    ready_file: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("bmc_network")
+    @classmethod
+    def _check_network(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 network: {exc}") from exc
+        if not net.is_loopback:
+            raise ValueError("must be inside 127.0.0.0/8 (the BMCs bind loopback addresses)")
+        return str(net)
+
+    @field_validator("api_token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (use null to disable)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_fits(self) -> LabConfig:
+        net = ipaddress.IPv4Network(self.bmc_network)
+        needed = self.enclosures * 256 + 16
+        if net.num_addresses <= needed:
+            raise ValueError(
+                f"bmc_network {self.bmc_network} is too small for {self.enclosures} enclosures "
+                f"(needs more than {needed} addresses)"
+            )
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    def bmc_ip(self, enclosure: int, bay: int) -> str:
+        """The loopback address of the BMC of bay `bay` in enclosure `enclosure` (both from 1)."""
+        net = ipaddress.IPv4Network(self.bmc_network)
+        return str(net.network_address + enclosure * 256 + bay)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 hosts in brackets); raise ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError as exc:
+        raise ValueError(f"port {port_text!r} is not a number") from exc
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0..65535")
+    return host, port
+
+
+def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Expand `${NAME}` and `${NAME:-default}`; raise KeyError(NAME) for an unset variable without default."""
+    env = os.environ if environ is None else environ
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise KeyError(name)
+
+    return _ENV_REF.sub(repl, value)
+
+
+# --- YAML with line numbers -------------------------------------------------------------------------
+
+_Path = tuple[str | int, ...]
+
+
+def _node_lines(node: yaml.Node, path: _Path, out: dict[_Path, int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            # the key's own line is the most useful place to point at
+            _node_lines(value_node, (*path, key), out)
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_lines(item, (*path, index), out)
+
+
+def _line_for(lines: Mapping[_Path, int], loc: _Path) -> int:
+    probe = tuple(loc)
+    while probe:
+        if probe in lines:
+            return lines[probe]
+        probe = probe[:-1]
+    return lines.get((), 1)
+
+
+def _expand_tree(value: Any, path: _Path, environ: Mapping[str, str], errors: list[tuple[_Path, str]]) -> Any:
+    if isinstance(value, str):
+        try:
+            return expand_env(value, environ)
+        except KeyError as exc:
+            errors.append((path, f"environment variable {exc.args[0]} is not set"))
+            return value
+    if isinstance(value, dict):
+        return {k: _expand_tree(v, (*path, str(k)), environ, errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_tree(v, (*path, i), environ, errors) for i, v in enumerate(value)]
+    return value
+
+
+def _field_name(loc: _Path) -> str:
+    return ".".join(str(part) for part in loc) if loc else "(config)"
+
+
+def parse_config(
+    text: str, filename: str = "<config>", environ: Mapping[str, str] | None = None
+) -> LabConfig:
+    """Parse YAML text into a LabConfig; errors are ConfigError(`FILE:LINE: field: message`, one per line)."""
+    env = os.environ if environ is None else environ
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{filename}:{line}: (yaml): {problem}") from exc
+    lines: dict[_Path, int] = {}
+    if root is not None:
+        _node_lines(root, (), lines)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:{_line_for(lines, ())}: (config): expected a mapping at the top level")
+    env_errors: list[tuple[_Path, str]] = []
+    data = _expand_tree(data, (), env, env_errors)
+    if env_errors:
+        raise ConfigError(
+            "\n".join(f"{filename}:{_line_for(lines, p)}: {_field_name(p)}: {m}" for p, m in env_errors)
+        )
+    try:
+        return LabConfig.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            msg = str(err["msg"])
+            messages.append(f"{filename}:{_line_for(lines, loc)}: {_field_name(loc)}: {msg}")
+        raise ConfigError("\n".join(messages)) from exc
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LabConfig:
+    """Read and validate a lab config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}:0: (file): cannot read: {exc.strerror or exc}") from exc
+    return parse_config(text, str(file), environ)

@@ -1,0 +1,177 @@
+"""Entry point: run the lab simulator (BMCs + manager/control API) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from lab.bmc import BmcFleet, BmcStartError
+from lab.config import ConfigError, LabConfig, load_config
+from lab.manager import create_manager_app
+from lab.tls import LabCertificate, generate_certificate
+from lab.world import World, generate_world
+
+__all__ = ["LabSimulator", "LabStartError", "main"]
+
+log = logging.getLogger("lab")
+
+
+class LabStartError(Exception):
+    """The lab could not start (an address in use, a ready file that cannot be written, ...)."""
+
+
+class LabSimulator:
+    """The whole outside world, in-process: `async with LabSimulator(cfg) as lab: lab.manager_url ...`."""
+
+    def __init__(self, config: LabConfig) -> None:
+        self.config = config
+        self.world: World = generate_world(config)
+        self.manager_url: str = ""
+        self._shutdown = asyncio.Event()
+        self._cert: LabCertificate | None = None
+        self._fleet: BmcFleet | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready_written: Path | None = None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The self-signed certificate every BMC presents (usable as a CA file)."""
+        return self._cert.cert_file if self._cert else None
+
+    def bmc_url(self, server_id: str) -> str:
+        url = self.world.bmc_url(self.world.server(server_id))
+        if url is None:
+            raise KeyError(f"{server_id} has no BMC")
+        return url
+
+    async def __aenter__(self) -> LabSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self._cert = generate_certificate([s.bmc_ip for s in self.world.bmc_servers()])
+        self._fleet = BmcFleet(
+            self.world, cfg.credentials, self._cert.server_context(), self._shutdown, cfg.bmc_port
+        )
+        try:
+            await self._fleet.start()
+        except BmcStartError as exc:
+            raise LabStartError(str(exc)) from exc
+        app = create_manager_app(self.world, cfg.api_token, self._fleet.sync_presence)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.listen_host, cfg.listen_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LabStartError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
+        port = next(a[1] for a in self._runner.addresses if isinstance(a, tuple))
+        host = f"[{cfg.listen_host}]" if ":" in cfg.listen_host else cfg.listen_host
+        self.manager_url = f"http://{host}:{port}"
+        if cfg.ready_file:
+            self._write_ready(Path(cfg.ready_file))
+        log.info("lab serving: manager %s, %d BMCs", self.manager_url, len(self._fleet))
+
+    def _write_ready(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(
+                json.dumps({"manager": self.manager_url, "pid": os.getpid()}) + "\n", encoding="utf-8"
+            )
+            tmp.replace(path)
+        except OSError as exc:
+            raise LabStartError(f"cannot write the ready file {path}: {exc.strerror or exc}") from exc
+        self._ready_written = path
+
+    async def stop(self) -> None:
+        self._shutdown.set()  # releases requests hung by bmc_timeout
+        self.world.close()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._fleet is not None:
+            fleet, self._fleet = self._fleet, None
+            await fleet.stop()
+        if self._cert is not None:
+            cert, self._cert = self._cert, None
+            cert.cleanup()
+        if self._ready_written is not None:
+            with contextlib.suppress(OSError):
+                self._ready_written.unlink()
+            self._ready_written = None
+
+
+async def serve(config: LabConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with LabSimulator(config) as lab:
+            print(f"lab: manager API at {lab.manager_url}", file=sys.stderr, flush=True)
+            await stop.wait()
+            log.info("lab stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="failover-monitor lab",
+        description="Simulate the outside world of failover-monitor: blade BMCs (Redfish), the profile "
+        "manager (VCEM role) and the discovery service (SIM role).",
+    )
+    parser.add_argument(
+        "-c", "--config", help="YAML config file (default: built-in defaults, see lab/API.md)"
+    )
+    parser.add_argument("--ready-file", help='write {"manager": URL, "pid": N} here once serving')
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config) if args.config else LabConfig()
+        if args.ready_file:
+            config = config.model_copy(update={"ready_file": args.ready_file})
+    except ConfigError as exc:
+        print(f"lab: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except LabStartError as exc:
+        print(f"lab: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

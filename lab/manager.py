@@ -1,0 +1,320 @@
+"""The manager API (VCEM + Systems Insight Manager roles) and the lab control API, plain HTTP JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from lab.world import LabError, World
+
+__all__ = ["create_manager_app"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PresenceHook = Callable[[str], Awaitable[None]]
+
+
+# --- request bodies ----------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class MoveBody(_Body):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class SpareBody(_Body):
+    spare: StrictBool
+
+
+class HostBody(_Body):
+    name: str = Field(min_length=1)
+    ip: str
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+class FaultBody(_Body):
+    server: str | None = None
+    domain: str | None = None
+    fault: str
+
+
+class LatencyBody(_Body):
+    bmc_ms: float | None = Field(default=None, ge=0)
+    manager_ms: float | None = Field(default=None, ge=0)
+    power_off_s: float | None = Field(default=None, ge=0)
+    power_on_s: float | None = Field(default=None, ge=0)
+    boot_s: float | None = Field(default=None, ge=0)
+
+
+class ServerControlBody(_Body):
+    power: Literal["On", "Off"] | None = None
+    health: Literal["OK", "Warning", "Critical"] | None = None
+    present: StrictBool | None = None
+
+
+B = TypeVar("B", bound=_Body)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _body(request: web.Request, model: type[B]) -> B:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _HttpError(400, "the request body is not valid JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise _HttpError(400, problems) from None
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
+
+
+@dataclass
+class ManagerState:
+    world: World
+    api_token: str | None
+    on_presence: PresenceHook | None
+
+
+STATE = web.AppKey("manager_state", ManagerState)
+
+
+# --- middlewares -----------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LabError as exc:
+        return _error(exc.status, exc.message)
+    except _HttpError as exc:
+        return _error(exc.status, exc.message)
+    except web.HTTPNotFound:
+        return _error(404, f"no such endpoint: {request.method} {request.path}")
+    except web.HTTPMethodNotAllowed:
+        return _error(405, f"method {request.method} not allowed on {request.path}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[STATE].api_token
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            response = _error(401, "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="failover-lab"'
+            return response
+    return await handler(request)
+
+
+@web.middleware
+async def latency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    world = request.app[STATE].world
+    if request.path.startswith("/api/") and world.latency.manager_ms > 0:
+        await asyncio.sleep(world.latency.manager_ms / 1000.0)
+    return await handler(request)
+
+
+# --- manager API ------------------------------------------------------------------------------------------
+
+
+def _world(request: web.Request) -> World:
+    return request.app[STATE].world
+
+
+async def get_inventory(request: web.Request) -> web.Response:
+    return _json(_world(request).inventory())
+
+
+async def get_servers(request: web.Request) -> web.Response:
+    world = _world(request)
+    return _json([world.server_view(s) for s in world.servers.values()])
+
+
+async def get_server(request: web.Request) -> web.Response:
+    world = _world(request)
+    return _json(world.server_view(world.server(request.match_info["id"])))
+
+
+async def get_domains(request: web.Request) -> web.Response:
+    world = _world(request)
+    return _json([world.domain_view(d) for d in world.domains])
+
+
+async def get_domain(request: web.Request) -> web.Response:
+    world = _world(request)
+    return _json(world.domain_view(world.domain(request.match_info["id"])))
+
+
+async def get_profiles(request: web.Request) -> web.Response:
+    world = _world(request)
+    return _json([world.profile_view(p) for p in world.profiles.values()])
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    world = _world(request)
+    return _json(world.profile_view(world.profile(request.match_info["id"])))
+
+
+async def post_move(request: web.Request) -> web.Response:
+    world = _world(request)
+    body = await _body(request, MoveBody)
+    profile = world.move(request.match_info["id"], body.from_, body.to)
+    return _json({"id": profile.id, "server": profile.server})
+
+
+async def put_spare(request: web.Request) -> web.Response:
+    world = _world(request)
+    body = await _body(request, SpareBody)
+    return _json(world.server_view(world.set_spare(request.match_info["id"], body.spare)))
+
+
+async def get_hosts(request: web.Request) -> web.Response:
+    return _json(_world(request).hosts_view())
+
+
+async def get_host(request: web.Request) -> web.Response:
+    world = _world(request)
+    server = world.server(request.match_info["server"])
+    record = world.hosts.get(server.id)
+    if record is None:
+        return _error(404, f"server {server.id} has no host record")
+    return _json({"server": server.id, "name": record.name, "ip": record.ip})
+
+
+async def delete_host(request: web.Request) -> web.Response:
+    return _json(_world(request).delete_host(request.match_info["server"]))
+
+
+async def put_host(request: web.Request) -> web.Response:
+    body = await _body(request, HostBody)
+    return _json(_world(request).put_host(request.match_info["server"], body.name, body.ip))
+
+
+async def post_discover(request: web.Request) -> web.Response:
+    return _json(_world(request).discover(request.match_info["server"]))
+
+
+# --- control API -----------------------------------------------------------------------------------------
+
+
+async def post_fault(request: web.Request) -> web.Response:
+    body = await _body(request, FaultBody)
+    fault = _world(request).add_fault(body.fault, body.server, body.domain)
+    return _json(fault.view())
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return _json([f.view() for f in _world(request).faults.values()])
+
+
+async def delete_faults(request: web.Request) -> web.Response:
+    return _json({"cleared": _world(request).clear_faults()})
+
+
+async def delete_fault(request: web.Request) -> web.Response:
+    return _json(_world(request).remove_fault(request.match_info["id"]).view())
+
+
+async def get_latency(request: web.Request) -> web.Response:
+    return _json(_world(request).latency.model_dump())
+
+
+async def put_latency(request: web.Request) -> web.Response:
+    body = await _body(request, LatencyBody)
+    latency = _world(request).set_latency(body.model_dump(exclude_none=True))
+    return _json(latency.model_dump())
+
+
+async def put_control_server(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await _body(request, ServerControlBody)
+    server_id = request.match_info["id"]
+    changed = state.world.control_server(
+        server_id, power=body.power, health=body.health, present=body.present
+    )
+    if changed and state.on_presence is not None:
+        await state.on_presence(server_id)
+    return _json(state.world.server_view(state.world.server(server_id)))
+
+
+async def get_violations(request: web.Request) -> web.Response:
+    return _json(_world(request).violations)
+
+
+async def get_log(request: web.Request) -> web.Response:
+    return _json(_world(request).log)
+
+
+async def get_health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def create_manager_app(
+    world: World, api_token: str | None = None, on_presence: PresenceHook | None = None
+) -> web.Application:
+    """The manager + control application; `on_presence(server_id)` runs after a blade is pulled/inserted."""
+    app = web.Application(middlewares=[error_middleware, auth_middleware, latency_middleware])
+    app[STATE] = ManagerState(world, api_token, on_presence)
+    r = app.router
+    r.add_get("/api/v1/inventory", get_inventory)
+    r.add_get("/api/v1/servers", get_servers)
+    r.add_get("/api/v1/servers/{id}", get_server)
+    r.add_put("/api/v1/servers/{id}/spare", put_spare)
+    r.add_get("/api/v1/domains", get_domains)
+    r.add_get("/api/v1/domains/{id}", get_domain)
+    r.add_get("/api/v1/profiles", get_profiles)
+    r.add_get("/api/v1/profiles/{id}", get_profile)
+    r.add_post("/api/v1/profiles/{id}/move", post_move)
+    r.add_get("/api/v1/hosts", get_hosts)
+    r.add_get("/api/v1/hosts/{server}", get_host)
+    r.add_delete("/api/v1/hosts/{server}", delete_host)
+    r.add_put("/api/v1/hosts/{server}", put_host)
+    r.add_post("/api/v1/discover/{server}", post_discover)
+    r.add_post("/lab/v1/faults", post_fault)
+    r.add_get("/lab/v1/faults", get_faults)
+    r.add_delete("/lab/v1/faults", delete_faults)
+    r.add_delete("/lab/v1/faults/{id}", delete_fault)
+    r.add_get("/lab/v1/latency", get_latency)
+    r.add_put("/lab/v1/latency", put_latency)
+    r.add_put("/lab/v1/servers/{id}", put_control_server)
+    r.add_get("/lab/v1/violations", get_violations)
+    r.add_get("/lab/v1/log", get_log)
+    r.add_get("/lab/v1/health", get_health)
+    return app

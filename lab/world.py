@@ -1,0 +1,772 @@
+"""The simulated outside world: inventory, power state machine, profiles, faults, SIM host records, oracle.
+
+Everything here is synchronous and single-threaded; timed transitions are scheduled on the running asyncio
+loop with `call_later`. The HTTP front ends (lab.bmc, lab.manager) only translate requests into calls here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from lab.config import LabConfig, Latency
+
+__all__ = [
+    "DOMAIN_FAULTS",
+    "FAULTS",
+    "PRODUCTS",
+    "SERVER_FAULTS",
+    "BadRequest",
+    "Conflict",
+    "Fault",
+    "InjectedFailure",
+    "InvalidPowerState",
+    "LabError",
+    "NotFound",
+    "Product",
+    "Profile",
+    "Server",
+    "UnknownResetType",
+    "World",
+    "generate_world",
+]
+
+PowerState = Literal["On", "Off", "PoweringOn", "PoweringOff"]
+Health = Literal["OK", "Warning", "Critical"]
+
+BAYS_PER_ENCLOSURE: Final = 16
+
+RESET_TYPES: Final = ("On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRestart", "PushPowerButton")
+
+SERVER_FAULTS: Final = frozenset(
+    {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing"}
+)
+DOMAIN_FAULTS: Final = {
+    "domain_incompatible": "incompatible",
+    "domain_unmanaged": "unmanaged",
+    "domain_unlicensed": "unlicensed",
+}
+FAULTS: Final = frozenset(SERVER_FAULTS | DOMAIN_FAULTS.keys())
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+class LabError(Exception):
+    """A request the world refuses; `status` is the HTTP status the front ends answer with."""
+
+    status: int = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(LabError):
+    status = 400
+
+
+class NotFound(LabError):
+    status = 404
+
+
+class Conflict(LabError):
+    status = 409
+
+
+class InjectedFailure(LabError):
+    status = 500
+
+
+class InvalidPowerState(LabError):
+    """The iLO quirk: a reset that makes no sense in the current power state (ForceOff on Off, On on On)."""
+
+    status = 400
+
+
+class UnknownResetType(LabError):
+    status = 400
+
+
+# --- hardware catalogue --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str
+    family: Literal["ProLiant", "Integrity"]
+    span: int
+    ilo_model: str
+    ilo_firmware: str
+    bios_version: str
+    cpu: str
+    memory_gib: int
+
+
+PRODUCTS: Final[dict[str, Product]] = {
+    p.name: p
+    for p in (
+        Product(
+            "ProLiant BL460c G7",
+            "ProLiant",
+            1,
+            "iLO 3",
+            "1.94 Jun 12 2019",
+            "I27 05/05/2011",
+            "Intel(R) Xeon(R) CPU X5675 @ 3.07GHz",
+            96,
+        ),
+        Product(
+            "ProLiant BL460c Gen8",
+            "ProLiant",
+            1,
+            "iLO 4",
+            "2.82 Feb 06 2023",
+            "I31 05/24/2019",
+            "Intel(R) Xeon(R) CPU E5-2670 v2 @ 2.50GHz",
+            192,
+        ),
+        Product(
+            "ProLiant BL460c Gen9",
+            "ProLiant",
+            1,
+            "iLO 4",
+            "2.82 Feb 06 2023",
+            "I36 10/21/2019",
+            "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz",
+            256,
+        ),
+        Product(
+            "ProLiant BL465c G5",
+            "ProLiant",
+            1,
+            "iLO 2",
+            "2.33 Apr 14 2016",
+            "A13 02/23/2009",
+            "Quad-Core AMD Opteron(tm) Processor 2384",
+            32,
+        ),
+        Product(
+            "ProLiant BL465c G7",
+            "ProLiant",
+            1,
+            "iLO 3",
+            "1.94 Jun 12 2019",
+            "A19 05/05/2011",
+            "AMD Opteron(tm) Processor 6176",
+            128,
+        ),
+        Product(
+            "Integrity BL860c i2",
+            "Integrity",
+            1,
+            "iLO 3 (Integrity)",
+            "T.01.25.03 Aug 03 2012",
+            "01.21",
+            "Intel(R) Itanium(R) Processor 9350",
+            96,
+        ),
+        Product(
+            "Integrity BL870c i2",
+            "Integrity",
+            2,
+            "iLO 3 (Integrity)",
+            "T.01.25.03 Aug 03 2012",
+            "01.21",
+            "Intel(R) Itanium(R) Processor 9350",
+            192,
+        ),
+    )
+}
+
+G7: Final = "ProLiant BL460c G7"
+GEN8: Final = "ProLiant BL460c Gen8"
+GEN9: Final = "ProLiant BL460c Gen9"
+B465G5: Final = "ProLiant BL465c G5"
+B465G7: Final = "ProLiant BL465c G7"
+I860: Final = "Integrity BL860c i2"
+I870: Final = "Integrity BL870c i2"
+
+# A slot of the layout: (product or None for an empty bay, role). Roles: "on" / "off" production blades
+# with a profile, "spare" designated spare (no profile, powered off), "empty".
+_Slot = tuple[str | None, Literal["on", "off", "spare", "empty"]]
+
+# Bays 1-8: production and empty bays (permuted by the seed from enclosure 3 on); bays 9-14: spares.
+_ODD_FRONT: Final[list[_Slot]] = [
+    (GEN8, "on"),
+    (GEN9, "on"),
+    (G7, "on"),
+    (B465G7, "on"),
+    (B465G5, "on"),
+    (I860, "on"),
+    (GEN8, "off"),
+    (None, "empty"),
+]
+_EVEN_FRONT: Final[list[_Slot]] = [
+    (GEN9, "on"),
+    (GEN8, "on"),
+    (G7, "off"),
+    (B465G5, "on"),
+    (B465G7, "on"),
+    (I860, "on"),
+    (None, "empty"),
+    (GEN8, "on"),
+]
+_SPARES: Final[list[_Slot]] = [
+    (GEN8, "spare"),
+    (GEN9, "spare"),
+    (G7, "spare"),
+    (B465G7, "spare"),
+    (B465G5, "spare"),
+    (I860, "spare"),
+]
+
+
+# --- state ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    id: str
+    enclosure: str
+    enclosure_no: int
+    bay: int
+    span: int
+    domain: str
+    domain_group: str
+    product: str | None
+    installed: bool
+    spare: bool
+    power: PowerState
+    health: Health
+    serial: str
+    uuid: str
+    bmc_ip: str
+    bmc_port: int | None = None
+    profile: str | None = None
+    booted_identity: str | None = None
+    on_since: float | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+@dataclass
+class Profile:
+    id: str
+    server: str | None
+    host_name: str
+    host_ip: str
+    macs: list[str]
+    wwns: list[str]
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    fault: str
+    server: str | None
+    domain: str | None
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "fault": self.fault, "server": self.server, "domain": self.domain}
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    ip: str
+
+
+class World:
+    """The whole simulated state. Build it with `generate_world(config)`."""
+
+    def __init__(self, config: LabConfig) -> None:
+        self.config = config
+        self.latency: Latency = config.latency.model_copy()
+        self.domain_groups: list[str] = []
+        self.domains: dict[str, str] = {}  # domain -> group
+        self.enclosures: dict[str, str] = {}  # enclosure -> domain
+        self.servers: dict[str, Server] = {}
+        self.profiles: dict[str, Profile] = {}
+        self.hosts: dict[str, HostRecord] = {}
+        self.faults: dict[str, Fault] = {}
+        self.violations: list[dict[str, Any]] = []
+        self.log: list[dict[str, Any]] = []
+        self._fault_seq = 0
+        self._closed = False
+
+    # --- lookups ---------------------------------------------------------------------------------------
+
+    def server(self, server_id: str) -> Server:
+        try:
+            return self.servers[server_id]
+        except KeyError:
+            raise NotFound(f"unknown server {server_id}") from None
+
+    def profile(self, profile_id: str) -> Profile:
+        try:
+            return self.profiles[profile_id]
+        except KeyError:
+            raise NotFound(f"unknown profile {profile_id}") from None
+
+    def domain(self, domain_id: str) -> str:
+        if domain_id not in self.domains:
+            raise NotFound(f"unknown domain {domain_id}")
+        return domain_id
+
+    def has_fault(self, server: Server, name: str) -> bool:
+        for f in self.faults.values():
+            if f.fault != name:
+                continue
+            if f.server == server.id or (f.server is None and f.domain in (None, server.domain)):
+                return True
+        return False
+
+    def domain_status(self, domain_id: str) -> str:
+        for f in self.faults.values():
+            if f.fault in DOMAIN_FAULTS and f.domain == domain_id:
+                return DOMAIN_FAULTS[f.fault]
+        return "ok"
+
+    def reported_present(self, server: Server) -> bool:
+        return server.installed and not self.has_fault(server, "spare_missing")
+
+    def bmc_url(self, server: Server) -> str | None:
+        if server.bmc_port is None:
+            return None
+        return f"https://{server.bmc_ip}:{server.bmc_port}"
+
+    def bmc_servers(self) -> list[Server]:
+        """Servers that have hardware, hence a BMC (listening while installed)."""
+        return [s for s in self.servers.values() if s.product is not None]
+
+    # --- views (the JSON the manager API returns) -------------------------------------------------------
+
+    def server_view(self, server: Server) -> dict[str, Any]:
+        present = self.reported_present(server)
+        host = self.hosts.get(server.id)
+        url = self.bmc_url(server)
+        bmc: dict[str, Any] | None = None
+        if present and url is not None:
+            bmc = {
+                "url": url,
+                "username": self.config.credentials.username,
+                "password": self.config.credentials.password,
+                "verify_tls": False,
+            }
+        return {
+            "id": server.id,
+            "domain_group": server.domain_group,
+            "domain": server.domain,
+            "enclosure": server.enclosure,
+            "bay": server.bay,
+            "span": server.span,
+            "product": server.product,
+            "present": present,
+            "power": server.power,
+            "health": server.health,
+            "profile": server.profile,
+            "spare": server.spare,
+            "host": {"name": host.name, "ip": host.ip} if host else None,
+            "management_addresses": [server.bmc_ip] if present else [],
+            "bmc": bmc,
+            "serial_number": server.serial if server.product else None,
+            "uuid": server.uuid if server.product else None,
+        }
+
+    def profile_view(self, profile: Profile) -> dict[str, Any]:
+        return {
+            "id": profile.id,
+            "server": profile.server,
+            "host": {"name": profile.host_name, "ip": profile.host_ip},
+            "macs": list(profile.macs),
+            "wwns": list(profile.wwns),
+            "boot_from_san": True,
+        }
+
+    def domain_view(self, domain_id: str) -> dict[str, Any]:
+        return {"id": domain_id, "group": self.domains[domain_id], "status": self.domain_status(domain_id)}
+
+    def inventory(self) -> dict[str, Any]:
+        return {
+            "domain_groups": [{"id": g} for g in self.domain_groups],
+            "domains": [self.domain_view(d) for d in self.domains],
+            "enclosures": [
+                {"id": e, "domain": d, "bays": BAYS_PER_ENCLOSURE} for e, d in self.enclosures.items()
+            ],
+            "servers": [self.server_view(s) for s in self.servers.values()],
+            "profiles": [self.profile_view(p) for p in self.profiles.values()],
+        }
+
+    def hosts_view(self) -> list[dict[str, Any]]:
+        return [{"server": sid, "name": h.name, "ip": h.ip} for sid, h in sorted(self.hosts.items())]
+
+    # --- the action log and the oracle ------------------------------------------------------------------
+
+    def record(self, kind: str, server: str | None, detail: str) -> None:
+        self.log.append({"time": time.time(), "kind": kind, "server": server, "detail": detail})
+
+    def _check_identity(self, server: Server) -> None:
+        identity = server.booted_identity
+        if identity is None:
+            return
+        others = [s.id for s in self.servers.values() if s is not server and s.booted_identity == identity]
+        if not others:
+            return
+        servers = sorted([server.id, *others])
+        self.violations.append(
+            {
+                "time": time.time(),
+                "profile": identity,
+                "servers": servers,
+                "detail": f"{server.id} powered on with the identity of {identity} while "
+                f"{', '.join(others)} still runs it",
+            }
+        )
+
+    # --- power state machine ----------------------------------------------------------------------------
+
+    def _cancel_timer(self, server: Server) -> None:
+        if server.timer is not None:
+            server.timer.cancel()
+            server.timer = None
+
+    def _schedule(self, server: Server, delay: float, step: Any) -> None:
+        self._cancel_timer(server)
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            server.timer = None
+            if not self._closed:
+                step()
+
+        server.timer = loop.call_later(max(0.0, delay), fire)
+
+    def _reach_on(self, server: Server) -> None:
+        self._cancel_timer(server)
+        server.power = "On"
+        server.on_since = _now()
+        server.booted_identity = server.profile
+        self._check_identity(server)
+
+    def _reach_off(self, server: Server) -> None:
+        self._cancel_timer(server)
+        server.power = "Off"
+        server.on_since = None
+        server.booted_identity = None
+
+    def _start_power_off(self, server: Server, then_on: bool = False) -> None:
+        if self.has_fault(server, "power_off_hangs"):
+            return  # accepted; the power never goes Off
+        server.power = "PoweringOff"
+
+        def done() -> None:
+            self._reach_off(server)
+            if then_on:
+                self._start_power_on(server)
+
+        self._schedule(server, self.latency.power_off_s, done)
+
+    def _start_power_on(self, server: Server) -> None:
+        if self.has_fault(server, "power_on_fails"):
+            return  # accepted; the power never goes On
+        server.power = "PoweringOn"
+        self._schedule(server, self.latency.power_on_s, lambda: self._reach_on(server))
+
+    def reset(self, server_id: str, reset_type: str) -> None:
+        """A Redfish ComputerSystem.Reset on the server's BMC; raises on the iLO quirks."""
+        server = self.server(server_id)
+        try:
+            self._reset(server, reset_type)
+        except LabError as exc:
+            self.record("reset", server.id, f"{reset_type}: rejected ({exc.message})")
+            raise
+        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})")
+
+    def _reset(self, server: Server, reset_type: str) -> None:
+        power = server.power
+        invalid = InvalidPowerState(f"{reset_type} is not allowed while the server is {power}")
+        if reset_type not in RESET_TYPES:
+            raise UnknownResetType(f"unknown ResetType {reset_type!r}")
+        if reset_type == "PushPowerButton":
+            reset_type = "GracefulShutdown" if power == "On" else "On" if power == "Off" else reset_type
+        if reset_type in ("On", "ForceOn"):
+            if power == "Off":
+                self._start_power_on(server)
+            elif power != "PoweringOn":
+                raise invalid
+        elif reset_type in ("ForceOff", "GracefulShutdown"):
+            if power in ("On", "PoweringOn"):
+                self._start_power_off(server)  # replaces a pending power-on
+            elif power != "PoweringOff":
+                raise invalid
+        elif reset_type == "ForceRestart":
+            if power != "On":
+                raise invalid
+            self._start_power_off(server, then_on=True)
+        else:  # PushPowerButton during a transition
+            raise invalid
+
+    # --- the manager (VCEM role) ------------------------------------------------------------------------
+
+    def move(self, profile_id: str, from_id: str, to_id: str) -> Profile:
+        """Move a profile between servers, atomically; every refusal leaves the world unchanged."""
+        try:
+            profile = self.profile(profile_id)
+            src = self.server(from_id)
+            dst = self.server(to_id)
+            self._check_move(profile, src, dst)
+        except LabError as exc:
+            self.record(
+                "move", from_id, f"{profile_id} {from_id} -> {to_id}: refused {exc.status} ({exc.message})"
+            )
+            raise
+        src.profile = None
+        dst.profile = profile.id
+        profile.server = dst.id
+        self.record("move", src.id, f"{profile.id} {src.id} -> {dst.id}: ok")
+        return profile
+
+    def _check_move(self, profile: Profile, src: Server, dst: Server) -> None:
+        if profile.server != src.id:
+            raise Conflict(f"profile {profile.id} is on {profile.server or 'no server'}, not on {src.id}")
+        if dst.id == src.id:
+            raise Conflict("from and to are the same server")
+        if dst.profile is not None:
+            raise Conflict(f"server {dst.id} already has profile {dst.profile}")
+        if not self.reported_present(dst):
+            raise Conflict(f"server {dst.id} is not present")
+        if dst.power != "Off":
+            raise Conflict(f"server {dst.id} is not powered off ({dst.power})")
+        if src.domain_group != dst.domain_group:
+            raise Conflict(
+                f"{src.id} ({src.domain_group}) and {dst.id} ({dst.domain_group}) are in different "
+                "domain groups"
+            )
+        for d in sorted({src.domain, dst.domain}):
+            status = self.domain_status(d)
+            if status != "ok":
+                raise Conflict(f"domain {d} is {status}")
+        for s in (src, dst):
+            if self.has_fault(s, "move_error"):
+                raise InjectedFailure(f"VCEM job failed for {s.id} (injected move_error)")
+
+    def set_spare(self, server_id: str, spare: bool) -> Server:
+        server = self.server(server_id)
+        if server.product is None and spare:
+            raise Conflict(f"bay {server.id} is empty")
+        server.spare = spare
+        self.record("spare", server.id, f"spare={str(spare).lower()}")
+        return server
+
+    # --- Systems Insight Manager role --------------------------------------------------------------------
+
+    def delete_host(self, server_id: str) -> dict[str, Any]:
+        self.server(server_id)
+        record = self.hosts.pop(server_id, None)
+        if record is None:
+            raise NotFound(f"server {server_id} has no host record")
+        self.record("host", server_id, f"deleted {record.name} {record.ip}")
+        return {"server": server_id, "name": record.name, "ip": record.ip}
+
+    def put_host(self, server_id: str, name: str, ip: str) -> dict[str, Any]:
+        self.server(server_id)
+        self.hosts[server_id] = HostRecord(name, ip)
+        self.record("host", server_id, f"set {name} {ip}")
+        return {"server": server_id, "name": name, "ip": ip}
+
+    def discover(self, server_id: str) -> dict[str, Any]:
+        server = self.server(server_id)
+        host: dict[str, str] | None = None
+        found = False
+        if not self.reported_present(server):
+            detail = "no server in the bay"
+        elif server.power != "On" or server.on_since is None:
+            detail = f"no answer: the server is {server.power}"
+        elif server.profile is None:
+            detail = "no answer: the server has no profile (no network identity)"
+        else:
+            up = _now() - server.on_since
+            if up < self.latency.boot_s:
+                detail = f"no answer: booting ({up:.1f}s of {self.latency.boot_s:.1f}s)"
+            else:
+                profile = self.profiles[server.profile]
+                found = True
+                host = {"name": profile.host_name, "ip": profile.host_ip}
+                self.hosts[server.id] = HostRecord(profile.host_name, profile.host_ip)
+                detail = f"{profile.host_name} ({profile.host_ip}) answered"
+        self.record("discover", server.id, f"found={str(found).lower()}: {detail}")
+        return {"server": server.id, "found": found, "host": host, "detail": detail}
+
+    # --- lab control --------------------------------------------------------------------------------------
+
+    def add_fault(self, fault: str, server_id: str | None, domain_id: str | None) -> Fault:
+        if fault not in FAULTS:
+            raise BadRequest(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
+        server = self.server(server_id) if server_id is not None else None
+        if domain_id is not None:
+            self.domain(domain_id)
+        if fault in DOMAIN_FAULTS:
+            if domain_id is None:
+                if server is None:
+                    raise BadRequest(f"{fault} needs a domain (or a server of that domain)")
+                domain_id = server.domain
+            server_id = None
+        self._fault_seq += 1
+        f = Fault(f"fault-{self._fault_seq}", fault, server_id, domain_id)
+        self.faults[f.id] = f
+        return f
+
+    def remove_fault(self, fault_id: str) -> Fault:
+        try:
+            return self.faults.pop(fault_id)
+        except KeyError:
+            raise NotFound(f"unknown fault {fault_id}") from None
+
+    def clear_faults(self) -> int:
+        count = len(self.faults)
+        self.faults.clear()
+        return count
+
+    def set_latency(self, update: dict[str, float]) -> Latency:
+        merged = {**self.latency.model_dump(), **update}
+        self.latency = Latency.model_validate(merged)
+        return self.latency
+
+    def control_server(
+        self,
+        server_id: str,
+        power: Literal["On", "Off"] | None = None,
+        health: Health | None = None,
+        present: bool | None = None,
+    ) -> bool:
+        """Set state directly; returns True when the physical presence changed (the BMC must follow)."""
+        server = self.server(server_id)
+        if present is True and server.product is None:
+            raise Conflict(f"bay {server.id} is empty: there is no blade to insert")
+        if power is not None and server.product is None:
+            raise Conflict(f"bay {server.id} is empty")
+        installed_after = server.installed if present is None else present
+        if power == "On" and not installed_after:
+            raise Conflict(f"server {server.id} is not inserted")
+        presence_changed = present is not None and present != server.installed
+        if health is not None:
+            server.health = health
+        if present is False:
+            self._reach_off(server)
+            server.installed = False
+        elif present is True:
+            if not server.installed:
+                self._reach_off(server)
+            server.installed = True
+        if power == "On":
+            if server.power != "On":
+                self._reach_on(server)
+        elif power == "Off":
+            self._reach_off(server)
+        return presence_changed
+
+    def close(self) -> None:
+        """Cancel every pending transition (at shutdown)."""
+        self._closed = True
+        for server in self.servers.values():
+            self._cancel_timer(server)
+
+
+def _now() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+# --- the generator ----------------------------------------------------------------------------------------
+
+
+def _layout(enclosure: int, group_members: list[int], rng: random.Random) -> list[_Slot | None]:
+    """The 16 bays of one enclosure; None marks a bay covered by the blade in the bay before it."""
+    front = list(_ODD_FRONT if enclosure % 2 else _EVEN_FRONT)
+    if enclosure > 2:
+        rng.shuffle(front)
+    bays: list[_Slot | None] = [*front, *_SPARES]
+    has_odd = any(e % 2 for e in group_members)
+    has_even = any(e % 2 == 0 for e in group_members)
+    first_odd = next((e for e in group_members if e % 2), None)
+    if enclosure % 2 == 0 and has_odd:
+        bays += [(I870, "on"), None]
+    elif enclosure == first_odd and has_even:
+        bays += [(I870, "spare"), None]
+    else:
+        bays += [(None, "empty"), (None, "empty")]
+    return bays
+
+
+def _serial(rng: random.Random, used: set[str]) -> str:
+    alphabet = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
+    while True:
+        s = (
+            "CZ"
+            + "".join(rng.choice("0123456789") for _ in range(4))
+            + "".join(rng.choice(alphabet) for _ in range(4))
+        )
+        if s not in used:
+            used.add(s)
+            return s
+
+
+def generate_world(config: LabConfig) -> World:
+    """Build the deterministic world for `config.seed` (layout in lab/API.md)."""
+    rng = random.Random(config.seed)
+    world = World(config)
+    used_serials: set[str] = set()
+    n = config.enclosures
+    per = config.domains_per_group
+    groups = [list(range(start, min(start + per, n + 1))) for start in range(1, n + 1, per)]
+    for gi, members in enumerate(groups, start=1):
+        group = f"dg{gi}"
+        world.domain_groups.append(group)
+        for e in members:
+            enc, domain = f"enc{e}", f"vcd-enc{e}"
+            world.domains[domain] = group
+            world.enclosures[enc] = domain
+            for bay, slot in enumerate(_layout(e, members, rng), start=1):
+                if slot is None:
+                    continue
+                product, role = slot
+                sid = f"{enc}-bay{bay}"
+                server = Server(
+                    id=sid,
+                    enclosure=enc,
+                    enclosure_no=e,
+                    bay=bay,
+                    span=PRODUCTS[product].span if product else 1,
+                    domain=domain,
+                    domain_group=group,
+                    product=product,
+                    installed=product is not None,
+                    spare=role == "spare",
+                    power="On" if role == "on" else "Off",
+                    health="OK",
+                    serial=_serial(rng, used_serials) if product else "",
+                    uuid=str(uuid.UUID(int=rng.getrandbits(128), version=4)) if product else "",
+                    bmc_ip=config.bmc_ip(e, bay),
+                )
+                if role in ("on", "off"):
+                    pid = f"prof-{sid}"
+                    host = f"host{e}{bay}.lab.example"
+                    macs = [f"00:17:A4:77:{e:02X}:{(bay - 1) * 4 + k:02X}" for k in range(2)]
+                    wwns = [f"50:06:0B:00:00:C2:{e:02X}:{(bay - 1) * 4 + k:02X}" for k in range(2)]
+                    world.profiles[pid] = Profile(pid, sid, host, f"10.{e}.0.{bay}", macs, wwns)
+                    server.profile = pid
+                    world.hosts[sid] = HostRecord(host, f"10.{e}.0.{bay}")
+                    if role == "on":
+                        server.booted_identity = pid
+                        server.on_since = -math.inf  # booted long ago
+                world.servers[sid] = server
+    return world

@@ -1,0 +1,203 @@
+"""The HTTP API (aiohttp): failovers, jobs, servers, groups, /healthz and /metrics.
+
+Mutating calls need `Authorization: Bearer TOKEN` whenever a token is configured; tokens are compared in
+constant time. Bad input gets a JSON error and a counted rejection, never a crash.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
+from monitor.metrics import Metrics
+from monitor.model import Inventory
+from monitor.store import ActiveJobExists
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FailoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=2000)
+
+
+class HealthSource(Protocol):
+    async def health(self) -> dict[str, Any]:
+        """{"ok": bool, part: {"ok": bool, ...}, ...}"""
+
+    def inventory(self) -> Inventory | None: ...
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class Api:
+    def __init__(
+        self, runner: JobRunner, source: HealthSource, metrics: Metrics, *, token: str | None,
+        max_body: int = 1 << 20,
+    ) -> None:
+        self.runner = runner
+        self.source = source
+        self.metrics = metrics
+        self._token = token.encode() if token else None
+        self.max_body = max_body
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        app.add_routes([
+            web.post("/api/v1/failovers", self.post_failover),
+            web.get("/api/v1/jobs", self.list_jobs),
+            web.get("/api/v1/jobs/{job}", self.get_job),
+            web.get("/api/v1/servers", self.list_servers),
+            web.get("/api/v1/servers/{server}", self.get_server),
+            web.get("/api/v1/groups", self.list_groups),
+            web.get("/healthz", self.healthz),
+            web.get("/metrics", self.get_metrics),
+        ])
+        return app
+
+    def _reject(self, reason: str) -> None:
+        self.metrics.inc("api_rejected_total", reason=reason)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            self._reject("too_large")
+            return _error(413, f"request body larger than {self.max_body} bytes")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                self._reject(f"http_{exc.status}")
+                return _error(exc.status, exc.reason)
+            raise
+        except Exception:
+            log.exception("API %s %s failed", request.method, request.path)
+            self._reject("internal_error")
+            return _error(500, "internal error (see the monitor's log)")
+        return resp
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.strip().encode(), self._token)
+
+    # --- failovers ---------------------------------------------------------------------------
+
+    async def post_failover(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            self._reject("unauthorized")
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._reject("bad_json")
+            return _error(400, f"malformed JSON: {exc}")
+        try:
+            req = FailoverRequest.model_validate(body)
+        except ValidationError as exc:
+            self._reject("bad_request")
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return _error(400, f"{where}: {first['msg']}")
+        trigger = {"kind": "manual", "reason": req.reason,
+                   "by": request.remote or "unknown"}
+        try:
+            job = await self.runner.submit(req.server, trigger)
+        except UnknownServer:
+            self._reject("unknown_server")
+            return _error(404, f"unknown server {req.server}")
+        except ActiveJobExists as exc:
+            self._reject("active_job")
+            return _error(409, f"server {req.server} already has active job {exc.job}", job=exc.job)
+        except ShuttingDown as exc:
+            return _error(503, str(exc))
+        return web.json_response({"job": job.id, "url": f"/api/v1/jobs/{job.id}"}, status=202)
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            return _error(400, "limit must be a whole number from 1 to 1000")
+        state = q.get("state") or None
+        if state and state not in ("queued", "running", "completed", "failed"):
+            return _error(400, "state must be queued, running, completed or failed")
+        jobs = await self.runner.store.list_jobs(state=state, server=q.get("server") or None, limit=limit)
+        return web.json_response([j.public() for j in jobs])
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        try:
+            job_id = int(request.match_info["job"])
+        except ValueError:
+            return _error(400, "a job number is a whole number")
+        job = await self.runner.store.get_job(job_id)
+        if job is None:
+            return _error(404, f"unknown job {job_id}")
+        return web.json_response(job.public())
+
+    # --- inventory ----------------------------------------------------------------------------
+
+    def _inventory(self) -> Inventory:
+        inv = self.source.inventory()
+        if inv is None:
+            raise web.HTTPServiceUnavailable(reason="inventory not loaded yet")
+        return inv
+
+    async def list_servers(self, request: web.Request) -> web.Response:
+        inv = self._inventory()
+        active = await self.runner.store.active_by_server()
+        servers = sorted(inv.servers.values(), key=lambda s: (s.enclosure, s.bay))
+        group = request.query.get("domain_group")
+        return web.json_response(
+            [s.public(active.get(s.id)) for s in servers if not group or s.domain_group == group]
+        )
+
+    async def get_server(self, request: web.Request) -> web.Response:
+        inv = self._inventory()
+        sid = request.match_info["server"]
+        server = inv.servers.get(sid)
+        if server is None:
+            return _error(404, f"unknown server {sid}")
+        active = await self.runner.store.active_by_server()
+        return web.json_response(server.public(active.get(sid)))
+
+    async def list_groups(self, request: web.Request) -> web.Response:
+        inv = self._inventory()
+        held = await self.runner.store.group_locks()
+        locks = self.runner.d.locks
+        return web.json_response([
+            {"id": g, "locked_by": held.get(g), "waiting": locks.waiting(g),
+             "domains": sorted(d.id for d in inv.domains.values() if d.group == g)}
+            for g in sorted(inv.groups)
+        ])
+
+    # --- health and metrics ---------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        body = await self.source.health()
+        return web.json_response(body, status=200 if body.get("ok") else 503)
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")

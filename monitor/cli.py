@@ -1,0 +1,280 @@
+"""The `failover-monitor` command line. Exit status: 0 success, 1 a reported failure, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from monitor.config import DEFAULT_CONFIG, LoadedConfig, load_config
+from monitor.yamlfile import ConfigError
+
+log = logging.getLogger("monitor")
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, default=None,
+                   help=f"config file (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--api", default=None, help="the monitor's API URL (default: from http.listen)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="failover-monitor", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon")
+    _config_arg(p)
+
+    p = sub.add_parser("check-config", help="validate the config and inventory; print FILE:LINE errors")
+    _config_arg(p)
+
+    p = sub.add_parser("failover", help="start a manual failover through the API")
+    p.add_argument("server")
+    p.add_argument("--reason", default="manual failover from the command line")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 if it failed)")
+    _api_args(p)
+
+    p = sub.add_parser("jobs", help="list jobs, or show one with its steps")
+    p.add_argument("job", nargs="?", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _api_args(p)
+
+    p = sub.add_parser("lab", help="run the lab simulator (virtual enclosures, BMCs, manager)")
+    p.add_argument("-c", "--config", type=Path, default=None, help="lab config (default: built-in)")
+    p.add_argument("--ready-file", type=Path, default=None)
+
+    p = sub.add_parser("demo", help="start the lab and the daemon, fail over a blade, show every step")
+    p.add_argument("--server", default="enc1-bay1", help="the production blade to fail over")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    return top
+
+
+def _load(path: Path | None) -> LoadedConfig:
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    return load_config(path)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+async def _run_daemon(loaded: LoadedConfig) -> int:
+    from monitor.daemon import Daemon, StartupError
+
+    daemon = Daemon(loaded)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.run(stop)
+    except StartupError as exc:
+        print(f"failover-monitor: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    _setup_logging(loaded.config.log_level)
+    return asyncio.run(_run_daemon(loaded))
+
+
+# --- check-config -------------------------------------------------------------------------------
+
+
+def check_config(path: Path | None) -> list[str]:
+    """Every problem in the config and the files it names, as FILE:LINE: field: message."""
+    try:
+        loaded = _load(path)
+    except ConfigError as exc:
+        return [str(i) for i in exc.issues]
+    problems: list[str] = []
+    inv = loaded.inventory_file
+    if loaded.config.inventory.source == "static" and inv is not None:
+        from monitor.inventory_file import load_inventory_file
+
+        try:
+            load_inventory_file(inv)
+        except ConfigError as exc:
+            problems.extend(str(i) for i in exc.issues)
+    return problems
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    problems = check_config(args.config)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("OK")
+    return 0
+
+
+# --- API clients --------------------------------------------------------------------------------
+
+
+def api_base(loaded: LoadedConfig, override: str | None) -> str:
+    if override:
+        return override.rstrip("/")
+    host, _, port = loaded.config.http.listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def api_token(loaded: LoadedConfig) -> str | None:
+    env = os.environ.get("FAILOVER_API_TOKEN")
+    if env:
+        return env
+    token = loaded.config.http.token
+    return token.get_secret_value() if token else None
+
+
+class ApiError(Exception):
+    pass
+
+
+async def api_call(base: str, method: str, path: str, *, token: str | None = None,
+                   body: Any = None, timeout: float = 15.0) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
+                s.request(method, base + path, json=body, headers=headers) as r:
+            try:
+                data = await r.json(content_type=None)
+            except ValueError:
+                data = {"error": (await r.text())[:200]}
+            return r.status, data
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ApiError(f"cannot reach the monitor at {base}: {exc or type(exc).__name__}") from exc
+
+
+def format_job(job: dict[str, Any]) -> str:
+    lines = [f"job {job['job']}: {job['server']} -> {job.get('spare') or '?'} "
+             f"(profile {job.get('profile') or '?'}): {job['state']}"]
+    for s in job["steps"]:
+        lines.append(f"  {s['step']:<22} {s['state']:<8} {s['detail']}")
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    if job.get("rediscovery"):
+        r = job["rediscovery"]
+        lines.append(f"  rediscovery: {r['state']} ({r.get('detail') or 'due ' + str(r.get('due'))})")
+    return "\n".join(lines)
+
+
+async def follow_job(base: str, job_id: int, *, token: str | None = None, interval: float = 0.2,
+                     out: Any = None, timeout: float = 3600.0) -> dict[str, Any]:
+    """Print each step change of a job until it ends; return the final job."""
+    out = out or sys.stdout
+    seen: dict[str, tuple[str, str]] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status, job = await api_call(base, "GET", f"/api/v1/jobs/{job_id}", token=token)
+        if status != 200:
+            raise ApiError(f"job {job_id}: HTTP {status}: {job.get('error')}")
+        for s in job["steps"]:
+            key = (s["state"], s["detail"])
+            if s["state"] != "pending" and seen.get(s["step"]) != key:
+                seen[s["step"]] = key
+                print(f"  {s['step']:<22} {s['state']:<8} {s['detail']}", file=out, flush=True)
+        if job["state"] in ("completed", "failed"):
+            return dict(job)
+        if loop.time() > deadline:
+            raise ApiError(f"job {job_id} still {job['state']} after {timeout:g} s")
+        await asyncio.sleep(interval)  # polling the API of another process, not synchronising a test
+
+
+async def _failover(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    status, data = await api_call(base, "POST", "/api/v1/failovers", token=token,
+                                  body={"server": args.server, "reason": args.reason})
+    if status != 202:
+        print(f"failover-monitor: {data.get('error', data)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(f"job {data['job']}")
+    if not args.wait:
+        return 0
+    job = await follow_job(base, int(data["job"]), token=token)
+    print(f"job {job['job']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+    return 0 if job["state"] == "completed" else 1
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    path = f"/api/v1/jobs/{args.job}" if args.job is not None else "/api/v1/jobs"
+    status, data = await api_call(base, "GET", path, token=token)
+    if status != 200:
+        print(f"failover-monitor: {data.get('error', data)} (HTTP {status})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.job is not None:
+        print(format_job(data))
+    else:
+        for j in data:
+            print(f"{j['job']:>6}  {j['state']:<10} {j['server']:<14} -> {j.get('spare') or '-':<14} "
+                  f"{j['created']}  {j.get('error') or ''}")
+    return 0
+
+
+def _api_command(coro: Any) -> int:
+    try:
+        return int(asyncio.run(coro))
+    except ApiError as exc:
+        print(f"failover-monitor: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        if args.command == "failover":
+            return _api_command(_failover(args))
+        if args.command == "jobs":
+            return _api_command(_jobs(args))
+        if args.command == "lab":
+            from lab.main import main as lab_main
+
+            lab_argv = (["-c", str(args.config)] if args.config else []) + (
+                ["--ready-file", str(args.ready_file)] if args.ready_file else [])
+            return lab_main(lab_argv)
+        if args.command == "demo":
+            from monitor.demo import run_demo
+
+            return run_demo(server=args.server, keep=args.keep)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2

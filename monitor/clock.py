@@ -1,0 +1,139 @@
+"""One injectable clock: wall time, monotonic time, sleeping and timeouts.
+
+`SystemClock` is the real one. `FakeClock` moves only when a test calls `advance`, so timers, polls
+and timeouts are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch (UTC)."""
+
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        """Like asyncio.timeout(seconds): raises TimeoutError when the body overruns."""
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout(seconds)
+
+
+class FakeClock:
+    """A clock that stands still until `advance` moves it."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self._t = start
+        self._start = start
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cancelled: set[int] = set()
+        self.sleepers_changed = asyncio.Event()
+
+    def time(self) -> float:
+        return self._t
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._t, UTC)
+
+    def monotonic(self) -> float:
+        return self._t - self._start
+
+    @property
+    def pending(self) -> int:
+        """How many sleeps and timeouts wait on this clock."""
+        return sum(1 for _, seq, _ in self._heap if seq not in self._cancelled)
+
+    def _call_at(self, when: float, callback: Callable[[], None]) -> int:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (when, seq, callback))
+        self.sleepers_changed.set()
+        return seq
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        seq = self._call_at(self._t + max(0.0, seconds), wake)
+        try:
+            await fut
+        finally:
+            self._cancelled.add(seq)
+
+    @asynccontextmanager
+    async def _timeout(self, seconds: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        seq = self._call_at(self._t + seconds, fire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._cancelled.add(seq)
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        if seconds is None:
+            return _null()
+        return self._timeout(seconds)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, running every sleep and timeout that falls due, in order."""
+        target = self._t + seconds
+        while self._heap and self._heap[0][0] <= target:
+            when, seq, callback = heapq.heappop(self._heap)
+            if seq in self._cancelled:
+                self._cancelled.discard(seq)
+                continue
+            self._t = max(self._t, when)
+            callback()
+            for _ in range(5):
+                await asyncio.sleep(0)
+        self._t = target
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def _null() -> AsyncIterator[None]:
+    yield

@@ -1,0 +1,185 @@
+"""The daemon's configuration: pydantic models validated at load, `${ENV}` expanded, secrets never shown."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from monitor.model import STEPS
+from monitor.yamlfile import ConfigError, ConfigIssue, load_model
+
+DEFAULT_CONFIG = Path("config/monitor.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpConfig(_Strict):
+    listen: str = "127.0.0.1:8162"
+    token: SecretStr | None = None
+    """Bearer token for mutating calls; required when `listen` is not a loopback address."""
+    max_body: Annotated[int, Field(gt=0)] = 1 << 20
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token(cls, v: object) -> object:
+        return None if v in ("", None) else v
+
+    @model_validator(mode="after")
+    def _token_outside_loopback(self) -> HttpConfig:
+        host, _ = parse_listen(self.listen)
+        if self.token is None and not is_loopback(host):
+            raise ValueError("a token is required when http.listen is not a loopback address")
+        return self
+
+
+class LabSource(_Strict):
+    url: str = "http://127.0.0.1:8163"
+    token: SecretStr | None = None
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+
+
+class InventoryConfig(_Strict):
+    source: Literal["lab", "static"] = "lab"
+    """Where domains, bays and profiles come from: the lab simulator's manager API, or a static file."""
+    lab: LabSource = LabSource()
+    file: str | None = None
+    """The static inventory file (source: static), relative to the config file."""
+    refresh_interval: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _file_for_static(self) -> InventoryConfig:
+        if self.source == "static" and not self.file:
+            raise ValueError("inventory.file is required when inventory.source is static")
+        return self
+
+
+class RedfishConfig(_Strict):
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds for each Redfish request."""
+
+
+class RediscoveryConfig(_Strict):
+    delay: Annotated[float, Field(ge=0)] = 600.0
+    """Seconds after the spare is powered on before discovery runs (the seed's ten minutes)."""
+    retries: Annotated[int, Field(ge=0)] = 3
+    """Further attempts when discovery does not find the host yet (a slow boot)."""
+    retry_interval: Annotated[float, Field(gt=0)] = 300.0
+
+
+class FailoverConfig(_Strict):
+    power_off_timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds to wait for the source to read Off after press-and-hold."""
+    power_on_timeout: Annotated[float, Field(gt=0)] = 300.0
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    power_off_attempts: Annotated[int, Field(ge=1)] = 3
+    """ForceOff requests sent before giving up (each followed by polling), as fence agents retry."""
+    step_timeouts: dict[str, Annotated[float, Field(gt=0)]] = {}
+    """Per-step limits in seconds, overriding the defaults (power steps: their timeout plus a minute)."""
+    rediscovery: RediscoveryConfig = RediscoveryConfig()
+    recovery: Literal["resume", "fail_safe"] = "resume"
+    """After a crash, a job that was mid-flight resumes from its last safe point or fails safe."""
+    shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
+    """On SIGTERM, seconds a running step may take to reach a safe point before it is parked."""
+
+    @field_validator("step_timeouts")
+    @classmethod
+    def _known_steps(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(STEPS))
+        if unknown:
+            raise ValueError(f"unknown step(s) {', '.join(unknown)}; steps are {', '.join(STEPS)}")
+        return v
+
+    def step_timeout(self, step: str) -> float:
+        if step in self.step_timeouts:
+            return self.step_timeouts[step]
+        if step == "power_off_source":
+            return self.power_off_timeout * self.power_off_attempts + 60.0
+        if step == "power_on_spare":
+            return self.power_on_timeout + 60.0
+        if step == "lock_group":
+            return 24 * 3600.0  # waiting for the jobs ahead in the group
+        return 120.0
+
+
+class StoreSqlite(_Strict):
+    synchronous: Literal["full", "normal"] = "full"
+    """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
+
+
+class MonitorConfig(_Strict):
+    instance: str = "monitor-1"
+    http: HttpConfig = HttpConfig()
+    store: str = "failover-monitor.db"
+    """A SQLite file path (relative to the config file), or `:memory:`."""
+    sqlite: StoreSqlite = StoreSqlite()
+    inventory: InventoryConfig = InventoryConfig()
+    redfish: RedfishConfig = RedfishConfig()
+    failover: FailoverConfig = FailoverConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("the PostgreSQL store is not available in this version; use a SQLite path")
+        return v
+
+
+class LoadedConfig:
+    """A validated config and the folder its relative paths are resolved against."""
+
+    def __init__(self, config: MonitorConfig, path: Path | None) -> None:
+        self.config = config
+        self.path = path
+        self.base = path.parent if path else Path.cwd()
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+    @property
+    def store_path(self) -> str:
+        if self.config.store == ":memory:":
+            return ":memory:"
+        return str(self.resolve(self.config.store))
+
+    @property
+    def inventory_file(self) -> Path | None:
+        f = self.config.inventory.file
+        return self.resolve(f) if f else None
+
+
+def load_config(path: Path | None) -> LoadedConfig:
+    """Load and validate a config file (None: the built-in defaults)."""
+    if path is None:
+        return LoadedConfig(MonitorConfig(), None)
+    if not path.exists():
+        raise ConfigError([ConfigIssue(str(path), 1, "(file)", "no such file")])
+    return LoadedConfig(load_model(MonitorConfig, path), path)

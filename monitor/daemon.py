@@ -1,0 +1,221 @@
+"""The composition root: builds the store, adapters, job runner and HTTP API, and runs them under one
+TaskGroup until the stop event is set. Dependencies can be passed in (tests pass a fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from monitor.api import Api
+from monitor.clock import Clock, SystemClock
+from monitor.config import LoadedConfig, parse_listen
+from monitor.flow import FlowDeps
+from monitor.jobs import JobRunner
+from monitor.locks import GroupLocks
+from monitor.metrics import Metrics
+from monitor.model import Inventory
+from monitor.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
+from monitor.store import SqliteStore, StoreError
+from monitor.yamlfile import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why, for the operator."""
+
+
+@dataclass
+class Adapters:
+    power: PowerControl
+    manager: ProfileManager
+    discovery: DiscoveryService
+    reload: Any = None
+    """A callable rereading the inventory file (static source), or None."""
+
+
+def build_adapters(loaded: LoadedConfig, store: SqliteStore) -> Adapters:
+    from adapters.redfish_power import RedfishPower
+
+    cfg = loaded.config
+    power = RedfishPower(timeout=cfg.redfish.timeout)
+    if cfg.inventory.source == "lab":
+        from adapters.lab_manager import LabClient, LabDiscovery, LabManager
+
+        lab = cfg.inventory.lab
+        client = LabClient(lab.url, token=lab.token.get_secret_value() if lab.token else None,
+                           timeout=lab.timeout)
+        return Adapters(power, LabManager(client), LabDiscovery(client))
+    from adapters.static_inventory import StaticDiscovery, StaticInventory, StaticManager
+
+    path = loaded.inventory_file
+    assert path is not None
+    inventory = StaticInventory(path, store)
+    return Adapters(power, StaticManager(inventory), StaticDiscovery(inventory, power), inventory.reload)
+
+
+def bind_tcp(listen: str) -> socket.socket:
+    """Bind the HTTP socket ourselves, so a port in use is a clear start-up error."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartupError(f"cannot listen on http.listen {listen}: {why}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    def __init__(
+        self, loaded: LoadedConfig, *, clock: Clock | None = None, adapters: Adapters | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.clock = clock if clock is not None else SystemClock()
+        self._adapters = adapters
+        self.metrics = Metrics()
+        self.store = SqliteStore(loaded.store_path, synchronous=self.config.sqlite.synchronous)
+        self.runner: JobRunner | None = None
+        self._inventory: Inventory | None = None
+        self._inventory_error: str | None = None
+        self._inventory_at: float | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.http_address: tuple[str, int] | None = None
+        self.ready = asyncio.Event()
+        self._refresh_now = asyncio.Event()
+
+    # --- what the API asks -------------------------------------------------------------------------
+
+    def inventory(self) -> Inventory | None:
+        return self._inventory
+
+    async def health(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(5):
+                await self.store.ping()
+            parts["store"] = {"ok": True}
+        except (StoreError, TimeoutError, OSError) as exc:
+            parts["store"] = {"ok": False, "error": str(exc)}
+        for name, task in self._tasks.items():
+            parts[name] = {"ok": not task.done()}
+        parts["inventory"] = {
+            "ok": self._inventory is not None,
+            "servers": len(self._inventory.servers) if self._inventory else 0,
+            "error": self._inventory_error,
+        }
+        ok = all(p["ok"] for p in parts.values())
+        return {"ok": ok, "instance": self.config.instance, **parts}
+
+    # --- inventory refresh ---------------------------------------------------------------------
+
+    async def refresh_inventory(self, manager: ProfileManager) -> None:
+        try:
+            async with asyncio.timeout(self.config.inventory.lab.timeout + 5):
+                self._inventory = await manager.inventory()
+            self._inventory_error = None
+            self._inventory_at = self.clock.time()
+        except (AdapterError, TimeoutError) as exc:
+            self._inventory_error = str(exc) or type(exc).__name__
+            self.metrics.inc("inventory_refresh_errors_total")
+            log.warning("inventory refresh failed: %s", self._inventory_error)
+
+    async def _refresh_loop(self, manager: ProfileManager, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._refresh_now.clear()
+            await self.refresh_inventory(manager)
+            sleeper = asyncio.ensure_future(self.clock.sleep(self.config.inventory.refresh_interval))
+            waker = asyncio.ensure_future(self._refresh_now.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({sleeper, waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (sleeper, waker, stopper):
+                    f.cancel()
+
+    def reload(self) -> list[str]:
+        """SIGHUP: reread the inventory file (static source). Returns the problems, if any."""
+        adapters = self._adapters
+        if adapters is not None and adapters.reload is not None:
+            try:
+                adapters.reload()
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    log.error("reload: %s (the running inventory stays)", issue)
+                return [str(i) for i in exc.issues]
+            log.info("reload: inventory file reread")
+        self._refresh_now.set()
+        return []
+
+    # --- run -----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sock = bind_tcp(self.config.http.listen)
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from exc
+        try:
+            await self._run(stop, sock)
+        finally:
+            await self.store.close()
+
+    async def _run(self, stop: asyncio.Event, sock: socket.socket) -> None:
+        try:
+            adapters = self._adapters or build_adapters(self.loaded, self.store)
+        except ConfigError as exc:
+            sock.close()
+            raise StartupError(str(exc)) from exc
+        self._adapters = adapters
+        locks = GroupLocks(self.store, self.clock)
+        deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
+                        self.clock, self.config.failover)
+        runner = JobRunner(deps, self.metrics)
+        self.runner = runner
+
+        async def after_job(job: Any) -> None:
+            if not job.state.active:
+                self._refresh_now.set()
+
+        runner.add_listener(after_job)
+        self.metrics.gauge("group_locks_held", lambda: {"": float(len(locks.held()))},
+                           "domain groups locked by a job")
+        self.metrics.gauge("jobs_running", lambda: {"": float(len(runner.running_jobs))},
+                           "jobs executing now")
+        token = self.config.http.token
+        api = Api(runner, self, self.metrics, token=token.get_secret_value() if token else None,
+                  max_body=self.config.http.max_body)
+        web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await web_runner.setup()
+        try:
+            site = web.SockSite(web_runner, sock)
+            await site.start()
+            self.http_address = sock.getsockname()[:2]
+            log.info("%s listening on http://%s:%s", self.config.instance, *self.http_address)
+            async with asyncio.TaskGroup() as tg:
+                self._tasks["jobs"] = tg.create_task(runner.run(stop), name="job-runner")
+                self._tasks["inventory_refresh"] = tg.create_task(
+                    self._refresh_loop(adapters.manager, stop), name="inventory-refresh")
+                await runner.wait_ready()
+                self.ready.set()
+                await stop.wait()
+        finally:
+            await web_runner.cleanup()
+            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
+                with contextlib.suppress(Exception):
+                    await closer()
+        log.info("%s stopped", self.config.instance)

@@ -1,0 +1,172 @@
+"""The static inventory file: domain groups → domains → enclosures → servers, with BMC endpoints.
+
+```yaml
+domain_groups:
+  - id: dg1
+    domains:
+      - id: vcd-enc1
+        status: ok
+        enclosures:
+          - id: enc1
+            servers:
+              - bay: 1
+                product: ProLiant BL460c Gen8
+                profile: web01
+                host: {name: web01.example.com, ip: 10.0.0.1}
+                bmc: {url: "https://10.1.0.1", username: admin, password: "${BMC_PASSWORD}"}
+              - {bay: 9, product: ProLiant BL460c Gen9, spare: true}
+```
+Server ids default to `{enclosure}-bay{bay}`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from monitor.model import (
+    BmcEndpoint,
+    Domain,
+    DomainGroup,
+    Enclosure,
+    HostRecord,
+    Inventory,
+    Profile,
+    Server,
+    identify_product,
+)
+from monitor.yamlfile import ConfigError, ConfigIssue, line_of, load_yaml, validate
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostSpec(_Strict):
+    name: str
+    ip: str
+
+
+class BmcSpec(_Strict):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    username: str
+    password: SecretStr
+    verify_tls: bool = True
+    ca_file: str | None = None
+    system: str | None = None
+    auth: Literal["basic", "session"] = "basic"
+
+
+class ServerSpec(_Strict):
+    id: str | None = None
+    bay: Annotated[int, Field(ge=1, le=16)]
+    product: str
+    span: Annotated[int, Field(ge=1, le=4)] = 1
+    present: bool = True
+    profile: str | None = None
+    spare: bool = False
+    host: HostSpec | None = None
+    management_addresses: list[str] = []
+    bmc: BmcSpec | None = None
+
+
+class EnclosureSpec(_Strict):
+    id: str
+    bays: Annotated[int, Field(ge=1, le=16)] = 16
+    servers: list[ServerSpec] = []
+
+
+class DomainSpec(_Strict):
+    id: str
+    status: str = "ok"
+    enclosures: list[EnclosureSpec]
+
+
+class GroupSpec(_Strict):
+    id: str
+    domains: list[DomainSpec]
+
+
+class InventoryFile(_Strict):
+    domain_groups: list[GroupSpec]
+
+    @model_validator(mode="after")
+    def _unique(self) -> InventoryFile:
+        seen_ids: set[str] = set()
+        seen_profiles: set[str] = set()
+        for g in self.domain_groups:
+            for d in g.domains:
+                for e in d.enclosures:
+                    bays: set[int] = set()
+                    for s in e.servers:
+                        sid = s.id or f"{e.id}-bay{s.bay}"
+                        if sid in seen_ids:
+                            raise ValueError(f"server id {sid} appears twice")
+                        seen_ids.add(sid)
+                        covered = set(range(s.bay, s.bay + s.span))
+                        if covered & bays:
+                            raise ValueError(f"{e.id}: bay {s.bay} overlaps another server")
+                        bays |= covered
+                        if s.profile:
+                            if s.profile in seen_profiles:
+                                raise ValueError(f"profile {s.profile} is assigned to two servers")
+                            seen_profiles.add(s.profile)
+        return self
+
+
+def load_inventory_file(path: Path) -> Inventory:
+    """Load, validate and check a static inventory; every problem reported as FILE:LINE: field: message."""
+    data, node = load_yaml(path)
+    spec = validate(InventoryFile, data, node, str(path))
+    issues: list[ConfigIssue] = []
+    for gi, g in enumerate(spec.domain_groups):
+        for di, d in enumerate(g.domains):
+            for ei, e in enumerate(d.enclosures):
+                for si, s in enumerate(e.servers):
+                    loc: tuple[int | str, ...] = (
+                        "domain_groups", gi, "domains", di, "enclosures", ei, "servers", si, "product")
+                    if identify_product(s.product) is None:
+                        issues.append(ConfigIssue(
+                            str(path), line_of(node, loc), ".".join(str(p) for p in loc),
+                            f"product {s.product!r} is not a known ProLiant or Integrity blade "
+                            "(a failover of it would exit at check_product)"))
+                    if s.bay + s.span - 1 > e.bays:
+                        issues.append(ConfigIssue(
+                            str(path), line_of(node, (*loc[:-1], "span")), "span",
+                            f"bays {s.bay}-{s.bay + s.span - 1} exceed the enclosure's {e.bays} bays"))
+    if issues:
+        raise ConfigError(issues)
+    return to_inventory(spec)
+
+
+def to_inventory(spec: InventoryFile) -> Inventory:
+    groups: dict[str, DomainGroup] = {}
+    domains: dict[str, Domain] = {}
+    enclosures: dict[str, Enclosure] = {}
+    servers: dict[str, Server] = {}
+    profiles: dict[str, Profile] = {}
+    for g in spec.domain_groups:
+        groups[g.id] = DomainGroup(g.id)
+        for d in g.domains:
+            domains[d.id] = Domain(d.id, g.id, d.status)
+            for e in d.enclosures:
+                enclosures[e.id] = Enclosure(e.id, d.id, e.bays)
+                for s in e.servers:
+                    sid = s.id or f"{e.id}-bay{s.bay}"
+                    host = HostRecord(s.host.name, s.host.ip) if s.host else None
+                    bmc = None
+                    if s.bmc:
+                        bmc = BmcEndpoint(
+                            url=s.bmc.url, username=s.bmc.username,
+                            password=s.bmc.password.get_secret_value(), verify_tls=s.bmc.verify_tls,
+                            ca_file=s.bmc.ca_file, system=s.bmc.system, auth=s.bmc.auth)
+                    addresses = tuple(s.management_addresses)
+                    servers[sid] = Server(
+                        id=sid, domain_group=g.id, domain=d.id, enclosure=e.id, bay=s.bay,
+                        product=s.product, span=s.span, present=s.present, profile=s.profile,
+                        spare=s.spare, host=host, management_addresses=addresses, bmc=bmc)
+                    if s.profile:
+                        profiles[s.profile] = Profile(s.profile, sid, host)
+    return Inventory(groups, domains, enclosures, servers, profiles)

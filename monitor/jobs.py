@@ -1,0 +1,333 @@
+"""The job runner: numbered durable jobs, one active job per server, recovery after a crash, and the
+durable rediscovery timers.
+
+A job is created `queued`, becomes `running` when its task starts, and ends `completed` or `failed`.
+Every state change is committed to the store before the action it announces. `unlock_group` runs
+whenever `lock_group` ran, also after a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.flow import FailoverFlow, FlowDeps, StepFailed
+from monitor.metrics import Metrics
+from monitor.model import STEPS, Job, JobState, StepState, iso
+from monitor.ports import AdapterError, NotFound
+from monitor.store import SqliteStore, Timer
+
+log = logging.getLogger(__name__)
+
+JobListener = Callable[[Job], Awaitable[None]]
+
+# Steps after which a restart may resume the job without repeating a non-idempotent action. Every step
+# re-reads the world before acting (see monitor.flow), so each is a safe point.
+_FAIL_SAFE_NOTE = "failed safe after a restart"
+
+
+class UnknownServer(Exception):
+    def __init__(self, server: str) -> None:
+        super().__init__(f"unknown server {server}")
+        self.server = server
+
+
+class ShuttingDown(Exception):
+    """The runner is stopping and accepts no new jobs."""
+
+
+class JobRunner:
+    def __init__(self, deps: FlowDeps, metrics: Metrics) -> None:
+        self.d = deps
+        self.metrics = metrics
+        self._listeners: list[JobListener] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._stopping = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._timer_wakeup = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    @property
+    def store(self) -> SqliteStore:
+        return self.d.store
+
+    def add_listener(self, listener: JobListener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def running_jobs(self) -> list[int]:
+        return sorted(self._running)
+
+    # --- submission ------------------------------------------------------------------------------
+
+    async def submit(self, server_id: str, trigger: dict[str, Any]) -> Job:
+        """Create and start a failover job. UnknownServer, ActiveJobExists or ShuttingDown otherwise."""
+        if self._tg is None or self._stopping.is_set():
+            raise ShuttingDown("the monitor is not accepting jobs")
+        try:
+            server = await self.d.manager.server(server_id)
+        except NotFound:
+            raise UnknownServer(server_id) from None
+        job = await self.store.create_job(server.id, server.domain_group, trigger, self.d.clock.now())
+        self.metrics.inc("failover_jobs_created_total")
+        log.info("job %s: failover of %s (%s) queued", job.id, server.id, trigger.get("kind"))
+        await self._emit(job)
+        self._start(job)
+        return job
+
+    def _start(self, job: Job, *, resumed: bool = False) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(self._execute(job, resumed=resumed), name=f"job-{job.id}")
+        self._running[job.id] = task
+        job_id = job.id
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._running.pop(job_id, None)
+
+        task.add_done_callback(forget)
+
+    # --- the long-lived part -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recover jobs left by a crash, run jobs and timers until `stop`, then park at safe points."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            await self._recover()
+            timers = tg.create_task(self._timer_loop(), name="rediscovery-timers")
+            self._ready.set()
+            await stop.wait()
+            self._stopping.set()
+            self._timer_wakeup.set()
+            jobs = list(self._running.values())
+            if jobs:
+                log.info("stopping: %d job(s) finish their step or reach a safe point", len(jobs))
+                _done, pending = await asyncio.wait(jobs, timeout=self.d.settings.shutdown_grace)
+                for t in pending:
+                    t.cancel()
+            timers.cancel()
+        self._tg = None
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    # --- one job ---------------------------------------------------------------------------------
+
+    async def _emit(self, job: Job) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(job)
+            except Exception:  # a listener never breaks a job
+                log.exception("job listener failed")
+
+    async def _save(self, job: Job) -> None:
+        await self.store.save_job(job)
+        await self._emit(job)
+
+    async def _execute(self, job: Job, *, resumed: bool = False) -> None:
+        flow = FailoverFlow(job, self.d)
+        clock = self.d.clock
+        if job.state is JobState.QUEUED:
+            job.state = JobState.RUNNING
+            await self._save(job)
+        failed: str | None = None
+        parked = False
+        try:
+            for name in STEPS[:-1]:
+                step = job.step(name)
+                if step.state in (StepState.DONE, StepState.SKIPPED):
+                    continue
+                if self._stopping.is_set() and step.state is not StepState.RUNNING:
+                    parked = True
+                    break
+                if step.state is not StepState.RUNNING or step.started is None:
+                    step.started = clock.now()
+                step.state = StepState.RUNNING
+                await self._save(job)
+
+                async def note(text: str, _step: Any = step) -> None:
+                    _step.detail = text
+                    await self._save(job)
+
+                action = getattr(flow, name)
+                try:
+                    async with clock.timeout(self.d.settings.step_timeout(name)):
+                        detail = await action(note)
+                except TimeoutError:
+                    raise StepFailed(
+                        f"{name} did not finish within {self.d.settings.step_timeout(name):g} s"
+                        f" (last: {step.detail or 'nothing recorded'})"
+                    ) from None
+                except AdapterError as exc:  # an adapter error a step did not explain itself
+                    raise StepFailed(f"{name}: {exc}") from exc
+                step.state = StepState.DONE
+                step.finished = clock.now()
+                step.detail = detail
+                await self._save(job)
+                log.info("job %s: %s: %s", job.id, name, detail)
+                if name == "schedule_rediscovery":
+                    self.timers_changed()
+        except StepFailed as exc:
+            failed = str(exc)
+            current = next((s for s in job.steps if s.state is StepState.RUNNING), None)
+            if current is not None:
+                current.state = StepState.FAILED
+                current.finished = clock.now()
+                current.detail = failed
+            log.warning("job %s: %s", job.id, failed)
+        except asyncio.CancelledError:
+            # Shutdown overran its grace period: the write-ahead record lets the next start resume.
+            log.warning("job %s parked mid-step at shutdown; it resumes on the next start", job.id)
+            raise
+        except Exception as exc:
+            failed = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("job %s: internal error", job.id)
+            current = next((s for s in job.steps if s.state is StepState.RUNNING), None)
+            if current is not None:
+                current.state = StepState.FAILED
+                current.finished = clock.now()
+                current.detail = failed
+        if parked:
+            log.info("job %s parked at a safe point for shutdown", job.id)
+            return
+        await self._finish(job, flow, failed)
+
+    async def _finish(self, job: Job, flow: FailoverFlow, failed: str | None) -> None:
+        clock = self.d.clock
+        for s in job.steps[:-1]:
+            if s.state is StepState.PENDING:
+                s.state = StepState.SKIPPED
+        unlock = job.step("unlock_group")
+        lock_ran = job.step("lock_group").state in (StepState.DONE, StepState.FAILED) or job.context.get(
+            "locked"
+        )
+        if lock_ran and unlock.state is not StepState.DONE:
+            unlock.state = StepState.RUNNING
+            unlock.started = clock.now()
+            await self._save(job)
+            unlock.detail = await self._unlock(flow)
+            unlock.state = StepState.DONE
+            unlock.finished = clock.now()
+        elif not lock_ran:
+            unlock.state = StepState.SKIPPED
+        job.error = failed
+        job.state = JobState.FAILED if failed else JobState.COMPLETED
+        job.finished = clock.now()
+        await self._save(job)
+        self.metrics.inc(f"failover_jobs_{job.state.value}_total")
+        log.info("job %s %s%s", job.id, job.state.value, f": {failed}" if failed else "")
+
+    async def _unlock(self, flow: FailoverFlow) -> str:
+        """Always unlock; retried until it is recorded, since a group must never stay locked."""
+        delay = 0.5
+        while True:
+            try:
+                return await flow.unlock_group(lambda _t: asyncio.sleep(0))
+            except Exception as exc:
+                log.error("job %s: unlock of %s failed (%s); retrying", flow.job.id, flow.job.group, exc)
+                await self.d.clock.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    # --- recovery ----------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Jobs left active by a crash resume from their last safe point, or fail safe (configured)."""
+        active = await self.store.active_jobs()
+        held = await self.store.group_locks()
+        active_ids = {j.id for j in active}
+        for group, job_id in held.items():
+            if job_id not in active_ids:
+                await self.store.unlock_group(group, job_id)
+                log.warning("released domain group %s, left locked by finished job %s", group, job_id)
+        for job in active:
+            running = next((s.step for s in job.steps if s.state is StepState.RUNNING), None)
+            where = running or next((s.step for s in job.steps if s.state is StepState.PENDING), "end")
+            if job.group in held and held[job.group] == job.id:
+                await self.d.locks.acquire(job.group, job.id)  # it holds the group: keep holding it
+            if self.d.settings.recovery == "fail_safe":
+                await self._fail_safe(job, where)
+                continue
+            note = f"{iso(self.d.clock.now())}: resumed after a restart at {where}"
+            job.notes.append(note)
+            log.warning("job %s: %s", job.id, note)
+            self.metrics.inc("failover_jobs_resumed_total")
+            await self._save(job)
+            self._start(job, resumed=True)
+
+    async def _fail_safe(self, job: Job, where: str) -> None:
+        """End a job left mid-flight without acting further: profile where it is, group unlocked."""
+        flow = FailoverFlow(job, self.d)
+        job.notes.append(f"{iso(self.d.clock.now())}: {_FAIL_SAFE_NOTE} at {where}")
+        location = "unknown"
+        if job.profile:
+            try:
+                location = (await self.d.manager.profile(job.profile)).server or "no server"
+            except AdapterError as exc:
+                location = f"unknown ({exc})"
+        msg = f"{_FAIL_SAFE_NOTE} at {where}; profile {job.profile} is on {location}"
+        if where == "move_profile" and job.profile and job.spare:
+            msg += "; " + await flow.undo_interrupted_move()
+        for s in job.steps:
+            if s.state is StepState.RUNNING:
+                s.state = StepState.FAILED
+                s.finished = self.d.clock.now()
+                s.detail = f"interrupted by a restart ({s.detail})"
+        self.metrics.inc("failover_jobs_failed_safe_total")
+        await self._finish(job, flow, msg)
+
+    # --- durable timers -----------------------------------------------------------------------------
+
+    def timers_changed(self) -> None:
+        self._timer_wakeup.set()
+
+    async def _timer_loop(self) -> None:
+        """Run due rediscovery timers; sleep until the next one is due or a new one is scheduled."""
+        while not self._stopping.is_set():
+            timers = await self.store.scheduled_timers()
+            now = self.d.clock.time()
+            for timer in [t for t in timers if t.due <= now]:
+                await self._fire(timer)
+            upcoming = [t.due for t in timers if t.due > now]
+            self._timer_wakeup.clear()
+            wait = min(upcoming) - now if upcoming else 3600.0
+            sleeper = asyncio.ensure_future(self.d.clock.sleep(wait))
+            waker = asyncio.ensure_future(self._timer_wakeup.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    async def _fire(self, timer: Timer) -> None:
+        cfg = self.d.settings.rediscovery
+        attempts = timer.attempts + 1
+        try:
+            result = await self.d.discovery.discover(timer.server)
+            found, detail = result.found, result.detail
+            if result.found and result.host:
+                detail = f"{timer.server} discovered as {result.host.name} ({result.host.ip})"
+        except AdapterError as exc:
+            found, detail = False, f"discovery of {timer.server} failed: {exc}"
+        if found:
+            state, due = "done", None
+        elif attempts <= cfg.retries:
+            state, due = "scheduled", self.d.clock.time() + cfg.retry_interval
+            detail += f"; retry {attempts}/{cfg.retries} at {iso(datetime.fromtimestamp(due, UTC))}"
+        else:
+            state, due = "failed", None
+            detail += "; no retries left: rerun discovery once the OS has booted"
+        await self.store.update_timer(timer.id, state=state, due=due, attempts=attempts, detail=detail)
+        self.metrics.inc(f"rediscovery_{'found' if found else 'not_found'}_total")
+        job = await self.store.get_job(timer.job)
+        if job is not None:
+            job.rediscovery = {
+                "server": timer.server,
+                "due": iso(datetime.fromtimestamp(due if due is not None else timer.due, UTC)),
+                "state": state,
+                "attempts": attempts,
+                "detail": detail,
+            }
+            await self._save(job)
+        log.info("job %s: rediscovery: %s", timer.job, detail)

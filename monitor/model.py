@@ -1,0 +1,312 @@
+"""The domain model: domain groups, domains, enclosures, servers, profiles, jobs and steps.
+
+Depends on nothing of ours. Inventory objects are immutable snapshots; the store and the adapters hand
+out new ones when the world changes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class PowerState(StrEnum):
+    ON = "On"
+    OFF = "Off"
+    POWERING_ON = "PoweringOn"
+    POWERING_OFF = "PoweringOff"
+    PAUSED = "Paused"
+    UNKNOWN = "Unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> PowerState:
+        """Lenient: anything unrecognised is UNKNOWN, never OFF."""
+        if isinstance(value, str):
+            for member in cls:
+                if member.value.lower() == value.strip().lower():
+                    return member
+        return cls.UNKNOWN
+
+
+class Health(StrEnum):
+    OK = "OK"
+    WARNING = "Warning"
+    CRITICAL = "Critical"
+    UNKNOWN = "Unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> Health:
+        if isinstance(value, str):
+            for member in cls:
+                if member.value.lower() == value.strip().lower():
+                    return member
+        return cls.UNKNOWN
+
+
+DOMAIN_OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """A host as the management server (Systems Insight Manager role) knows it."""
+
+    name: str
+    ip: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "ip": self.ip}
+
+
+@dataclass(frozen=True, slots=True)
+class BmcEndpoint:
+    url: str
+    username: str = field(repr=False)
+    password: str = field(repr=False)
+    verify_tls: bool = True
+    ca_file: str | None = None
+    system: str | None = None
+    """The ComputerSystem to act on (its path or Id); None: the service's only (first) system."""
+    auth: str = "basic"
+    """"basic" or "session" (Redfish SessionService)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainGroup:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A Virtual Connect domain. `status` is "ok" or a word naming what is abnormal."""
+
+    id: str
+    group: str
+    status: str = DOMAIN_OK
+
+    @property
+    def normal(self) -> bool:
+        return self.status.strip().lower() == DOMAIN_OK
+
+
+@dataclass(frozen=True, slots=True)
+class Enclosure:
+    id: str
+    domain: str
+    bays: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A server blade in a bay (spanning `span` bays from `bay`)."""
+
+    id: str
+    domain_group: str
+    domain: str
+    enclosure: str
+    bay: int
+    product: str
+    span: int = 1
+    present: bool = True
+    power: PowerState = PowerState.UNKNOWN
+    health: Health = Health.UNKNOWN
+    profile: str | None = None
+    spare: bool = False
+    host: HostRecord | None = None
+    management_addresses: tuple[str, ...] = ()
+    bmc: BmcEndpoint | None = None
+
+    @property
+    def model(self) -> str:
+        info = identify_product(self.product)
+        return info.model if info else self.product
+
+    def public(self, active_job: int | None = None) -> dict[str, Any]:
+        """The server as the API shows it (no secrets)."""
+        return {
+            "id": self.id,
+            "domain_group": self.domain_group,
+            "domain": self.domain,
+            "enclosure": self.enclosure,
+            "bay": self.bay,
+            "span": self.span,
+            "product": self.product,
+            "model": self.model,
+            "present": self.present,
+            "power": self.power.value,
+            "health": self.health.value,
+            "profile": self.profile,
+            "spare": self.spare,
+            "host": self.host.as_dict() if self.host else None,
+            "management_addresses": list(self.management_addresses),
+            "bmc": self.bmc.url if self.bmc else None,
+            "active_job": active_job,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    id: str
+    server: str | None
+    host: HostRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    groups: dict[str, DomainGroup]
+    domains: dict[str, Domain]
+    enclosures: dict[str, Enclosure]
+    servers: dict[str, Server]
+    profiles: dict[str, Profile]
+
+    def in_group(self, group: str) -> list[Server]:
+        return [s for s in self.servers.values() if s.domain_group == group]
+
+    def replace_server(self, server: Server) -> Inventory:
+        servers = dict(self.servers)
+        servers[server.id] = server
+        return Inventory(self.groups, self.domains, self.enclosures, servers, self.profiles)
+
+
+# --- product identification ---------------------------------------------------------------------
+
+ProductFamily = Literal["proliant", "integrity"]
+
+_GENERATION = re.compile(r"\s+(?:G\d+|Gen\s?\d+|i\d)$", re.IGNORECASE)
+_INTEGRITY = re.compile(r"\b(BL8[679]0c)\b", re.IGNORECASE)
+_PROLIANT = re.compile(r"\b((?:BL|WS)\d{3}c)\b", re.IGNORECASE)
+# Integrity blades are built of 1, 2 or 4 conjoined blades; the bays they span are fixed per model.
+_INTEGRITY_SPAN = {"BL860C": 1, "BL870C": 2, "BL890C": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class ProductInfo:
+    family: ProductFamily
+    model: str
+    """The model with the generation removed: "ProLiant BL465c G1" and "ProLiant BL465c G5" share it."""
+    span: int | None
+    """Bays the product spans when that is fixed by the model (Integrity), else None (from inventory)."""
+
+
+def identify_product(product: str) -> ProductInfo | None:
+    """Identify the product family and generation-free model of a product name, or None.
+
+    ProLiant: "ProLiant BL460c Gen8", "HP ProLiant BL465c G7", "BL460c Gen10".
+    Integrity: "Integrity BL860c i2", "HP Integrity BL870c i4", "BL890c i2".
+    """
+    name = " ".join(product.split())
+    if not name:
+        return None
+    base = _GENERATION.sub("", name)
+    integrity = _INTEGRITY.search(base)
+    if integrity and ("integrity" in name.lower() or "proliant" not in name.lower()):
+        key = integrity.group(1).upper()
+        return ProductInfo("integrity", f"Integrity {key[:-1]}c", _INTEGRITY_SPAN[key])
+    proliant = _PROLIANT.search(base)
+    if proliant and "integrity" not in name.lower():
+        key = proliant.group(1)
+        return ProductInfo("proliant", f"ProLiant {key[:-1].upper()}c", None)
+    return None
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+STEPS: tuple[str, ...] = (
+    "check_domain",
+    "lock_group",
+    "check_product",
+    "power_off_source",
+    "select_spare",
+    "move_profile",
+    "power_on_spare",
+    "schedule_rediscovery",
+    "unlock_group",
+)
+
+
+@dataclass(slots=True)
+class Step:
+    step: str
+    state: StepState = StepState.PENDING
+    started: datetime | None = None
+    finished: datetime | None = None
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    server: str
+    group: str
+    state: JobState
+    trigger: dict[str, Any]
+    created: datetime
+    steps: list[Step]
+    profile: str | None = None
+    spare: str | None = None
+    error: str | None = None
+    finished: datetime | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    """Write-ahead facts the flow needs to resume: intents, what this run changed."""
+    notes: list[str] = field(default_factory=list)
+    rediscovery: dict[str, Any] | None = None
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.step == name:
+                return s
+        raise KeyError(name)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "job": self.id,
+            "server": self.server,
+            "domain_group": self.group,
+            "state": self.state.value,
+            "trigger": self.trigger,
+            "profile": self.profile,
+            "spare": self.spare,
+            "steps": [
+                {
+                    "step": s.step,
+                    "state": s.state.value,
+                    "started": iso(s.started),
+                    "finished": iso(s.finished),
+                    "detail": s.detail,
+                }
+                for s in self.steps
+            ],
+            "error": self.error,
+            "created": iso(self.created),
+            "finished": iso(self.finished),
+            "rediscovery": self.rediscovery,
+            "notes": list(self.notes),
+        }
+
+
+def iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,107 @@
+"""The small async interfaces through which the failover flow talks to the outside world.
+
+Each adapter has one exception root (`AdapterError`) with leaves named for what went wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from monitor.model import Domain, Health, HostRecord, Inventory, PowerState, Profile, Server
+
+
+class AdapterError(Exception):
+    """Root of every error an adapter raises."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class AdapterTimeout(AdapterError):
+    """The outside system did not answer in time."""
+
+
+class AdapterUnavailable(AdapterError):
+    """The outside system could not be reached (connection refused, TLS failure, DNS)."""
+
+
+class AuthenticationFailed(AdapterError):
+    """The outside system refused our credentials."""
+
+
+class OperationRejected(AdapterError):
+    """The outside system answered and refused the operation (with its own reason)."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.status = status
+
+
+class NotFound(AdapterError):
+    """The outside system does not know the object."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReading:
+    power: PowerState
+    health: Health
+    health_rollup: Health
+    state: str | None
+    """Redfish Status.State (Enabled, Absent, …) when the BMC gave one."""
+
+
+class PowerControl(Protocol):
+    """Power and health of one server, through its BMC."""
+
+    async def power_state(self, server: Server) -> PowerState: ...
+
+    async def force_off(self, server: Server) -> None:
+        """Press and hold (Redfish ForceOff). A server that is already off is not an error."""
+
+    async def power_on(self, server: Server) -> None:
+        """Power on. A server that is already on is not an error."""
+
+    async def health(self, server: Server) -> HealthReading: ...
+
+    async def close(self) -> None: ...
+
+
+class ProfileManager(Protocol):
+    """The VCEM role: domains, bays, spare designations and profile assignment."""
+
+    async def inventory(self) -> Inventory: ...
+
+    async def domain(self, domain_id: str) -> Domain: ...
+
+    async def server(self, server_id: str) -> Server: ...
+
+    async def profile(self, profile_id: str) -> Profile: ...
+
+    async def move_profile(self, profile_id: str, source: str, target: str) -> None:
+        """Atomically move a profile from source to target; on error nothing changed."""
+
+    async def set_spare(self, server_id: str, spare: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryResult:
+    found: bool
+    host: HostRecord | None
+    detail: str
+
+
+class DiscoveryService(Protocol):
+    """The Systems Insight Manager role: host records and discovery."""
+
+    async def remove_host(self, server_id: str) -> HostRecord | None:
+        """Remove the server's host record; return what was removed (None: there was none)."""
+
+    async def restore_host(self, server_id: str, record: HostRecord) -> None: ...
+
+    async def discover(self, server_id: str) -> DiscoveryResult: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,159 @@
+"""YAML loading with `FILE:LINE: field: message` errors.
+
+Every error in a file is reported at once: YAML syntax errors with their line, and pydantic validation
+errors mapped back to the line of the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems in configuration files; `issues` lists every one."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases: a config file has no need of them, and they can bomb memory."""
+
+
+def expand_env(value: Any, missing: list[str]) -> Any:
+    """Replace ${NAME} in every string by the environment variable NAME (missing ones collected)."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                missing.append(name)
+                return ""
+            return os.environ[name]
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, list):
+        return [expand_env(v, missing) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, missing) for k, v in value.items()}
+    return value
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
+    """The 1-based line of the node at `loc` (the deepest existing ancestor when it is missing)."""
+    if node is None:
+        return 1
+    line = node.start_mark.line + 1
+    current: yaml.Node = node
+    for part in loc:
+        nxt: yaml.Node | None = None
+        if isinstance(current, yaml.MappingNode):
+            for key, val in current.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    nxt = val
+                    line = key.start_mark.line + 1
+                    break
+        elif (isinstance(current, yaml.SequenceNode) and isinstance(part, int)
+              and 0 <= part < len(current.value)):
+            nxt = current.value[part]
+            line = nxt.start_mark.line + 1
+        if nxt is None:
+            break
+        current = nxt
+    return line
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top)"
+
+
+def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file into data and its node tree, or raise ConfigError with the line."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(name, 1, "(file)", exc.strerror or str(exc))]) from None
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return {}, None
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([ConfigIssue(name, line, "(yaml)", str(exc.problem or exc))]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(name, 1, "(yaml)", str(exc))]) from None
+    return data, node
+
+
+def _compose_node_no_alias(self: yaml.SafeLoader, parent: Any, index: Any) -> Any:
+    if self.check_event(yaml.AliasEvent):
+        event = self.get_event()  # type: ignore[no-untyped-call]
+        raise yaml.composer.ComposerError(
+            None, None, f"alias *{event.anchor} is not allowed in configuration", event.start_mark
+        )
+    return yaml.composer.Composer.compose_node(self, parent, index)
+
+
+_Loader.compose_node = _compose_node_no_alias  # type: ignore[method-assign,assignment]
+
+
+def validate(model: type[M], data: Any, node: yaml.Node | None, file: str) -> M:
+    """Validate data against a pydantic model, mapping every error to FILE:LINE: field: message."""
+    missing: list[str] = []
+    expanded = expand_env(data if data is not None else {}, missing)
+    issues = [ConfigIssue(file, 1, "(env)", f"environment variable {n} is not set") for n in missing]
+    try:
+        result = model.model_validate(expanded)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if isinstance(p, int | str))
+            issues.append(ConfigIssue(file, _line_of(node, loc), _field(loc), err["msg"]))
+        raise ConfigError(issues) from None
+    if issues:
+        raise ConfigError(issues)
+    return result
+
+
+def load_model(model: type[M], path: Path) -> M:
+    data, node = load_yaml(path)
+    return validate(model, data, node, str(path))
+
+
+def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
+    return _line_of(node, loc)

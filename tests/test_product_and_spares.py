@@ -1,0 +1,177 @@
+"""Product identification and spare selection: pure functions, tested exhaustively."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from monitor.model import PowerState, Server, identify_product
+from monitor.spares import candidate_order, select_spare
+
+
+@pytest.mark.parametrize(
+    ("product", "family", "model", "span"),
+    [
+        ("ProLiant BL460c Gen8", "proliant", "ProLiant BL460c", None),
+        ("ProLiant BL460c Gen10", "proliant", "ProLiant BL460c", None),
+        ("BL460c Gen8", "proliant", "ProLiant BL460c", None),
+        ("HP ProLiant BL465c G1", "proliant", "ProLiant BL465c", None),
+        ("ProLiant BL465c G5", "proliant", "ProLiant BL465c", None),
+        ("HPE ProLiant BL460c G7", "proliant", "ProLiant BL460c", None),
+        ("ProLiant  BL460c   Gen 9", "proliant", "ProLiant BL460c", None),
+        ("ProLiant WS460c Gen9", "proliant", "ProLiant WS460c", None),
+        ("Integrity BL860c i2", "integrity", "Integrity BL860c", 1),
+        ("HP Integrity BL870c i4", "integrity", "Integrity BL870c", 2),
+        ("Integrity BL890c i2", "integrity", "Integrity BL890c", 4),
+        ("BL890c i4", "integrity", "Integrity BL890c", 4),
+        ("Integrity BL860c", "integrity", "Integrity BL860c", 1),
+    ],
+)
+def test_identify_product(product: str, family: str, model: str, span: int | None) -> None:
+    info = identify_product(product)
+    assert info is not None
+    assert (info.family, info.model, info.span) == (family, model, span)
+
+
+@pytest.mark.parametrize(
+    "product", ["", "   ", "PowerEdge M630", "Synergy 480 Gen10", "Unknown blade", "Superdome 2",
+                "Integrity rx2800 i4", "ProLiant DL380 Gen10"],
+)
+def test_unidentified_products(product: str) -> None:
+    assert identify_product(product) is None
+
+
+def test_generation_is_not_a_differentiator() -> None:
+    a, b = identify_product("ProLiant BL465c G1"), identify_product("ProLiant BL465c G5")
+    assert a is not None and b is not None and a.model == b.model
+    c, d = identify_product("BL460c Gen8"), identify_product("ProLiant BL460c Gen10")
+    assert c is not None and d is not None and c.model == d.model
+    e, f = identify_product("ProLiant BL460c Gen8"), identify_product("ProLiant BL465c Gen8")
+    assert e is not None and f is not None and e.model != f.model
+
+
+def srv(id: str, *, enclosure: str = "enc1", bay: int = 1, product: str = "ProLiant BL460c Gen8",
+        group: str = "dg1", spare: bool = True, profile: str | None = None, present: bool = True,
+        span: int = 1) -> Server:
+    return Server(id=id, domain_group=group, domain=f"vcd-{enclosure}", enclosure=enclosure, bay=bay,
+                  product=product, span=span, present=present, profile=profile, spare=spare)
+
+
+SOURCE = srv("enc1-bay1", bay=1, spare=False, profile="web01")
+SOURCE_INFO = identify_product(SOURCE.product)
+assert SOURCE_INFO is not None
+
+
+def choose(cands: list[Server], power: dict[str, PowerState | str] | None = None) -> tuple[str | None, dict[str, str]]:
+    if power is None:
+        power = {c.id: PowerState.OFF for c in cands}
+    assert SOURCE_INFO is not None
+    choice = select_spare(SOURCE, SOURCE_INFO, 1, cands, power)
+    return (choice.spare.id if choice.spare else None), {r.server: r.reason for r in choice.rejected}
+
+
+def test_the_first_qualified_spare_wins() -> None:
+    good = srv("enc1-bay9", bay=9)
+    also = srv("enc1-bay10", bay=10)
+    assert choose([also, good])[0] == "enc1-bay9"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"spare": False}, "not a designated spare"),
+        ({"profile": "other"}, "has profile other assigned"),
+        ({"present": False}, "not physically present"),
+        ({"product": "ProLiant BL465c Gen8"}, "model ProLiant BL465c differs"),
+        ({"product": "Integrity BL860c i2"}, "model Integrity BL860c differs"),
+        ({"product": "Mystery 9000"}, "not identified"),
+        ({"span": 2}, "spans 2 bay(s)"),
+        ({"domain_group": "dg2"}, "in domain group dg2"),
+    ],
+)
+def test_each_criterion_rejects_and_says_why(change: dict[str, object], reason: str) -> None:
+    bad = replace(srv("enc1-bay9", bay=9), **change)  # type: ignore[arg-type]
+    good = srv("enc1-bay12", bay=12)
+    chosen, why = choose([bad, good])
+    assert chosen == "enc1-bay12"
+    assert reason in why["enc1-bay9"]
+
+
+@pytest.mark.parametrize(
+    ("reading", "reason"),
+    [
+        (PowerState.ON, "powered On"),
+        (PowerState.POWERING_ON, "powered PoweringOn"),
+        (PowerState.POWERING_OFF, "powered PoweringOff"),
+        (PowerState.UNKNOWN, "powered Unknown"),
+        ("BMC timed out", "power state unknown (BMC timed out)"),
+    ],
+)
+def test_power_must_read_off_from_the_bmc(reading: PowerState | str, reason: str) -> None:
+    a, b = srv("enc1-bay9", bay=9), srv("enc1-bay12", bay=12)
+    chosen, why = choose([a, b], {"enc1-bay9": reading, "enc1-bay12": PowerState.OFF})
+    assert chosen == "enc1-bay12"
+    assert reason in why["enc1-bay9"]
+
+
+def test_an_unread_power_state_is_not_assumed_off() -> None:
+    chosen, why = choose([srv("enc1-bay9", bay=9)], {})
+    assert chosen is None
+    assert "not read" in why["enc1-bay9"]
+
+
+def test_generation_ignored_in_selection() -> None:
+    gen10 = srv("enc1-bay9", bay=9, product="ProLiant BL460c Gen10")
+    g7 = srv("enc2-bay3", enclosure="enc2", bay=3, product="HP ProLiant BL460c G7")
+    assert choose([gen10])[0] == "enc1-bay9"
+    assert choose([g7])[0] == "enc2-bay3"
+
+
+def test_integrity_spans_must_match() -> None:
+    src = srv("enc2-bay15", enclosure="enc2", bay=15, product="Integrity BL870c i2", span=2, spare=False,
+              profile="hpux")
+    info = identify_product(src.product)
+    assert info is not None and info.span == 2
+    two = srv("enc3-bay15", enclosure="enc3", bay=15, product="Integrity BL870c i4", span=2)
+    one = srv("enc3-bay7", enclosure="enc3", bay=7, product="Integrity BL860c i2")
+    four = srv("enc3-bay1", enclosure="enc3", bay=1, product="Integrity BL890c i2", span=4)
+    choice = select_spare(src, info, 2, [four, one, two], {s.id: PowerState.OFF for s in (two, one, four)})
+    assert choice.spare is not None and choice.spare.id == "enc3-bay15"
+    reasons = {r.server: r.reason for r in choice.rejected}
+    assert "differs" in reasons["enc3-bay7"] and "differs" in reasons["enc3-bay1"]
+    # An inventory that records the wrong span for an Integrity model: the model's span decides.
+    wrong = replace(two, span=1)
+    assert select_spare(src, info, 2, [wrong], {wrong.id: PowerState.OFF}).spare == wrong
+
+
+def test_order_is_natural_by_enclosure_then_bay() -> None:
+    servers = [srv(f"enc{e}-bay{b}", enclosure=f"enc{e}", bay=b) for e in (10, 2, 1) for b in (16, 3, 11)]
+    ordered = [s.id for s in sorted(servers, key=candidate_order)]
+    assert ordered[:4] == ["enc1-bay3", "enc1-bay11", "enc1-bay16", "enc2-bay3"]
+    assert ordered[-1] == "enc10-bay16"
+    for perm in itertools.islice(itertools.permutations(servers), 50):
+        assert choose(list(perm))[0] == "enc1-bay3"
+
+
+def test_the_source_is_never_its_own_spare() -> None:
+    itself = replace(SOURCE, spare=True, profile=None)
+    assert choose([itself])[0] is None
+
+
+def test_no_candidates_explains() -> None:
+    assert SOURCE_INFO is not None
+    choice = select_spare(SOURCE, SOURCE_INFO, 1, [], {})
+    assert choice.spare is None and choice.explain() == "no candidates"
+
+
+def test_every_combination_of_criteria() -> None:
+    """All 2^6 combinations of the six criteria: qualified only when every one holds."""
+    for bits in itertools.product([True, False], repeat=6):
+        spare, no_profile, present, same_model, same_span, off = bits
+        cand = srv("enc1-bay9", bay=9, spare=spare, profile=None if no_profile else "p",
+                   present=present, product="ProLiant BL460c Gen9" if same_model else "ProLiant BL685c G7",
+                   span=1 if same_span else 2)
+        chosen, _ = choose([cand], {cand.id: PowerState.OFF if off else PowerState.ON})
+        assert (chosen == "enc1-bay9") == all(bits), bits
