@@ -56,7 +56,7 @@ class ServerIn(_Lenient):
     enclosure: str
     bay: int
     span: int = 1
-    product: str
+    product: str | None = None
     present: bool = True
     power: str | None = None
     health: str | None = None
@@ -69,7 +69,7 @@ class ServerIn(_Lenient):
     def to_model(self) -> Server:
         return Server(
             id=self.id, domain_group=self.domain_group, domain=self.domain, enclosure=self.enclosure,
-            bay=self.bay, span=self.span, product=self.product, present=self.present,
+            bay=self.bay, span=self.span, product=self.product or "", present=self.present,
             power=PowerState.parse(self.power), health=Health.parse(self.health), profile=self.profile,
             spare=self.spare, host=HostRecord(self.host.name, self.host.ip) if self.host else None,
             management_addresses=tuple(self.management_addresses),

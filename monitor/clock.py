@@ -117,6 +117,12 @@ class FakeClock:
             return _null()
         return self._timeout(seconds)
 
+    async def next_sleeper(self) -> None:
+        """Wait (without time passing) until something sleeps or waits on this clock."""
+        while self.pending == 0:
+            self.sleepers_changed.clear()
+            await self.sleepers_changed.wait()
+
     async def advance(self, seconds: float) -> None:
         """Move time forward, running every sleep and timeout that falls due, in order."""
         target = self._t + seconds

@@ -64,7 +64,9 @@ SOURCE_INFO = identify_product(SOURCE.product)
 assert SOURCE_INFO is not None
 
 
-def choose(cands: list[Server], power: dict[str, PowerState | str] | None = None) -> tuple[str | None, dict[str, str]]:
+def choose(
+    cands: list[Server], power: dict[str, PowerState | str] | None = None
+) -> tuple[str | None, dict[str, str]]:
     if power is None:
         power = {c.id: PowerState.OFF for c in cands}
     assert SOURCE_INFO is not None
