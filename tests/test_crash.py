@@ -1,0 +1,135 @@
+"""Crash safety: the daemon SIGKILLed in the middle of power_off_source and of move_profile, restarted,
+leaves no profile on two servers and no group locked. Daemon and lab run as separate processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.processes import Client, DaemonProcess, LabProcess, free_port, until, write_daemon_config
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "crash-test-token"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        yield s
+
+
+async def _step_running(api: Client, job: int, step: str, detail: str) -> Any:
+    status, body = await api.call("GET", f"/api/v1/jobs/{job}")
+    if status != 200:
+        return None
+    s = next(x for x in body["steps"] if x["step"] == step)
+    return body if s["state"] == "running" and detail in s["detail"] else None
+
+
+async def _ended(api: Client, job: int) -> Any:
+    status, body = await api.call("GET", f"/api/v1/jobs/{job}")
+    return body if status == 200 and body["state"] in ("completed", "failed") else None
+
+
+Check = Callable[[dict[str, Any], Client, Client], Awaitable[None]]
+
+
+async def crash_during(tmp_path: Path, http: aiohttp.ClientSession, step: str, latency: dict[str, float],
+                       check: Check, recovery: str = "resume", detail: str = "") -> None:
+    """Kill the daemon while `step` runs, restart it, wait for the job to end, then `check` it."""
+    lab = LabProcess(tmp_path, latency)
+    await lab.start()
+    lab_api = Client(lab.url, "", http)
+    port = free_port()
+    cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN)
+    api = Client(f"http://127.0.0.1:{port}", TOKEN, http)
+    first = DaemonProcess(cfg, tmp_path / "daemon1.log")
+    second: DaemonProcess | None = None
+    try:
+        await until(api.healthy, 30, "the daemon to be healthy")
+        status, body = await api.call("POST", "/api/v1/failovers", {"server": "enc1-bay1", "reason": "t"})
+        assert status == 202, body
+        job = int(body["job"])
+        await until(lambda: _step_running(api, job, step, detail), 30, f"{step} to reach {detail!r}",
+                    interval=0.01)
+        first.kill()
+        cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN, recovery=recovery)
+        second = DaemonProcess(cfg, tmp_path / "daemon2.log")
+        await until(api.healthy, 30, "the restarted daemon to be healthy")
+        final = await until(lambda: _ended(api, job), 60, "the job to end")
+        await check(final, lab_api, api)
+    except AssertionError:
+        print((tmp_path / "daemon1.log").read_text()[-3000:])
+        if second:
+            print(second.tail())
+        print(lab.tail())
+        raise
+    finally:
+        first.kill()
+        if second:
+            assert second.terminate() == 0, second.tail()
+        lab.terminate()
+
+
+async def assert_consistent(lab_api: Client, api: Client) -> None:
+    status, inv = await lab_api.call("GET", "/api/v1/inventory")
+    assert status == 200
+    holders: dict[str, list[str]] = {}
+    for s in inv["servers"]:
+        if s["profile"]:
+            holders.setdefault(s["profile"], []).append(s["id"])
+    assert all(len(v) == 1 for v in holders.values()), holders
+    status, violations = await lab_api.call("GET", "/lab/v1/violations")
+    assert status == 200 and violations == []
+
+
+async def test_kill_during_power_off_resumes(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async def check(job: dict[str, Any], lab_api: Client, api: Client) -> None:
+        assert job["state"] == "completed", job
+        assert any("resumed after a restart at power_off_source" in n for n in job["notes"]), job
+        status, source = await lab_api.call("GET", "/api/v1/servers/enc1-bay1")
+        assert source["profile"] is None and source["power"] == "Off"
+        await assert_consistent(lab_api, api)
+
+    await crash_during(tmp_path, http, "power_off_source",
+                       {"power_off_s": 1.5, "power_on_s": 0.1, "boot_s": 0}, check)
+
+
+async def test_kill_during_move_resumes(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async def check(job: dict[str, Any], lab_api: Client, api: Client) -> None:
+        assert job["state"] == "completed", job
+        assert any("resumed after a restart at move_profile" in n for n in job["notes"]), job
+        status, spare = await lab_api.call("GET", f"/api/v1/servers/{job['spare']}")
+        assert spare["profile"] == "prof-enc1-bay1" and spare["spare"] is False
+        assert spare["power"] == "On"
+        await assert_consistent(lab_api, api)
+
+    await crash_during(tmp_path, http, "move_profile",
+                       {"manager_ms": 150, "power_off_s": 0.1, "power_on_s": 0.1, "boot_s": 0}, check,
+                       detail="host record")  # the spare designation is already removed
+
+
+async def test_kill_during_move_fails_safe_when_configured(tmp_path: Path,
+                                                           http: aiohttp.ClientSession) -> None:
+    async def check(job: dict[str, Any], lab_api: Client, api: Client) -> None:
+        assert job["state"] == "failed", job
+        assert "failed safe after a restart at move_profile" in job["error"]
+        assert job["steps"][-1]["state"] == "done"  # unlock_group
+        status, inv = await lab_api.call("GET", "/api/v1/inventory")
+        holder = [s for s in inv["servers"] if s["profile"] == "prof-enc1-bay1"]
+        assert len(holder) == 1
+        spare = next(s for s in inv["servers"] if s["id"] == job["spare"])
+        if holder[0]["id"] == "enc1-bay1":  # the move had not happened: the spare is a spare again
+            assert spare["spare"] is True and spare["profile"] is None
+        await assert_consistent(lab_api, api)
+        status, groups = await api.call("GET", "/api/v1/groups")
+        assert all(g["locked_by"] is None for g in groups)
+
+    await crash_during(tmp_path, http, "move_profile",
+                       {"manager_ms": 150, "power_off_s": 0.1, "power_on_s": 0.1, "boot_s": 0}, check,
+                       recovery="fail_safe", detail="about to move profile")
