@@ -93,6 +93,7 @@ async def test_kill_during_power_off_resumes(tmp_path: Path, http: aiohttp.Clien
         assert job["state"] == "completed", job
         assert any("resumed after a restart at power_off_source" in n for n in job["notes"]), job
         status, source = await lab_api.call("GET", "/api/v1/servers/enc1-bay1")
+        assert status == 200
         assert source["profile"] is None and source["power"] == "Off"
         await assert_consistent(lab_api, api)
 
@@ -105,6 +106,7 @@ async def test_kill_during_move_resumes(tmp_path: Path, http: aiohttp.ClientSess
         assert job["state"] == "completed", job
         assert any("resumed after a restart at move_profile" in n for n in job["notes"]), job
         status, spare = await lab_api.call("GET", f"/api/v1/servers/{job['spare']}")
+        assert status == 200
         assert spare["profile"] == "prof-enc1-bay1" and spare["spare"] is False
         assert spare["power"] == "On"
         await assert_consistent(lab_api, api)
@@ -128,6 +130,7 @@ async def test_kill_during_move_fails_safe_when_configured(tmp_path: Path,
             assert spare["spare"] is True and spare["profile"] is None
         await assert_consistent(lab_api, api)
         status, groups = await api.call("GET", "/api/v1/groups")
+        assert status == 200
         assert all(g["locked_by"] is None for g in groups)
 
     await crash_during(tmp_path, http, "move_profile",
