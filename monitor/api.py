@@ -6,6 +6,7 @@ constant time. Bad input gets a JSON error and a counted rejection, never a cras
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -17,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
 from monitor.metrics import Metrics
-from monitor.model import Inventory
+from monitor.model import Inventory, Server
+from monitor.ports import AdapterError, NotFound
 from monitor.store import ActiveJobExists
 
 log = logging.getLogger(__name__)
@@ -175,9 +177,16 @@ class Api:
         )
 
     async def get_server(self, request: web.Request) -> web.Response:
-        inv = self._inventory()
+        """One server, read fresh from the manager (the cached view when the manager does not answer)."""
         sid = request.match_info["server"]
-        server = inv.servers.get(sid)
+        server: Server | None
+        try:
+            async with asyncio.timeout(10):
+                server = await self.runner.d.manager.server(sid)
+        except NotFound:
+            server = None
+        except (AdapterError, TimeoutError):
+            server = self._inventory().servers.get(sid)
         if server is None:
             return _error(404, f"unknown server {sid}")
         active = await self.runner.store.active_by_server()

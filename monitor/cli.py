@@ -103,26 +103,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- check-config -------------------------------------------------------------------------------
 
 
-def check_config(path: Path | None) -> list[str]:
-    """Every problem in the config and the files it names, as FILE:LINE: field: message."""
+def check_config(path: Path | None) -> tuple[list[str], list[str]]:
+    """Every problem (and warning) in the config and the files it names, as FILE:LINE: field: message."""
     try:
         loaded = _load(path)
     except ConfigError as exc:
-        return [str(i) for i in exc.issues]
+        return [str(i) for i in exc.issues], []
     problems: list[str] = []
+    warnings: list[str] = []
     inv = loaded.inventory_file
     if loaded.config.inventory.source == "static" and inv is not None:
-        from monitor.inventory_file import load_inventory_file
+        from monitor.inventory_file import check_inventory_file
 
         try:
-            load_inventory_file(inv)
+            _, found = check_inventory_file(inv)
+            warnings.extend(str(w) for w in found)
         except ConfigError as exc:
             problems.extend(str(i) for i in exc.issues)
-    return problems
+    return problems, warnings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    problems = check_config(args.config)
+    problems, warnings = check_config(args.config)
+    for w in warnings:
+        print(w)
     for p in problems:
         print(p)
     if problems:

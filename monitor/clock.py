@@ -117,6 +117,16 @@ class FakeClock:
             return _null()
         return self._timeout(seconds)
 
+    def deadlines(self) -> list[float]:
+        """The wall times at which pending sleeps and timeouts fall due, earliest first."""
+        return sorted(when for when, seq, _ in self._heap if seq not in self._cancelled)
+
+    async def wait_for_deadline(self, when: float) -> None:
+        """Wait (without time passing) until something sleeps until `when` (to the microsecond)."""
+        while not any(abs(d - when) < 1e-6 for d in self.deadlines()):
+            self.sleepers_changed.clear()
+            await self.sleepers_changed.wait()
+
     async def next_sleeper(self) -> None:
         """Wait (without time passing) until something sleeps or waits on this clock."""
         while self.pending == 0:

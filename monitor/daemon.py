@@ -99,6 +99,12 @@ class Daemon:
 
     # --- what the API asks -------------------------------------------------------------------------
 
+    @property
+    def adapters(self) -> Adapters:
+        """The adapters in use (built at start unless passed in)."""
+        assert self._adapters is not None, "the daemon has not started"
+        return self._adapters
+
     def inventory(self) -> Inventory | None:
         return self._inventory
 

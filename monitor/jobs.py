@@ -285,12 +285,15 @@ class JobRunner:
     async def _timer_loop(self) -> None:
         """Run due rediscovery timers; sleep until the next one is due or a new one is scheduled."""
         while not self._stopping.is_set():
+            self._timer_wakeup.clear()
             timers = await self.store.scheduled_timers()
             now = self.d.clock.time()
-            for timer in [t for t in timers if t.due <= now]:
+            due = [t for t in timers if t.due <= now]
+            for timer in due:
                 await self._fire(timer)
-            upcoming = [t.due for t in timers if t.due > now]
-            self._timer_wakeup.clear()
+            if due:
+                continue  # firing may have rescheduled a retry: read the timers again
+            upcoming = [t.due for t in timers]
             wait = min(upcoming) - now if upcoming else 3600.0
             sleeper = asyncio.ensure_future(self.d.clock.sleep(wait))
             waker = asyncio.ensure_future(self._timer_wakeup.wait())

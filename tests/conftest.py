@@ -62,8 +62,11 @@ class LabControl:
 class Harness:
     """The daemon in-process, its API, and a way to wait for jobs without sleeping."""
 
-    def __init__(self, daemon: Daemon, token: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, daemon: Daemon, token: str, session: aiohttp.ClientSession,
+                 stop: asyncio.Event, task: asyncio.Task[None]) -> None:
         self.daemon = daemon
+        self._stop = stop
+        self._task = task
         self.token = token
         self.http = session
         self.changed = asyncio.Condition()
@@ -72,6 +75,13 @@ class Harness:
         self.base = f"http://{daemon.http_address[0]}:{daemon.http_address[1]}"
         assert daemon.runner is not None
         daemon.runner.add_listener(self._on_job)
+
+    def daemon_stop(self) -> None:
+        """What SIGTERM does."""
+        self._stop.set()
+
+    async def stopped(self) -> None:
+        await asyncio.wait_for(self._task, 30)
 
     async def _on_job(self, job: Job) -> None:
         async with self.changed:
@@ -144,7 +154,8 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
             task.result()
         assert daemon.ready.is_set()
         running.append((stop, task))
-        return Harness(daemon, config.http.token.get_secret_value() if config.http.token else "", session)
+        token = config.http.token.get_secret_value() if config.http.token else ""
+        return Harness(daemon, token, session, stop, task)
 
     yield start
     for stop, task in reversed(running):
