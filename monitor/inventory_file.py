@@ -37,7 +37,7 @@ from monitor.model import (
     Server,
     identify_product,
 )
-from monitor.yamlfile import ConfigError, ConfigIssue, line_of, load_yaml, validate
+from monitor.yamlfile import ConfigError, ConfigIssue, field_path, line_of, load_yaml, validate
 
 
 class _Strict(BaseModel):
@@ -138,12 +138,12 @@ def check_inventory_file(path: Path) -> tuple[Inventory, list[ConfigIssue]]:
                         "domain_groups", gi, "domains", di, "enclosures", ei, "servers", si, "product")
                     if identify_product(s.product) is None:
                         warnings.append(ConfigIssue(
-                            str(path), line_of(node, loc), ".".join(str(p) for p in loc),
+                            str(path), line_of(node, loc), field_path(loc),
                             f"warning: product {s.product!r} is not a known ProLiant or Integrity blade "
                             "(a failover of it exits at check_product)"))
                     if s.bay + s.span - 1 > e.bays:
                         issues.append(ConfigIssue(
-                            str(path), line_of(node, (*loc[:-1], "span")), "span",
+                            str(path), line_of(node, (*loc[:-1], "span")), field_path((*loc[:-1], "span")),
                             f"bays {s.bay}-{s.bay + s.span - 1} exceed the enclosure's {e.bays} bays"))
     if issues:
         raise ConfigError(issues)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +44,19 @@ class _Loader(yaml.SafeLoader):
 
 
 def expand_env(value: Any, missing: list[str]) -> Any:
-    """Replace ${NAME} in every string by the environment variable NAME (missing ones collected)."""
+    """Replace ${NAME} in every string by the environment variable NAME (missing ones collected);
+    ${NAME:-DEFAULT} gives DEFAULT when NAME is unset or empty."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
+            name, default = m.group(1), m.group(2)
+            if os.environ.get(name):
+                return os.environ[name]
+            if default is not None:
+                return default
             if name not in os.environ:
                 missing.append(name)
-                return ""
-            return os.environ[name]
+            return ""
 
         return _ENV.sub(sub, value)
     if isinstance(value, list):
@@ -86,7 +90,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     return line
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -143,7 +147,7 @@ def validate(model: type[M], data: Any, node: yaml.Node | None, file: str) -> M:
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if isinstance(p, int | str))
-            issues.append(ConfigIssue(file, _line_of(node, loc), _field(loc), err["msg"]))
+            issues.append(ConfigIssue(file, _line_of(node, loc), field_path(loc), err["msg"]))
         raise ConfigError(issues) from None
     if issues:
         raise ConfigError(issues)
