@@ -201,7 +201,8 @@ async def follow_job(base: str, job_id: int, *, token: str | None = None, interv
             raise ApiError(f"job {job_id}: HTTP {status}: {job.get('error')}")
         for s in job["steps"]:
             key = (s["state"], s["detail"])
-            if s["state"] != "pending" and seen.get(s["step"]) != key:
+            if s["state"] != "pending" and (s["detail"] or s["state"] != "running") \
+                    and seen.get(s["step"]) != key:
                 seen[s["step"]] = key
                 print(f"  {s['step']:<22} {s['state']:<8} {s['detail']}", file=out, flush=True)
         if job["state"] in ("completed", "failed"):

@@ -34,7 +34,15 @@ class SpareChoice:
     rejected: tuple[Rejection, ...]
 
     def explain(self) -> str:
-        return "; ".join(f"{r.server}: {r.reason}" for r in self.rejected) or "no candidates"
+        """Why each designated spare was passed over; other servers only counted."""
+        listed = [f"{r.server}: {r.reason}" for r in self.rejected if r.reason != NOT_SPARE]
+        others = len(self.rejected) - len(listed)
+        if others:
+            listed.append(f"{others} other server(s) {NOT_SPARE}")
+        return "; ".join(listed) or "no candidates"
+
+
+NOT_SPARE = "not a designated spare"
 
 
 def _natural(text: str) -> tuple[object, ...]:
@@ -58,7 +66,7 @@ def _static_reason(
     if candidate.domain_group != source.domain_group:
         return f"in domain group {candidate.domain_group}, not {source.domain_group}"
     if not candidate.spare:
-        return "not a designated spare"
+        return NOT_SPARE
     if candidate.profile:
         return f"has profile {candidate.profile} assigned"
     if not candidate.present:
