@@ -491,9 +491,7 @@ def _child_measure(kind: str, path: Path, repeats: int) -> dict[str, Any]:
     """Run in a fresh interpreter: time (first and median of `repeats`), VmRSS added, tracemalloc peak."""
     result: dict[str, Any] = {"kind": kind}
     if kind == "static":
-        tmp = Path(tempfile.mkdtemp(prefix="bench-static-"))
-
-        async def static() -> dict[str, Any]:
+        async def static(tmp: Path) -> dict[str, Any]:
             store = SqliteStore(str(tmp / "static.db"), synchronous="full")
             await store.open()
             try:
@@ -525,7 +523,8 @@ def _child_measure(kind: str, path: Path, repeats: int) -> dict[str, Any]:
             finally:
                 await store.close()
 
-        result.update(asyncio.run(static()))
+        with tempfile.TemporaryDirectory(prefix="bench-static-") as d:
+            result.update(asyncio.run(static(Path(d))))
         return result
 
     fn: Callable[[], Any]

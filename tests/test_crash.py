@@ -136,3 +136,35 @@ async def test_kill_during_move_fails_safe_when_configured(tmp_path: Path,
     await crash_during(tmp_path, http, "move_profile",
                        {"manager_ms": 150, "power_off_s": 0.1, "power_on_s": 0.1, "boot_s": 0}, check,
                        recovery="fail_safe", detail="about to move profile")
+
+
+async def test_sigterm_parks_at_a_safe_point_and_the_job_resumes(tmp_path: Path,
+                                                                 http: aiohttp.ClientSession) -> None:
+    lab = LabProcess(tmp_path, {"power_off_s": 1.0, "power_on_s": 0.1, "boot_s": 0})
+    await lab.start()
+    port = free_port()
+    cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN)
+    api = Client(f"http://127.0.0.1:{port}", TOKEN, http)
+    first = DaemonProcess(cfg, tmp_path / "daemon1.log")
+    second: DaemonProcess | None = None
+    try:
+        await until(api.healthy, 30, "the daemon to be healthy")
+        status, body = await api.call("POST", "/api/v1/failovers", {"server": "enc1-bay1", "reason": "t"})
+        job = int(body["job"])
+        await until(lambda: _step_running(api, job, "power_off_source", "about to power off"), 30,
+                    "power_off_source to start", interval=0.01)
+        assert first.terminate() == 0, first.tail()  # SIGTERM: exit 0 after the step finished
+        assert "parked at a safe point" in first.tail()
+        second = DaemonProcess(cfg, tmp_path / "daemon2.log")
+        await until(api.healthy, 30, "the restarted daemon to be healthy")
+        final = await until(lambda: _ended(api, job), 60, "the job to end")
+        assert final["state"] == "completed", final
+        po = next(s for s in final["steps"] if s["step"] == "power_off_source")
+        assert "confirmed Off" in po["detail"]  # finished before the first daemon stopped
+        assert any("resumed after a restart at select_spare" in n for n in final["notes"]), final
+        await assert_consistent(Client(lab.url, "", http), api)
+    finally:
+        first.kill()
+        if second:
+            assert second.terminate() == 0, second.tail()
+        lab.terminate()
