@@ -13,6 +13,16 @@ from enum import StrEnum
 from typing import Any, Literal
 
 
+def _parse_enum(cls: type[StrEnum], value: object, default: StrEnum) -> StrEnum:
+    """Case-insensitive lookup of a BMC's word; anything unrecognised is `default`."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        for member in cls:
+            if member.value.lower() == word:
+                return member
+    return default
+
+
 class PowerState(StrEnum):
     ON = "On"
     OFF = "Off"
@@ -24,11 +34,7 @@ class PowerState(StrEnum):
     @classmethod
     def parse(cls, value: object) -> PowerState:
         """Lenient: anything unrecognised is UNKNOWN, never OFF."""
-        if isinstance(value, str):
-            for member in cls:
-                if member.value.lower() == value.strip().lower():
-                    return member
-        return cls.UNKNOWN
+        return cls(_parse_enum(cls, value, cls.UNKNOWN))
 
 
 class Health(StrEnum):
@@ -39,11 +45,7 @@ class Health(StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> Health:
-        if isinstance(value, str):
-            for member in cls:
-                if member.value.lower() == value.strip().lower():
-                    return member
-        return cls.UNKNOWN
+        return cls(_parse_enum(cls, value, cls.UNKNOWN))
 
 
 DOMAIN_OK = "ok"

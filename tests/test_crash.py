@@ -4,6 +4,8 @@ leaves no profile on two servers and no group locked. Daemon and lab run as sepa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,41 +41,60 @@ async def _ended(api: Client, job: int) -> Any:
 Check = Callable[[dict[str, Any], Client, Client], Awaitable[None]]
 
 
-async def crash_during(tmp_path: Path, http: aiohttp.ClientSession, step: str, latency: dict[str, float],
-                       check: Check, recovery: str = "resume", detail: str = "") -> None:
-    """Kill the daemon while `step` runs, restart it, wait for the job to end, then `check` it."""
+@dataclass
+class Run:
+    lab: LabProcess
+    api: Client
+    job: int
+    first: DaemonProcess
+    restart: Callable[..., Awaitable[DaemonProcess]]
+    """Start a second daemon on the same store and port (`recovery` as given) and wait until healthy."""
+
+
+@asynccontextmanager
+async def lab_and_daemon(tmp_path: Path, http: aiohttp.ClientSession,
+                         latency: dict[str, float]) -> AsyncIterator[Run]:
+    """The lab and a first daemon as processes, with a failover of enc1-bay1 submitted."""
     lab = LabProcess(tmp_path, latency)
     await lab.start()
-    lab_api = Client(lab.url, "", http)
     port = free_port()
-    cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN)
     api = Client(f"http://127.0.0.1:{port}", TOKEN, http)
-    first = DaemonProcess(cfg, tmp_path / "daemon1.log")
-    second: DaemonProcess | None = None
+    daemons = [DaemonProcess(write_daemon_config(tmp_path, lab.url, port, TOKEN), tmp_path / "daemon1.log")]
+
+    async def restart(recovery: str = "resume") -> DaemonProcess:
+        cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN, recovery=recovery)
+        daemons.append(DaemonProcess(cfg, tmp_path / "daemon2.log"))
+        await until(api.healthy, 30, "the restarted daemon to be healthy")
+        return daemons[-1]
+
     try:
         await until(api.healthy, 30, "the daemon to be healthy")
         status, body = await api.call("POST", "/api/v1/failovers", {"server": "enc1-bay1", "reason": "t"})
         assert status == 202, body
-        job = int(body["job"])
-        await until(lambda: _step_running(api, job, step, detail), 30, f"{step} to reach {detail!r}",
-                    interval=0.01)
-        first.kill()
-        cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN, recovery=recovery)
-        second = DaemonProcess(cfg, tmp_path / "daemon2.log")
-        await until(api.healthy, 30, "the restarted daemon to be healthy")
-        final = await until(lambda: _ended(api, job), 60, "the job to end")
-        await check(final, lab_api, api)
-    except AssertionError:
-        print((tmp_path / "daemon1.log").read_text()[-3000:])
-        if second:
-            print(second.tail())
-        print(lab.tail())
-        raise
+        try:
+            yield Run(lab, api, int(body["job"]), daemons[0], restart)
+        except AssertionError:
+            for d in daemons:
+                print(d.tail())
+            print(lab.tail())
+            raise
     finally:
-        first.kill()
-        if second:
-            assert second.terminate() == 0, second.tail()
+        daemons[0].kill()
+        for d in daemons[1:]:
+            assert d.terminate() == 0, d.tail()
         lab.terminate()
+
+
+async def crash_during(tmp_path: Path, http: aiohttp.ClientSession, step: str, latency: dict[str, float],
+                       check: Check, recovery: str = "resume", detail: str = "") -> None:
+    """Kill the daemon while `step` runs, restart it, wait for the job to end, then `check` it."""
+    async with lab_and_daemon(tmp_path, http, latency) as run:
+        await until(lambda: _step_running(run.api, run.job, step, detail), 30,
+                    f"{step} to reach {detail!r}", interval=0.01)
+        run.first.kill()
+        await run.restart(recovery)
+        final = await until(lambda: _ended(run.api, run.job), 60, "the job to end")
+        await check(final, Client(run.lab.url, "", http), run.api)
 
 
 async def assert_consistent(lab_api: Client, api: Client) -> None:
@@ -140,31 +161,16 @@ async def test_kill_during_move_fails_safe_when_configured(tmp_path: Path,
 
 async def test_sigterm_parks_at_a_safe_point_and_the_job_resumes(tmp_path: Path,
                                                                  http: aiohttp.ClientSession) -> None:
-    lab = LabProcess(tmp_path, {"power_off_s": 1.0, "power_on_s": 0.1, "boot_s": 0})
-    await lab.start()
-    port = free_port()
-    cfg = write_daemon_config(tmp_path, lab.url, port, TOKEN)
-    api = Client(f"http://127.0.0.1:{port}", TOKEN, http)
-    first = DaemonProcess(cfg, tmp_path / "daemon1.log")
-    second: DaemonProcess | None = None
-    try:
-        await until(api.healthy, 30, "the daemon to be healthy")
-        status, body = await api.call("POST", "/api/v1/failovers", {"server": "enc1-bay1", "reason": "t"})
-        job = int(body["job"])
-        await until(lambda: _step_running(api, job, "power_off_source", "about to power off"), 30,
-                    "power_off_source to start", interval=0.01)
-        assert first.terminate() == 0, first.tail()  # SIGTERM: exit 0 after the step finished
-        assert "parked at a safe point" in first.tail()
-        second = DaemonProcess(cfg, tmp_path / "daemon2.log")
-        await until(api.healthy, 30, "the restarted daemon to be healthy")
-        final = await until(lambda: _ended(api, job), 60, "the job to end")
+    latency = {"power_off_s": 1.0, "power_on_s": 0.1, "boot_s": 0}
+    async with lab_and_daemon(tmp_path, http, latency) as run:
+        await until(lambda: _step_running(run.api, run.job, "power_off_source", "about to power off"),
+                    30, "power_off_source to start", interval=0.01)
+        assert run.first.terminate() == 0, run.first.tail()  # SIGTERM: exit 0 once at a safe point
+        assert "parked at a safe point" in run.first.tail()
+        await run.restart()
+        final = await until(lambda: _ended(run.api, run.job), 60, "the job to end")
         assert final["state"] == "completed", final
         po = next(s for s in final["steps"] if s["step"] == "power_off_source")
         assert "confirmed Off" in po["detail"]  # finished before the first daemon stopped
         assert any("resumed after a restart at select_spare" in n for n in final["notes"]), final
-        await assert_consistent(Client(lab.url, "", http), api)
-    finally:
-        first.kill()
-        if second:
-            assert second.terminate() == 0, second.tail()
-        lab.terminate()
+        await assert_consistent(Client(run.lab.url, "", http), run.api)
