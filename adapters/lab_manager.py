@@ -6,6 +6,7 @@ names the endpoint, never a crash.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -201,6 +202,14 @@ class LabManager:
     async def server(self, server_id: str) -> Server:
         s: ServerIn = await self._c.parse(ServerIn, "GET", f"/api/v1/servers/{server_id}")
         return s.to_model()
+
+    async def group_servers(self, group: str) -> list[Server]:
+        data = await self._c.call("GET", f"/api/v1/servers?domain_group={quote(group)}")
+        try:
+            return [ServerIn.model_validate(s).to_model() for s in data]
+        except (ValidationError, TypeError) as exc:
+            raise AdapterError(f"malformed answer to GET /api/v1/servers: {exc}",
+                               endpoint=self._c.url) from exc
 
     async def profile(self, profile_id: str) -> Profile:
         p: ProfileIn = await self._c.parse(ProfileIn, "GET", f"/api/v1/profiles/{profile_id}")

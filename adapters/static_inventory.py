@@ -87,6 +87,9 @@ class StaticManager:
             raise NotFound(f"unknown server {server_id}")
         return inv.servers[server_id]
 
+    async def group_servers(self, group: str) -> list[Server]:
+        return (await self._inv.current()).in_group(group)
+
     async def profile(self, profile_id: str) -> Profile:
         inv = await self._inv.current()
         if profile_id not in inv.profiles:

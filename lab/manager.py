@@ -163,8 +163,11 @@ async def get_inventory(request: web.Request) -> web.Response:
 
 
 async def get_servers(request: web.Request) -> web.Response:
+    """Every server, or those of one domain group (`?domain_group=dg1`)."""
     world = _world(request)
-    return _json([world.server_view(s) for s in world.servers.values()])
+    views = [world.server_view(s) for s in world.servers.values()]
+    group = request.query.get("domain_group")
+    return _json([v for v in views if v["domain_group"] == group] if group else views)
 
 
 async def get_server(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,21 @@ from monitor.store import SqliteStore, StoreError
 from monitor.yamlfile import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+REFRESH_GAP = 2.0
+"""Seconds: the inventory view is refreshed at most this often."""
+
+
+async def _first(stopper: Coroutine[Any, Any, Any], *others: Coroutine[Any, Any, Any]) -> bool:
+    """Wait for whichever finishes first; cancel the rest. True when it was `stopper`."""
+    tasks = [asyncio.ensure_future(c) for c in (stopper, *others)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+    return tasks[0] in done
 
 
 class StartupError(Exception):
@@ -140,17 +156,16 @@ class Daemon:
             log.warning("inventory refresh failed: %s", self._inventory_error)
 
     async def _refresh_loop(self, manager: ProfileManager, stop: asyncio.Event) -> None:
+        """Refresh the inventory view every `refresh_interval`, and soon after a job ends; wake-ups within
+        REFRESH_GAP of the last refresh are coalesced, so a burst of jobs costs one refresh."""
+        interval = self.config.inventory.refresh_interval
+        gap = min(REFRESH_GAP, interval)
         while not stop.is_set():
             self._refresh_now.clear()
             await self.refresh_inventory(manager)
-            sleeper = asyncio.ensure_future(self.clock.sleep(self.config.inventory.refresh_interval))
-            waker = asyncio.ensure_future(self._refresh_now.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({sleeper, waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for f in (sleeper, waker, stopper):
-                    f.cancel()
+            if await _first(stop.wait(), self.clock.sleep(gap)) or await _first(
+                    stop.wait(), self._refresh_now.wait(), self.clock.sleep(interval - gap)):
+                return
 
     def reload(self) -> list[str]:
         """SIGHUP: reread the inventory file (static source). Returns the problems, if any."""

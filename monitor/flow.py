@@ -190,15 +190,15 @@ class FailoverFlow:
 
     async def select_spare(self, note: Note) -> str:
         try:
-            inventory = await self.d.manager.inventory()
+            members = await self.d.manager.group_servers(self.job.group)
         except AdapterError as exc:
-            raise StepFailed(f"cannot read the inventory: {_err(exc)}") from exc
-        source = inventory.servers.get(self.job.server) or await self._source()
+            raise StepFailed(f"cannot read domain group {self.job.group}: {_err(exc)}") from exc
+        source = next((s for s in members if s.id == self.job.server), None) or await self._source()
         info = identify_product(source.product)
         if info is None:
             raise StepFailed(f"product {source.product!r} not identified")
         span = int(self.ctx.get("span") or info.span or source.span)
-        group = [s for s in inventory.in_group(source.domain_group) if s.id != source.id]
+        group = [s for s in members if s.id != source.id]
         worth_reading = [s for s in group if needs_power_reading(source, s)]
         power = await self._read_power(worth_reading)
         choice = select_spare(source, info, span, group, power)

@@ -77,6 +77,9 @@ class ProfileManager(Protocol):
 
     async def server(self, server_id: str) -> Server: ...
 
+    async def group_servers(self, group: str) -> list[Server]:
+        """The servers of one domain group, read fresh (spare selection reads only its own group)."""
+
     async def profile(self, profile_id: str) -> Profile: ...
 
     async def move_profile(self, profile_id: str, source: str, target: str) -> None:
