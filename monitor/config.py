@@ -128,6 +128,63 @@ class FailoverConfig(_Strict):
         return 120.0
 
 
+class SnmpUser(_Strict):
+    """An SNMPv3 USM user. TRAPs are accepted from the listed sender engine ids; INFORMs need none (the
+    monitor is the authoritative engine for them)."""
+
+    name: str
+    auth_protocol: Literal["none", "MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"] = "SHA"
+    auth_key: SecretStr | None = None
+    priv_protocol: Literal["none", "DES", "3DES", "AES", "AES192", "AES256"] = "AES"
+    priv_key: SecretStr | None = None
+    engine_ids: list[Annotated[str, Field(pattern=r"^(0x)?[0-9A-Fa-f]{10,64}$")]] = []
+
+    @model_validator(mode="after")
+    def _keys(self) -> SnmpUser:
+        if self.auth_protocol != "none" and (self.auth_key is None or len(self.auth_key) < 8):
+            raise ValueError(f"user {self.name}: auth_key of at least 8 characters required")
+        if self.priv_protocol != "none":
+            if self.auth_protocol == "none":
+                raise ValueError(f"user {self.name}: privacy needs authentication")
+            if self.priv_key is None or len(self.priv_key) < 8:
+                raise ValueError(f"user {self.name}: priv_key of at least 8 characters required")
+        return self
+
+
+class SnmpConfig(_Strict):
+    listen: str | None = None
+    """HOST:PORT for traps and informs (e.g. 0.0.0.0:162); absent: no SNMP receiver."""
+    v1_v2c: bool = True
+    """Accept SNMPv1/v2c with the communities below; false: SNMPv3 only."""
+    communities: list[SecretStr] = []
+    users: list[SnmpUser] = []
+    receive_buffer: Annotated[int, Field(ge=65536)] = 4 << 20
+    """SO_RCVBUF bytes, so bursts wait in the kernel rather than being dropped (capped by rmem_max)."""
+    queue_size: Annotated[int, Field(ge=1)] = 20000
+    """Decoded traps waiting for the rules; beyond it they are dropped and counted."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+
+class MqttConfig(_Strict):
+    url: Annotated[str, Field(pattern=r"^mqtts?://")]
+    """mqtt://[user:password@]host[:port] or mqtts:// (TLS)."""
+    topic_prefix: str = "failover"
+    client_id: str | None = None
+    ca_file: str | None = None
+    tls_insecure: bool = False
+    buffer: Annotated[int, Field(ge=1)] = 10000
+    """Messages kept, in order, while the broker is unreachable; beyond it the oldest are counted and
+    dropped."""
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    keepalive: Annotated[int, Field(ge=5)] = 30
+
+
 class StoreSqlite(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
@@ -142,6 +199,8 @@ class MonitorConfig(_Strict):
     inventory: InventoryConfig = InventoryConfig()
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
+    snmp: SnmpConfig = SnmpConfig()
+    mqtt: MqttConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("store")
