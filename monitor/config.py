@@ -185,6 +185,34 @@ class MqttConfig(_Strict):
     keepalive: Annotated[int, Field(ge=5)] = 30
 
 
+class RedfishEventsConfig(_Strict):
+    """Redfish events in: push subscriptions to our listener, SSE streams, and health polling."""
+
+    destination: str | None = None
+    """The URL BMCs push to: our `POST /api/v1/events/redfish` as the BMCs reach it. Absent: no push
+    subscriptions are managed (events may still be posted by hand-made subscriptions)."""
+    secret: SecretStr | None = None
+    """Master secret; each BMC's subscription carries its own token derived from it (HMAC), sent in an
+    Authorization header where the BMC supports HttpHeaders, else in Context or the Destination path."""
+    subscribe: bool = True
+    """Make sure each BMC has exactly one subscription pointing at us (create, repair, remove our stale
+    ones; never touch another consumer's)."""
+    check_interval: Annotated[float, Field(gt=0)] = 300.0
+    sse: bool = False
+    """Also follow each BMC's ServerSentEventUri where it has one."""
+    poll_interval: Annotated[float, Field(ge=0)] = 60.0
+    """Seconds between health polls of every BMC (0: off): a change of Status.Health becomes an event."""
+    allowed_senders: list[str] = []
+    """Networks (CIDR) events may come from; empty: any."""
+    max_body: Annotated[int, Field(gt=0)] = 256 * 1024
+
+    @model_validator(mode="after")
+    def _secret_for_push(self) -> RedfishEventsConfig:
+        if self.destination and self.secret is None:
+            raise ValueError("redfish_events.secret is required when a destination is set")
+        return self
+
+
 class StoreSqlite(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
@@ -200,6 +228,7 @@ class MonitorConfig(_Strict):
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
     snmp: SnmpConfig = SnmpConfig()
+    redfish_events: RedfishEventsConfig = RedfishEventsConfig()
     mqtt: MqttConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
