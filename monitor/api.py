@@ -11,14 +11,25 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from monitor.events import Event
 from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
 from monitor.metrics import Metrics
 from monitor.model import Inventory, Server
+from monitor.pipeline import Pipeline
 from monitor.ports import AdapterError, NotFound
 from monitor.store import ActiveJobExists
 
@@ -31,6 +42,40 @@ class FailoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=2000)
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class EventIn(BaseModel):
+    """A normalized event as posted or recorded: `time` defaults to now, `source` to "file"."""
+
+    model_config = ConfigDict(extra="forbid")
+    event: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, value: Any) -> Any:
+        return {"event": value} if isinstance(value, dict) and "event" not in value else value
+
+    def to_event(self, now: datetime) -> Event:
+        data = {"source": "file", "time": now, **self.event}
+        return Event.model_validate(data).with_message_id()
+
+    @field_validator("event")
+    @classmethod
+    def _valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        Event.model_validate({"source": "file", "time": datetime.now(UTC), **value})
+        return value
+
+
+class EventBatch(RootModel[EventIn | list[EventIn]]):
+    pass
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class HealthSource(Protocol):
@@ -47,9 +92,12 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 class Api:
     def __init__(
         self, runner: JobRunner, source: HealthSource, metrics: Metrics, *, token: str | None,
-        max_body: int = 1 << 20,
+        max_body: int = 1 << 20, pipeline: Pipeline | None = None,
+        events: asyncio.Queue[Event] | None = None,
     ) -> None:
         self.runner = runner
+        self.pipeline = pipeline
+        self.events = events
         self.source = source
         self.metrics = metrics
         self._token = token.encode() if token else None
@@ -64,6 +112,12 @@ class Api:
             web.get("/api/v1/servers", self.list_servers),
             web.get("/api/v1/servers/{server}", self.get_server),
             web.get("/api/v1/groups", self.list_groups),
+            web.get("/api/v1/decisions", self.list_decisions),
+            web.post("/api/v1/events", self.post_events),
+            web.post("/api/v1/rules/explain", self.post_explain),
+            web.get("/api/v1/pause", self.get_pause),
+            web.post("/api/v1/pause", self.post_pause),
+            web.delete("/api/v1/pause", self.delete_pause),
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.get_metrics),
         ])
@@ -99,13 +153,15 @@ class Api:
             return False
         return hmac.compare_digest(value.strip().encode(), self._token)
 
-    # --- failovers ---------------------------------------------------------------------------
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self._authorized(request):
+            return None
+        self._reject("unauthorized")
+        return web.json_response({"error": "missing or invalid bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def post_failover(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            self._reject("unauthorized")
-            return web.json_response({"error": "missing or invalid bearer token"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+    async def _body(self, request: web.Request, model: type[M]) -> M | web.Response:
+        """The request body validated against `model`, or the 400 answer saying what is wrong."""
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -113,12 +169,21 @@ class Api:
             self._reject("bad_json")
             return _error(400, f"malformed JSON: {exc}")
         try:
-            req = FailoverRequest.model_validate(body)
+            return model.model_validate(body)
         except ValidationError as exc:
             self._reject("bad_request")
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return _error(400, f"{where}: {first['msg']}")
+
+    # --- failovers ---------------------------------------------------------------------------
+
+    async def post_failover(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        req = await self._body(request, FailoverRequest)
+        if isinstance(req, web.Response):
+            return req
         trigger = {"kind": "manual", "reason": req.reason,
                    "by": request.remote or "unknown"}
         try:
@@ -201,6 +266,72 @@ class Api:
              "domains": sorted(d.id for d in inv.domains.values() if d.group == g)}
             for g in sorted(inv.groups)
         ])
+
+    # --- events, decisions, pause --------------------------------------------------------------------
+
+    def _pipeline(self) -> Pipeline:
+        if self.pipeline is None:
+            raise web.HTTPServiceUnavailable(reason="the rules pipeline is not running")
+        return self.pipeline
+
+    async def list_decisions(self, request: web.Request) -> web.Response:
+        pipeline = self._pipeline()
+        try:
+            limit = int(request.query.get("limit", "50"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            return _error(400, "limit must be a whole number from 1 to 1000")
+        await pipeline.flush()
+        rows = await self.runner.store.list_decisions(
+            server=request.query.get("server") or None, action=request.query.get("action") or None,
+            limit=limit)
+        return web.json_response(rows)
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        """Inject normalized events (one object or a list), as a source would."""
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        batch = await self._body(request, EventBatch)
+        if isinstance(batch, web.Response):
+            return batch
+        if self.events is None:
+            return _error(503, "no event queue")
+        queued = 0
+        for item in batch.root if isinstance(batch.root, list) else [batch.root]:
+            try:
+                self.events.put_nowait(item.to_event(self.runner.d.clock.now()))
+                queued += 1
+            except asyncio.QueueFull:
+                self.metrics.inc("events_dropped_total", reason="queue_full")
+                return _error(503, f"event queue full after {queued} event(s)", queued=queued)
+        self.metrics.inc("events_received_total", float(queued), source="api")
+        return web.json_response({"queued": queued}, status=202)
+
+    async def post_explain(self, request: web.Request) -> web.Response:
+        pipeline = self._pipeline()
+        item = await self._body(request, EventIn)
+        if isinstance(item, web.Response):
+            return item
+        return web.json_response(pipeline.explain(item.to_event(self.runner.d.clock.now())))
+
+    async def get_pause(self, request: web.Request) -> web.Response:
+        return web.json_response({"paused": self._pipeline().decider.paused})
+
+    async def post_pause(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        req = await self._body(request, PauseRequest)
+        if isinstance(req, web.Response):
+            return req
+        await self._pipeline().set_paused(req.reason)
+        return web.json_response({"paused": req.reason})
+
+    async def delete_pause(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        await self._pipeline().set_paused(None)
+        return web.json_response({"paused": None})
 
     # --- health and metrics ---------------------------------------------------------------------
 

@@ -51,6 +51,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _api_args(p)
 
+    p = sub.add_parser("rules", help="rule tools")
+    rsub = p.add_subparsers(dest="rules_command", required=True, metavar="RULES_COMMAND")
+    e = rsub.add_parser("explain", help="run recorded events (JSON) through the rules without acting")
+    e.add_argument("event_file", type=Path, help="a JSON event, or a list of events evaluated in order")
+    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    e.add_argument("--all", action="store_true", help="list every rule that did not match")
+    _config_arg(e)
+
+    p = sub.add_parser("pause", help="pause automatic failover everywhere (decisions alert instead)")
+    p.add_argument("reason")
+    _api_args(p)
+    p = sub.add_parser("resume", help="resume automatic failover")
+    _api_args(p)
+
     p = sub.add_parser("lab", help="run the lab simulator (virtual enclosures, BMCs, manager)")
     p.add_argument("-c", "--config", type=Path, default=None, help="lab config (default: built-in)")
     p.add_argument("--ready-file", type=Path, default=None)
@@ -111,6 +125,14 @@ def check_config(path: Path | None) -> tuple[list[str], list[str]]:
         return [str(i) for i in exc.issues], []
     problems: list[str] = []
     warnings: list[str] = []
+    from rules.loader import load_policy
+
+    rules_cfg = loaded.config.rules
+    try:
+        load_policy([loaded.resolve(f) for f in rules_cfg.files], builtin=rules_cfg.builtin,
+                    packs=rules_cfg.packs)
+    except ConfigError as exc:
+        problems.extend(str(i) for i in exc.issues)
     inv = loaded.inventory_file
     if loaded.config.inventory.source == "static" and inv is not None:
         from monitor.inventory_file import check_inventory_file
@@ -247,6 +269,96 @@ async def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _load_inventory(loaded: LoadedConfig) -> tuple[Any, str]:
+    """The inventory for explanations: the static file, or the lab's manager API (5 s at most)."""
+    cfg = loaded.config.inventory
+    if cfg.source == "static" and loaded.inventory_file is not None:
+        from monitor.inventory_file import load_inventory_file
+
+        return load_inventory_file(loaded.inventory_file), f"inventory file {loaded.inventory_file}"
+    from adapters.lab_manager import LabClient, LabManager
+    from monitor.ports import AdapterError
+
+    manager = LabManager(LabClient(cfg.lab.url, timeout=5.0,
+                                   token=cfg.lab.token.get_secret_value() if cfg.lab.token else None))
+    try:
+        return await manager.inventory(), f"inventory from {cfg.lab.url}"
+    except AdapterError as exc:
+        return None, f"no inventory ({exc}): servers are not resolved"
+    finally:
+        await manager.close()
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from monitor.api import EventBatch
+    from monitor.clock import SystemClock
+    from monitor.resolve import Resolver
+    from rules.engine import Decider
+    from rules.loader import load_policy
+
+    loaded = _load(args.config)
+    rules_cfg = loaded.config.rules
+    policy = load_policy([loaded.resolve(f) for f in rules_cfg.files], builtin=rules_cfg.builtin,
+                         packs=rules_cfg.packs)
+    try:
+        batch = EventBatch.model_validate_json(args.event_file.read_bytes())
+    except OSError as exc:
+        print(f"{args.event_file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            print(f"{args.event_file}:1: {where}: {err['msg']}", file=sys.stderr)
+        return 1
+    inventory, where_from = asyncio.run(_load_inventory(loaded))
+    resolver = Resolver(inventory) if inventory is not None else None
+    decider = Decider(policy.ruleset, policy.guards, policy.silences)
+    now = SystemClock().now()
+    items = batch.root if isinstance(batch.root, list) else [batch.root]
+    out: list[dict[str, Any]] = []
+    if not args.json:
+        print(f"{policy.summary()}; {where_from}")
+    for n, item in enumerate(items, start=1):
+        event = item.to_event(now)
+        sid, how = resolver.resolve(event) if resolver else (None, "no inventory")
+        server = resolver.server(sid) if resolver else None
+        d = decider.decide(event.model_copy(update={"server": sid}), server)
+        out.append({**d.public(), "resolved_by": how})
+        if args.json:
+            continue
+        what = event.trap_oid or event.message_id or event.health or "event"
+        print(f"\nevent {n}: {event.source} {what} from {event.sender or '?'} -> "
+              f"server {sid or 'unknown'} ({how})")
+        for rule, action, note in d.matched:
+            print(f"  matched      {rule} ({action}){': ' + note if note else ''}")
+        near = d.near if args.all else d.near[:10]
+        for rule, why in near:
+            print(f"  not matched  {rule}: {why}")
+        if len(d.near) > len(near):
+            print(f"  ... and {len(d.near) - len(near)} more (--all lists them)")
+        verdict = f"{d.action}" + (f" by {d.rule}" if d.rule else " (no rule fired)")
+        print(f"  decision: {verdict}" + (f"; guard: {d.guard}" if d.guard else ""))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+async def _pause(args: argparse.Namespace, reason: str | None) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    if reason is None:
+        status, data = await api_call(base, "DELETE", "/api/v1/pause", token=token)
+    else:
+        status, data = await api_call(base, "POST", "/api/v1/pause", token=token, body={"reason": reason})
+    if status != 200:
+        print(f"failover-monitor: {data.get('error', data)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(f"automatic failover paused: {data['paused']}" if data["paused"] else "automatic failover resumed")
+    return 0
+
+
 def _api_command(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))
@@ -266,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
             return _api_command(_failover(args))
         if args.command == "jobs":
             return _api_command(_jobs(args))
+        if args.command == "rules":
+            return _explain(args)
+        if args.command == "pause":
+            return _api_command(_pause(args, args.reason))
+        if args.command == "resume":
+            return _api_command(_pause(args, None))
         if args.command == "lab":
             from lab.main import main as lab_main
 

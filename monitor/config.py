@@ -213,6 +213,18 @@ class RedfishEventsConfig(_Strict):
         return self
 
 
+class RulesConfig(_Strict):
+    builtin: bool = True
+    """Load the built-in rule packs (rules/packs/*.yaml)."""
+    packs: list[str] | None = None
+    """Only these built-in packs (by file name without .yaml); None: all."""
+    files: list[str] = []
+    """Site rule files (relative to the config file), loaded after the packs: a rule with a built-in id
+    replaces it; `disable: [ids]` switches built-in rules off; guards and silences live here too."""
+    watch_interval: Annotated[float, Field(gt=0)] = 2.0
+    """Seconds between checks of the rule files for changes (hot reload; SIGHUP reloads at once)."""
+
+
 class StoreSqlite(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
@@ -227,6 +239,7 @@ class MonitorConfig(_Strict):
     inventory: InventoryConfig = InventoryConfig()
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
+    rules: RulesConfig = RulesConfig()
     snmp: SnmpConfig = SnmpConfig()
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()
     mqtt: MqttConfig | None = None

@@ -17,12 +17,14 @@ from aiohttp import web
 from monitor.api import Api
 from monitor.clock import Clock, SystemClock
 from monitor.config import LoadedConfig, parse_listen
+from monitor.events import Event
 from monitor.flow import FlowDeps
 from monitor.jobs import JobRunner
 from monitor.locks import GroupLocks
 from monitor.metrics import Metrics
 from monitor.model import Inventory
-from monitor.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
+from monitor.pipeline import LogAlertSink, Pipeline, PolicyHolder
+from monitor.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
 from monitor.store import SqliteStore, StoreError
 from monitor.yamlfile import ConfigError
 
@@ -110,6 +112,15 @@ class Daemon:
         self._inventory_at: float | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
+        self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=self.config.snmp.queue_size)
+        rules = self.config.rules
+        # Rules load before anything starts: an invalid rule file is a start-up error, not a silent one.
+        try:
+            self.policy = PolicyHolder([loaded.resolve(f) for f in rules.files], builtin=rules.builtin,
+                                       packs=rules.packs, metrics=self.metrics)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        self.pipeline: Pipeline | None = None
         self.ready = asyncio.Event()
         self._refresh_now = asyncio.Event()
 
@@ -168,7 +179,9 @@ class Daemon:
                 return
 
     def reload(self) -> list[str]:
-        """SIGHUP: reread the inventory file (static source). Returns the problems, if any."""
+        """SIGHUP: reread the rule files and the inventory file (static source). Returns the problems;
+        whatever is invalid is reported and the running version kept."""
+        problems = self.policy.reload()
         adapters = self._adapters
         if adapters is not None and adapters.reload is not None:
             try:
@@ -176,10 +189,10 @@ class Daemon:
             except ConfigError as exc:
                 for issue in exc.issues:
                     log.error("reload: %s (the running inventory stays)", issue)
-                return [str(i) for i in exc.issues]
+                return problems + [str(i) for i in exc.issues]
             log.info("reload: inventory file reread")
         self._refresh_now.set()
-        return []
+        return problems
 
     # --- run -----------------------------------------------------------------------------------
 
@@ -217,9 +230,18 @@ class Daemon:
                            "domain groups locked by a job")
         self.metrics.gauge("jobs_running", lambda: {"": float(len(runner.running_jobs))},
                            "jobs executing now")
+        sinks: list[AlertSink] = [LogAlertSink()]
+        pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
+                            sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=self.inventory,
+                            watch_interval=self.config.rules.watch_interval)
+        self.pipeline = pipeline
+        deps.enclosure_faults.append(lambda: pipeline.decider.state.faulted_enclosures(self.clock.time()))
+        self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
+                           "events waiting for the rules")
+        self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))})
         token = self.config.http.token
         api = Api(runner, self, self.metrics, token=token.get_secret_value() if token else None,
-                  max_body=self.config.http.max_body)
+                  max_body=self.config.http.max_body, pipeline=pipeline, events=self.events)
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await web_runner.setup()
         try:
@@ -231,6 +253,7 @@ class Daemon:
                 self._tasks["jobs"] = tg.create_task(runner.run(stop), name="job-runner")
                 self._tasks["inventory_refresh"] = tg.create_task(
                     self._refresh_loop(adapters.manager, stop), name="inventory-refresh")
+                self._tasks["rules"] = tg.create_task(pipeline.run(stop), name="rules-pipeline")
                 await runner.wait_ready()
                 self.ready.set()
                 await stop.wait()

@@ -14,7 +14,7 @@ Field names (documented in the README, used by rule files):
 | `varbinds` | SNMP: {OID: value} |
 | `snmp_version`, `security_name` | SNMP: `1`, `2c` or `3`; community name index or v3 user |
 | `message_id` | Redfish: as sent (`iLOEvents.2.3.PowerSupplyFailed`, `IDRAC.2.8.TMP0110`, `FAN0001`) |
-| `registry`, `message_key` | Redfish: the registry prefix (`iLOEvents`) and name (`PowerSupplyFailed`), version dropped |
+| `registry`, `message_key` | Redfish: registry (`iLOEvents`) and name (`PowerSupplyFailed`), no version |
 | `message`, `message_args` | Redfish: the text and its arguments |
 | `severity` | `OK`, `Warning` or `Critical` (Redfish MessageSeverity or Severity; SNMP: from rules) |
 | `origin` | Redfish: OriginOfCondition as a path |

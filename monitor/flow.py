@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,8 @@ class FlowDeps:
     locks: GroupLocks
     clock: Clock
     settings: FailoverConfig
+    enclosure_faults: list[Callable[[], set[str]]] = field(default_factory=list)
+    """Sources of enclosures that report an enclosure-wide fault: no spare is taken from them."""
 
 
 Note = Callable[[str], Awaitable[None]]
@@ -152,9 +154,10 @@ class FailoverFlow:
             before = (await self.d.power.power_state(source)).value
         except AdapterError as exc:
             before = f"unknown ({_err(exc)})"
+        confirmation = await self._confirm(source)
         if before == PowerState.OFF.value:
             self.ctx["power_off"] = {"before": before, "confirmed": True}
-            return f"{source.id} already Off (counts as confirmed); no power action sent"
+            return f"{confirmation}{source.id} already Off (counts as confirmed); no power action sent"
         last = before
         for attempt in range(1, s.power_off_attempts + 1):
             self.ctx["power_off"] = {"before": before, "attempt": attempt}
@@ -169,12 +172,34 @@ class FailoverFlow:
             if confirmed:
                 took = self.d.clock.monotonic() - started
                 self.ctx["power_off"] = {"before": before, "attempt": attempt, "confirmed": True}
-                return f"{source.id} confirmed Off after {took:.1f} s (press and hold; was {before})"
+                return (f"{confirmation}{source.id} confirmed Off after {took:.1f} s (press and hold; "
+                        f"was {before})")
             last = f"{last}; last read {reading}" if last.startswith("ForceOff failed") else reading
         raise StepFailed(
             f"power-off of {source.id} not confirmed after {s.power_off_attempts} attempt(s) of "
             f"{s.power_off_timeout:g} s (last: {last}); the profile was not moved"
         )
+
+    async def _confirm(self, source: Server) -> str:
+        """Rule-triggered jobs: re-read the source's health from its BMC before fencing and record it.
+        When the rule requires confirmation, a BMC that reads the server healthy ends the job here."""
+        trigger = self.job.trigger
+        if trigger.get("kind") != "rule":
+            return ""
+        if "health_check" in self.ctx:  # already read before a restart
+            return str(self.ctx["health_check"])
+        try:
+            reading = await self.d.power.health(source)
+            said = (f"BMC health {reading.health.value}, rollup {reading.health_rollup.value}, "
+                    f"power {reading.power.value}")
+            healthy = reading.health.value == "OK" and reading.health_rollup.value in ("OK", "Unknown")
+        except AdapterError as exc:
+            said, healthy = f"BMC health unreadable ({_err(exc)})", False
+        self.ctx["health_check"] = f"before fencing: {said}; "
+        if trigger.get("confirm") and healthy:
+            raise StepFailed(f"rule {trigger.get('rule')} requires confirmation and {source.id}'s {said}: "
+                             "not fenced, nothing touched")
+        return str(self.ctx["health_check"])
 
     # --- select_spare --------------------------------------------------------------------------
 
@@ -201,7 +226,10 @@ class FailoverFlow:
         group = [s for s in members if s.id != source.id]
         worth_reading = [s for s in group if needs_power_reading(source, s)]
         power = await self._read_power(worth_reading)
-        choice = select_spare(source, info, span, group, power)
+        faulted: set[str] = set()
+        for source_of_faults in self.d.enclosure_faults:
+            faulted |= source_of_faults()
+        choice = select_spare(source, info, span, group, power, faulted_enclosures=faulted)
         if choice.spare is None:
             raise StepFailed(
                 f"no qualified spare in domain group {source.domain_group}: {choice.explain()}"

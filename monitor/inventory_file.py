@@ -87,6 +87,7 @@ class ServerSpec(_Strict):
     host: HostSpec | None = None
     management_addresses: list[str] = []
     bmc: BmcSpec | None = None
+    serial: str | None = None
 
 
 class EnclosureSpec(_Strict):
@@ -201,7 +202,8 @@ def to_inventory(spec: InventoryFile) -> Inventory:
                     servers[sid] = Server(
                         id=sid, domain_group=g.id, domain=d.id, enclosure=e.id, bay=s.bay,
                         product=s.product, span=s.span, present=s.present, profile=s.profile,
-                        spare=s.spare, host=host, management_addresses=addresses, bmc=bmc)
+                        spare=s.spare, host=host, management_addresses=addresses, bmc=bmc,
+                        serial=s.serial)
                     if s.profile:
                         profiles[s.profile] = Profile(s.profile, sid, host)
     return Inventory(groups, domains, enclosures, servers, profiles)

@@ -119,6 +119,8 @@ class Server:
     host: HostRecord | None = None
     management_addresses: tuple[str, ...] = ()
     bmc: BmcEndpoint | None = None
+    serial: str | None = None
+    """Serial number (Dell: the service tag), as traps carry it."""
 
     @property
     def model(self) -> str:
@@ -143,6 +145,7 @@ class Server:
             "spare": self.spare,
             "host": self.host.as_dict() if self.host else None,
             "management_addresses": list(self.management_addresses),
+            "serial": self.serial,
             "bmc": self.bmc.url if self.bmc else None,
             "active_job": active_job,
         }

@@ -90,6 +90,12 @@ class ProfileManager(Protocol):
     async def close(self) -> None: ...
 
 
+class AlertSink(Protocol):
+    """Where alert decisions go (log, MQTT). `alert` never blocks and never raises."""
+
+    def alert(self, server: str | None, payload: dict[str, object]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoveryResult:
     found: bool

@@ -10,13 +10,14 @@ with the first criterion each failed, in this order:
 4. same product family and model as the source, the generation ignored
    ("ProLiant BL465c G1" = "ProLiant BL465c G5", "BL460c Gen8" = "BL460c Gen10");
 5. spans the same number of bays (Integrity BL870c spans 2, BL890c 4);
-6. powered off, as read from its BMC (not assumed: no reading or an unknown state rejects it).
+6. not in an enclosure that reports an enclosure-wide fault (power, cooling, interconnect);
+7. powered off, as read from its BMC (not assumed: no reading or an unknown state rejects it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from monitor.model import PowerState, ProductInfo, Server, identify_product
@@ -88,6 +89,8 @@ def select_spare(
     span: int,
     candidates: Iterable[Server],
     power: Mapping[str, PowerState | str],
+    *,
+    faulted_enclosures: Set[str] = frozenset(),
 ) -> SpareChoice:
     """The first qualified spare for `source` among `candidates`, and why each other one was passed over.
 
@@ -99,6 +102,8 @@ def select_spare(
         if cand.id == source.id:
             continue
         reason = _static_reason(source, source_info, span, cand)
+        if reason is None and cand.enclosure in faulted_enclosures:
+            reason = f"enclosure {cand.enclosure} reports an enclosure-wide fault"
         if reason is None:
             reading = power.get(cand.id)
             if reading is None:

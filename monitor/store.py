@@ -68,6 +68,19 @@ CREATE TABLE IF NOT EXISTS timers (
     detail TEXT NOT NULL DEFAULT '',
     UNIQUE (kind, job)
 );
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    server TEXT,
+    action TEXT NOT NULL,
+    rule TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_server ON decisions(server, id);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS inventory_state (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -357,6 +370,67 @@ class SqliteStore:
             )
 
         await self._run(_u)
+
+    # --- decisions -----------------------------------------------------------------------------
+
+    async def add_decisions(self, rows: list[tuple[float, str | None, str, str | None, dict[str, Any]]],
+                            keep: int = 100_000) -> list[int]:
+        """Store decisions (time, server, action, rule, body) in one transaction; return their ids.
+        Only the newest `keep` are kept."""
+
+        def _add(c: sqlite3.Connection) -> list[int]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                ids = []
+                for t, server, action, rule, body in rows:
+                    cur = c.execute(
+                        "INSERT INTO decisions(time, server, action, rule, body) VALUES (?, ?, ?, ?, ?)",
+                        (t, server, action, rule, json.dumps(body)))
+                    ids.append(int(cur.lastrowid or 0))
+                if ids and ids[-1] % 1000 < len(ids):
+                    c.execute("DELETE FROM decisions WHERE id <= ?", (ids[-1] - keep,))
+                c.execute("COMMIT")
+                return ids
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        return await self._run(_add)
+
+    async def list_decisions(self, *, server: str | None = None, action: str | None = None,
+                             limit: int = 100) -> list[dict[str, Any]]:
+        def _q(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = [], []
+            if server:
+                where.append("server=?")
+                args.append(server)
+            if action:
+                where.append("action=?")
+                args.append(action)
+            sql = "SELECT id, body FROM decisions" + (" WHERE " + " AND ".join(where) if where else "")
+            rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [{**json.loads(r[1]), "id": int(r[0])} for r in rows]
+
+        return await self._run(_q)
+
+    # --- small durable values (rule state snapshot, pause switch) --------------------------------
+
+    async def get_value(self, key: str) -> Any:
+        def _q(c: sqlite3.Connection) -> Any:
+            row = c.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self._run(_q)
+
+    async def set_value(self, key: str, value: Any) -> None:
+        def _s(c: sqlite3.Connection) -> None:
+            if value is None:
+                c.execute("DELETE FROM kv WHERE key=?", (key,))
+            else:
+                c.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                          "value=excluded.value", (key, json.dumps(value)))
+
+        await self._run(_s)
 
     # --- state of the static inventory ---------------------------------------------------------
 

@@ -1,0 +1,245 @@
+"""The event pipeline: normalized events → server resolution → rules → decision → alert or job.
+
+One consumer task takes events from a bounded queue (sources put into it and count what overflows),
+so the rule state is only ever touched from one task. Decisions are stored in batches; the rule state is
+snapshotted to the store every few seconds and at stop, and restored at start, so a restart does not
+forget an open threshold window. Rule files are watched and reloaded (also on SIGHUP): an invalid file is
+reported as FILE:LINE and the running rules stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from monitor.clock import Clock
+from monitor.events import Event
+from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
+from monitor.metrics import Metrics
+from monitor.model import Inventory, iso
+from monitor.ports import AlertSink
+from monitor.resolve import Resolver
+from monitor.store import ActiveJobExists, SqliteStore
+from monitor.yamlfile import ConfigError
+from rules.engine import Decider, Decision, RuleState
+from rules.loader import Policy, load_policy
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "rule_state"
+PAUSE_KEY = "pause"
+SNAPSHOT_INTERVAL = 5.0
+FLUSH_INTERVAL = 0.2
+
+
+class LogAlertSink:
+    """Alerts to the log (always on)."""
+
+    def alert(self, server: str | None, payload: dict[str, object]) -> None:
+        log.warning("ALERT %s %s: %s (%s)", payload.get("severity"), server or "unknown server",
+                    payload.get("rule"), payload.get("guard") or payload.get("action"))
+
+
+class PolicyHolder:
+    """The rules in force, and how to reload them without losing the rule state."""
+
+    def __init__(self, site_files: list[Path], *, builtin: bool, packs: list[str] | None,
+                 metrics: Metrics) -> None:
+        self.site_files = site_files
+        self.builtin = builtin
+        self.packs = packs
+        self.metrics = metrics
+        self.policy: Policy = load_policy(site_files, builtin=builtin, packs=packs)
+        self.decider = Decider(self.policy.ruleset, self.policy.guards, self.policy.silences)
+        self._mtimes = self._stat()
+
+    def _stat(self) -> dict[Path, float]:
+        out: dict[Path, float] = {}
+        for p in [*self.policy.files, *self.site_files]:
+            try:
+                out[p] = os.stat(p).st_mtime
+            except OSError:
+                out[p] = -1.0
+        return out
+
+    def changed(self) -> bool:
+        return self._stat() != self._mtimes
+
+    def reload(self) -> list[str]:
+        """Reload the rule files. Returns the problems (the running rules stay) or [] on success."""
+        self._mtimes = self._stat()
+        try:
+            new = load_policy(self.site_files, builtin=self.builtin, packs=self.packs)
+        except ConfigError as exc:
+            self.metrics.inc("rules_reload_total", result="error")
+            for issue in exc.issues:
+                log.error("rules reload: %s (the running rules stay in force)", issue)
+            return [str(i) for i in exc.issues]
+        old = self.policy.ruleset.rules
+        added = sorted(set(new.ruleset.rules) - set(old))
+        removed = sorted(set(old) - set(new.ruleset.rules))
+        changed = sorted(r for r in set(old) & set(new.ruleset.rules)
+                         if old[r].spec != new.ruleset.rules[r].spec)
+        self.policy = new
+        self.decider.ruleset = new.ruleset
+        self.decider.guards = new.guards
+        self.decider.silences = Decider(new.ruleset, new.guards, new.silences).silences
+        self.metrics.inc("rules_reload_total", result="ok")
+        log.info("rules reloaded: %s; added %s, removed %s, changed %s", new.summary(),
+                 added or "none", removed or "none", changed or "none")
+        return []
+
+
+class Pipeline:
+    def __init__(self, *, queue: asyncio.Queue[Event], holder: PolicyHolder, store: SqliteStore,
+                 runner: JobRunner, sinks: list[AlertSink], metrics: Metrics, clock: Clock,
+                 inventory: Callable[[], Inventory | None], watch_interval: float = 2.0) -> None:
+        self.queue = queue
+        self.holder = holder
+        self.store = store
+        self.runner = runner
+        self.sinks = sinks
+        self.metrics = metrics
+        self.clock = clock
+        self._inventory = inventory
+        self._resolver: Resolver | None = None
+        self._pending: list[Decision] = []
+        self._flushed = asyncio.Event()
+        self.watch_interval = watch_interval
+        self.processed = 0
+
+    @property
+    def decider(self) -> Decider:
+        return self.holder.decider
+
+    def resolver(self) -> Resolver | None:
+        inv = self._inventory()
+        if inv is None:
+            return None
+        if self._resolver is None or self._resolver.inventory is not inv:
+            self._resolver = Resolver(inv)
+        return self._resolver
+
+    # --- pause switch -----------------------------------------------------------------------------
+
+    async def set_paused(self, reason: str | None) -> None:
+        await self.store.set_value(PAUSE_KEY, {"reason": reason, "since": iso(self.clock.now())}
+                                   if reason else None)
+        self.decider.paused = reason
+        log.warning("automatic failover %s", f"PAUSED: {reason}" if reason else "resumed")
+
+    # --- one event ---------------------------------------------------------------------------------
+
+    async def handle(self, event: Event) -> Decision:
+        resolver = self.resolver()
+        sid, how = resolver.resolve(event) if resolver else (None, "inventory not loaded")
+        server = resolver.server(sid) if resolver else None
+        if event.server != sid:
+            event = event.model_copy(update={"server": sid})
+        if sid is None:
+            self.metrics.inc("events_unresolved_total", source=event.source)
+        group_size = len(resolver.inventory.in_group(server.domain_group)) if resolver and server else None
+        decision = self.decider.decide(event, server, group_size)
+        self.metrics.inc("decisions_total", action=decision.action)
+        if decision.action == "failover" and server is not None:
+            trigger = {"kind": "rule", "rule": decision.rule, "confirm": decision.confirm,
+                       "resolved_by": how, "event": event.model_dump(mode="json", exclude_defaults=True)}
+            try:
+                job = await self.runner.submit(server.id, trigger)
+                decision.job = job.id
+            except ActiveJobExists as exc:
+                decision.action, decision.guard = "none", f"{server.id} already has active job {exc.job}"
+            except (UnknownServer, ShuttingDown) as exc:
+                decision.action, decision.guard = "alert", f"failover not started: {exc}"
+        if decision.action in ("failover", "alert") or decision.storm_alert:
+            payload = self.alert_payload(decision)
+            for sink in self.sinks:
+                sink.alert(decision.server, payload)
+        self._pending.append(decision)
+        self.processed += 1
+        return decision
+
+    @staticmethod
+    def alert_payload(d: Decision) -> dict[str, object]:
+        return {"server": d.server, "rule": d.rule, "action": d.action, "severity": d.severity,
+                "event": d.event.model_dump(mode="json", exclude_defaults=True), "time": iso(d.time),
+                "guard": d.guard, "job": d.job, "labels": d.labels,
+                **({"storm": d.storm_alert} if d.storm_alert else {})}
+
+    # --- background work ----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Store the pending decisions now."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        rows = [(d.time.timestamp(), d.server, d.action, d.rule, d.public()) for d in batch]
+        ids = await self.store.add_decisions(rows)
+        for d, i in zip(batch, ids, strict=True):
+            d.id = i
+
+    async def snapshot(self) -> None:
+        await self.store.set_value(STATE_KEY, self.decider.state.snapshot())
+
+    async def restore(self) -> None:
+        data = await self.store.get_value(STATE_KEY)
+        if isinstance(data, dict):
+            self.decider.state = RuleState.restore(data)
+        pause = await self.store.get_value(PAUSE_KEY)
+        if isinstance(pause, dict) and pause.get("reason"):
+            self.decider.paused = str(pause["reason"])
+            log.warning("automatic failover is paused (since %s): %s", pause.get("since"), pause["reason"])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.restore()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                consumer = tg.create_task(self._consume(), name="rules-consumer")
+                periodic = tg.create_task(self._periodic(stop), name="rules-periodic")
+                await stop.wait()
+                consumer.cancel()
+                periodic.cancel()
+        finally:
+            await self.flush()
+            await self.snapshot()
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self.queue.get()
+            try:
+                await self.handle(event)
+            except Exception:
+                self.metrics.inc("events_dropped_total", reason="internal_error")
+                log.exception("event %s could not be decided", event.id)
+
+    async def _periodic(self, stop: asyncio.Event) -> None:
+        since_snapshot = 0.0
+        since_watch = 0.0
+        while not stop.is_set():
+            await self.clock.sleep(FLUSH_INTERVAL)
+            await self.flush()
+            since_snapshot += FLUSH_INTERVAL
+            since_watch += FLUSH_INTERVAL
+            if since_snapshot >= SNAPSHOT_INTERVAL:
+                since_snapshot = 0.0
+                await self.snapshot()
+            if since_watch >= self.watch_interval:
+                since_watch = 0.0
+                if self.holder.changed():
+                    self.holder.reload()
+
+    def explain(self, event: Event) -> dict[str, Any]:
+        """What the rules would decide (on a copy of the state; nothing is acted on or stored)."""
+        resolver = self.resolver()
+        sid, how = resolver.resolve(event) if resolver else (None, "inventory not loaded")
+        server = resolver.server(sid) if resolver else None
+        decider = Decider(self.decider.ruleset, self.decider.guards, [],
+                          RuleState.restore(self.decider.state.snapshot()))
+        decider.silences = self.decider.silences
+        decider.paused = self.decider.paused
+        d = decider.decide(event.model_copy(update={"server": sid}), server)
+        return {**d.public(), "resolved_by": how}
