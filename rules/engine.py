@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from monitor.events import Event
 from monitor.model import Server, identify_product, iso
-from rules.matchers import Matcher, compile_matcher
+from rules.matchers import Matcher, compile_matcher, field_matcher
 from rules.schema import ACTION_RANK, DAYS, SEVERITY_RANK, GuardsSpec, RuleSpec, SilenceSpec
 
 MAX_KEYS = 200_000
@@ -49,7 +49,7 @@ class Rule:
 def compile_rule(spec: RuleSpec, origin: str, order: int) -> Rule:
     return Rule(
         spec, origin,
-        tuple((k, compile_matcher(v, f"match.{k}")) for k, v in spec.match.items()),
+        tuple((k, field_matcher(k, v, f"match.{k}")) for k, v in spec.match.items()),
         tuple((k, compile_matcher(v, f"server.{k}")) for k, v in spec.server.items()),
         order,
     )

@@ -6,7 +6,8 @@ A matcher is written as:
 - a mapping with one operator:
   `eq`, `ne`, `in`, `not_in`, `glob` ("enc1-*"), `regex` (searched), `gt`/`ge`/`lt`/`le` (numbers),
   `oid_prefix` ("1.3.6.1.4.1.232.0." matches the OID itself and everything below it),
-  `message_id` ("iLOEvents.*.PowerSupplyFailed": registry and name, any registry version),
+  `message_id` ("iLOEvents.*.PowerSupplyFailed": registry and name, any registry version; on the
+  `message_id` field a plain string or list of strings already means this),
   `at_least` (severity: OK < Warning < Major < Critical), `exists` (true/false),
   `bits` ({shift: 2, mask: 7, eq: 4} on an integer, e.g. HPE cpqHoTrapFlags condition = failed),
   `not` (a matcher), `any` / `all` (lists of matchers).
@@ -90,6 +91,20 @@ def message_id_pattern(pattern: str) -> tuple[str | None, str, Callable[[Any], b
         return reg is not None and bool(reg_re.match(reg))
 
     return registry, name, test
+
+
+def field_matcher(field: str, spec: Any, where: str) -> Matcher:
+    """The matcher for an event field: on `message_id`, plain strings are message-id patterns that
+    ignore the registry version ("iLOEvents.*.PowerSupplyFailed", "iLOEvents.PowerSupplyFailed",
+    "FAN0001"), and a list of them matches any."""
+    if field == "message_id":
+        if isinstance(spec, str):
+            return compile_matcher({"message_id": spec}, where)
+        if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
+            parts = [compile_matcher({"message_id": s}, where) for s in spec]
+            return Matcher(lambda v: any(p.test(v) for p in parts), " or ".join(p.text for p in parts),
+                           keys=tuple(p.key for p in parts if p.key) if all(p.key for p in parts) else ())
+    return compile_matcher(spec, where)
 
 
 def compile_matcher(spec: Any, where: str = "matcher") -> Matcher:

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from rules.matchers import compile_matcher
+from rules.matchers import field_matcher
 
 Action = Literal["failover", "alert", "ignore"]
 ACTION_RANK = {"ignore": 0, "alert": 1, "failover": 2}
@@ -79,7 +79,7 @@ class RequiresSpec(_Strict):
 
 def _check_matchers(value: dict[str, Any], where: str) -> dict[str, Any]:
     for name, spec in value.items():
-        compile_matcher(spec, f"{where}.{name}")
+        field_matcher(name, spec, f"{where}.{name}")
     return value
 
 

@@ -1,0 +1,234 @@
+"""Events through the daemon: resolution, rules, decisions stored and explained, rule-triggered jobs,
+pause, confirmation before fencing, enclosure faults, state across a restart, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lab.main import LabSimulator
+from monitor.clock import FakeClock
+from monitor.config import MonitorConfig
+from tests.conftest import DaemonFactory, Harness, LabControl, monitor_config
+
+CPU = "1.3.6.1.4.1.232.0.1026"
+MEM = "1.3.6.1.4.1.232.0.6015"
+OA_PSU = "1.3.6.1.4.1.232.0.22013"
+
+SITE_RULES: dict[str, Any] = {
+    "rules": [
+        {"id": "cpu-failed", "action": "failover", "severity": "critical", "source": "snmp",
+         "match": {"trap_oid": CPU}, "description": "CPU uncorrectable"},
+        {"id": "cpu-confirmed", "action": "failover", "confirm": True, "source": "redfish",
+         "match": {"message_id": "iLOEvents.*.ProcessorStatusFailed"}},
+        {"id": "mem-correctable", "action": "alert", "severity": "major",
+         "match": {"trap_oid": MEM}, "threshold": {"count": 2, "window": "1h"}},
+        {"id": "oa-psu", "action": "alert", "enclosure_fault": True, "match": {"trap_oid": OA_PSU}},
+    ],
+    "guards": {"storm": None, "rate_limit": None},
+}
+
+
+def config(lab: LabSimulator, tmp_path: Path, token: str, rules: dict[str, Any] | None = None,
+           **failover: Any) -> MonitorConfig:
+    path = tmp_path / "site-rules.yaml"
+    path.write_text(yaml.safe_dump(rules or SITE_RULES))
+    base = monitor_config(lab.manager_url, tmp_path, token, **failover)
+    return base.model_copy(update={"rules": base.rules.model_copy(
+        update={"builtin": False, "files": [str(path)]})})
+
+
+def trap(sender: str, oid: str, **extra: Any) -> dict[str, Any]:
+    return {"source": "snmp", "sender": sender, "trap_oid": oid, **extra}
+
+
+async def post_event(h: Harness, event: dict[str, Any]) -> None:
+    status, body = await h.api("POST", "/api/v1/events", event)
+    assert status == 202, body
+
+
+async def decisions(h: Harness, server: str) -> list[dict[str, Any]]:
+    status, body = await h.api("GET", f"/api/v1/decisions?server={server}")
+    assert status == 200
+    return list(body)
+
+
+async def wait_decisions(h: Harness, n: int) -> None:
+    pipeline = h.daemon.pipeline
+    assert pipeline is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while pipeline.processed < n:  # the consumer is another task: give it the loop until it is done
+        assert loop.time() < deadline, f"only {pipeline.processed} of {n} events decided"
+        await asyncio.sleep(0)
+
+
+async def test_trap_to_job(lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory,
+                           tmp_path: Path, token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    await post_event(h, trap("127.77.1.1", CPU))  # enc1-bay1's BMC address
+    await h.wait_for(lambda: any(j.server == "enc1-bay1" and not j.state.active for j in h.jobs.values()))
+    job = next(j for j in h.jobs.values() if j.server == "enc1-bay1").public()
+    assert job["state"] == "completed", job
+    assert job["trigger"]["kind"] == "rule" and job["trigger"]["rule"] == "cpu-failed"
+    assert job["trigger"]["event"]["trap_oid"] == CPU
+    assert job["trigger"]["resolved_by"] == "sender 127.77.1.1"
+    po = job["steps"][3]["detail"]
+    assert po.startswith("before fencing: BMC health OK")  # re-read and recorded
+    (d,) = await decisions(h, "enc1-bay1")
+    assert d["action"] == "failover" and d["rule"] == "cpu-failed" and d["job"] == job["job"]
+    assert [m["rule"] for m in d["matched"]] == ["cpu-failed"]
+
+
+async def test_unknown_sender_is_kept_counted_and_never_fails_over(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    await post_event(h, trap("192.0.2.99", CPU))
+    await wait_decisions(h, 1)
+    status, rows = await h.api("GET", "/api/v1/decisions?limit=5")
+    assert status == 200 and rows[0]["server"] is None
+    assert rows[0]["action"] == "alert" and "unknown server" in rows[0]["guard"]
+    assert h.jobs == {}
+    _, metrics = await h.api("GET", "/metrics")
+    assert 'events_unresolved_total{source="snmp"} 1' in metrics
+
+
+async def test_near_misses_and_thresholds_are_explained(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    await post_event(h, trap("127.77.1.2", MEM))
+    await wait_decisions(h, 1)
+    (d,) = await decisions(h, "enc1-bay2")
+    assert d["action"] == "none"
+    assert {"rule": "mem-correctable", "why": "threshold: 1 of 2 within 3600 s"} in d["near_misses"]
+    status, explained = await h.api("POST", "/api/v1/rules/explain", trap("127.77.1.2", MEM))
+    assert status == 200 and explained["action"] == "alert"  # the second would fire
+    assert explained["resolved_by"] == "sender 127.77.1.2"
+    await post_event(h, trap("127.77.1.2", MEM))
+    await wait_decisions(h, 2)
+    assert (await decisions(h, "enc1-bay2"))[0]["action"] == "alert"
+
+
+async def test_pause_turns_failover_into_alert(lab: LabSimulator, start_daemon: DaemonFactory,
+                                               tmp_path: Path, token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    assert (await h.api("POST", "/api/v1/pause", {"reason": "x"}, token=None))[0] == 401
+    status, body = await h.api("POST", "/api/v1/pause", {"reason": "datacenter move"})
+    assert status == 200 and body["paused"] == "datacenter move"
+    await post_event(h, trap("127.77.1.1", CPU))
+    await wait_decisions(h, 1)
+    (d,) = await decisions(h, "enc1-bay1")
+    assert d["action"] == "alert" and d["guard"] == "automatic failover paused: datacenter move"
+    assert h.jobs == {}
+    assert (await h.api("DELETE", "/api/v1/pause"))[1]["paused"] is None
+    assert (await h.api("GET", "/api/v1/pause"))[1]["paused"] is None
+
+
+async def test_confirmation_before_fencing(lab: LabSimulator, lab_control: LabControl,
+                                           start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    event = {"source": "redfish", "sender": "127.77.1.3", "message_id": "iLOEvents.2.3.ProcessorStatusFailed",
+             "severity": "Critical"}
+    await post_event(h, event)  # the BMC still says OK: not confirmed
+    await h.wait_for(lambda: any(not j.state.active for j in h.jobs.values()))
+    (job,) = [j.public() for j in h.jobs.values()]
+    assert job["state"] == "failed" and "requires confirmation" in job["error"]
+    assert "BMC health OK" in job["error"] and job["steps"][3]["state"] == "failed"
+    assert (await lab_control.server("enc1-bay3"))["power"] == "On"  # never fenced
+    await lab_control.call("PUT", "/lab/v1/servers/enc1-bay3", {"health": "Critical"})
+    await lab_control.call("PUT", "/lab/v1/latency", {})
+    h.daemon.pipeline.decider.state.last_failover.clear()  # type: ignore[union-attr]  # cooldown
+    await post_event(h, event)
+    await h.wait_for(lambda: sum(not j.state.active for j in h.jobs.values()) == 2)
+    second = max(h.jobs.values(), key=lambda j: j.id).public()
+    assert second["state"] == "completed", second
+    assert "BMC health Critical" in second["steps"][3]["detail"]
+
+
+async def test_no_spare_from_an_enclosure_with_an_enclosure_wide_fault(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    await post_event(h, trap("127.77.1.5", OA_PSU))  # an OA power-supply trap about enc1
+    await post_event(h, trap("127.77.1.1", CPU))
+    await h.wait_for(lambda: any(not j.state.active for j in h.jobs.values()))
+    (job,) = [j.public() for j in h.jobs.values()]
+    assert job["state"] == "completed" and job["spare"] == "enc2-bay9", job
+    assert "enc1-bay9: enclosure enc1 reports an enclosure-wide fault" in job["steps"][4]["detail"]
+
+
+async def test_an_open_window_survives_a_restart(lab: LabSimulator, start_daemon: DaemonFactory,
+                                                 tmp_path: Path, token: str) -> None:
+    cfg = config(lab, tmp_path, token)
+    h = await start_daemon(cfg)
+    await post_event(h, trap("127.77.1.2", MEM))
+    await wait_decisions(h, 1)
+    h.daemon_stop()
+    await h.stopped()
+    h2 = await start_daemon(cfg)
+    await post_event(h2, trap("127.77.1.2", MEM))
+    await wait_decisions(h2, 1)
+    assert (await decisions(h2, "enc1-bay2"))[0]["action"] == "alert"
+
+
+async def test_rule_files_reload_and_a_broken_one_keeps_the_rules(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    clock = FakeClock()
+    await asyncio.sleep(0)
+    cfg = config(lab, tmp_path, token)
+    h = await start_daemon(cfg, clock=clock)
+    path = Path(cfg.rules.files[0])
+    path.write_text("rules:\n  - id: x\n    action: [\n")
+    problems = h.daemon.reload()  # what SIGHUP does
+    assert problems and problems[0].startswith(f"{path}:")
+    assert "cpu-failed" in h.daemon.policy.policy.ruleset.rules
+    rules = {**SITE_RULES, "rules": [*SITE_RULES["rules"], {"id": "new-one", "action": "alert",
+                                                          "match": {"trap_oid": "1.2.3"}}]}
+    path.write_text(yaml.safe_dump(rules))
+    await clock.advance(5)  # the watcher looks every 2 s (config) on the daemon's clock
+    await asyncio.wait_for(_until_rule(h, "new-one"), 10)
+
+
+async def _until_rule(h: Harness, rid: str) -> None:
+    while rid not in h.daemon.policy.policy.ruleset.rules:
+        await asyncio.sleep(0)
+
+
+async def test_rules_explain_cli(lab: LabSimulator, tmp_path: Path, token: str) -> None:
+    cfg = config(lab, tmp_path, token)
+    cfg_file = tmp_path / "monitor.yaml"
+    cfg_file.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json(exclude={"http"}))))
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([trap("127.77.1.2", MEM), trap("127.77.1.2", MEM),
+                                  trap("127.77.1.1", CPU)]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor", "rules", "explain", str(events), "-c", str(cfg_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "event 1: snmp 1.3.6.1.4.1.232.0.6015 from 127.77.1.2 -> server enc1-bay2" in text
+    assert "not matched  mem-correctable: threshold: 1 of 2 within 3600 s" in text
+    assert "decision: alert by mem-correctable" in text
+    assert "decision: failover by cpu-failed" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"source": "snmp", "trap_oid": 5, "nonsense": 1}')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor", "rules", "explain", str(bad), "-c", str(cfg_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and "nonsense" in err.decode()
+
+
+@pytest.mark.parametrize("bad", [b"{", b"[1]", b'{"source": "carrier-pigeon"}'])
+async def test_bad_events_are_refused(lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
+                                      token: str, bad: bytes) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    status, _ = await h.api("POST", "/api/v1/events", raw=bad)
+    assert status == 400
+    assert (await h.api("POST", "/api/v1/events", trap("1.1.1.1", CPU), token=None))[0] == 401
