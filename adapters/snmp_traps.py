@@ -1,0 +1,419 @@
+"""SNMP trap and inform receiver (pysnmp 7.1 on asyncio): datagrams in, normalized `Event`s onto a queue.
+
+* The UDP socket is ours: created with `SO_RCVBUF = snmp.receive_buffer` (bursts wait in the kernel while
+  pysnmp decodes at ~0.6 ms per trap; `SO_RCVBUFFORCE` when net.core.rmem_max caps it and the process has
+  CAP_NET_ADMIN, else a warning) and bound before pysnmp sees it, so a port in use is a clear
+  `StartupError` (pysnmp's own bind happens in a background future and its error would be lost).
+* Each datagram is handed to pysnmp synchronously from `datagram_received` (pysnmp would add a
+  `call_soon` hop); any exception in pysnmp or in the callback is counted and logged at DEBUG, never
+  raised into the event loop.
+* SNMPv1/v2c: one community entry per configured community, with security name `community-<n>` (the
+  community itself is a secret and never appears in an event or a log). `v1_v2c: false` removes the
+  v1 and v2c message processing models: such messages are counted as `version_disabled`.
+* SNMPv3: each user is added once per configured sender engine id (TRAPs carry the sender's engine id)
+  and once without one (INFORMs: this engine is authoritative). A message at a lower security level than
+  the user is configured for (e.g. noAuthNoPriv with a known user name) is dropped here, since pysnmp's
+  notification receiver applies no access control.
+* The notification callback only builds the `Event` and calls `queue.put_nowait`; a full queue drops the
+  event and counts it (an INFORM has already been acknowledged by then).
+
+Metrics (all counters, updated as each datagram is processed - pysnmp's MIB counters are polled right
+after it, ~13 integer reads - so they are exact at any scrape and name the sender in the log):
+
+* `snmp_datagrams_received_total` - every UDP datagram read from the socket;
+* `snmp_traps_received_total{version="1"|"2c"|"3"}` - notifications accepted (authenticated, decoded),
+  including those then dropped for a full queue;
+* `snmp_dropped_total{reason=...}` - every datagram that did not become a queued event. pysnmp keeps
+  the standard MIB counters in its engine's MIB instrumentation; after each datagram their deltas are
+  added here under these reasons (the MIB counter in brackets):
+  `bad_community` (snmpInBadCommunityNames), `bad_version` (snmpInBadVersions), `version_disabled`
+  (snmpInBadVersions for a v1/v2c message when `v1_v2c` is false), `malformed` (snmpInASNParseErrs),
+  `invalid_message` (snmpInvalidMsgs, snmpInGenErrs), `unknown_security_model`
+  (snmpUnknownSecurityModels), `unsupported_pdu` (snmpUnknownPDUHandlers: e.g. a GET sent to this port),
+  `unknown_user` (usmStatsUnknownUserNames, user name not configured), `unknown_engine_id`
+  (usmStatsUnknownUserNames for a configured user: the TRAP's sender engine id is not in its
+  `engine_ids`), `unsupported_security_level` (usmStatsUnsupportedSecLevels), `wrong_digest`
+  (usmStatsWrongDigests: bad auth key), `decryption_error` (usmStatsDecryptionErrors: bad priv key),
+  `not_in_time_window` (usmStatsNotInTimeWindows); and our own `security_level_too_low`, `queue_full`,
+  `internal_error` (an exception inside pysnmp or the callback; logged, never raised).
+  usmStatsUnknownEngineIDs is not a drop: it counts the engine-id discovery probe every v3 INFORM sender
+  makes first; it is exposed as `snmp_engine_discovery_total`.
+
+The first drop per (sender, reason) is logged at WARNING, later ones at DEBUG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal
+
+from pysnmp.carrier.asyncio.dgram import udp, udp6
+from pysnmp.entity import config as snmp_config
+from pysnmp.entity import engine as snmp_engine
+from pysnmp.entity.rfc3413 import ntfrcv
+from pysnmp.proto.api import v2c, verdec
+
+from monitor.clock import Clock
+from monitor.config import SnmpConfig, SnmpUser, parse_listen
+from monitor.daemon import StartupError
+from monitor.events import Event
+from monitor.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SYS_UPTIME: Final = "1.3.6.1.2.1.1.3.0"
+SNMP_TRAP_OID: Final = "1.3.6.1.6.3.1.1.4.1.0"
+SNMP_TRAP_ADDRESS: Final = "1.3.6.1.6.3.18.1.3.0"
+SNMP_TRAP_COMMUNITY: Final = "1.3.6.1.6.3.18.1.4.0"
+"""Added by the RFC 3584 v1->v2 mapping; it holds the community, a secret: never put in an event."""
+
+_VERSIONS: Final[dict[int, Literal["1", "2c", "3"]]] = {1: "1", 2: "2c", 3: "3"}
+
+_AUTH: Final[dict[str, tuple[int, ...]]] = {
+    "none": snmp_config.USM_AUTH_NONE,
+    "MD5": snmp_config.USM_AUTH_HMAC96_MD5,
+    "SHA": snmp_config.USM_AUTH_HMAC96_SHA,
+    "SHA224": snmp_config.USM_AUTH_HMAC128_SHA224,
+    "SHA256": snmp_config.USM_AUTH_HMAC192_SHA256,
+    "SHA384": snmp_config.USM_AUTH_HMAC256_SHA384,
+    "SHA512": snmp_config.USM_AUTH_HMAC384_SHA512,
+}
+_PRIV: Final[dict[str, tuple[int, ...]]] = {
+    "none": snmp_config.USM_PRIV_NONE,
+    "DES": snmp_config.USM_PRIV_CBC56_DES,
+    "3DES": snmp_config.USM_PRIV_CBC168_3DES,
+    "AES": snmp_config.USM_PRIV_CFB128_AES,
+    # net-snmp's AES-192/AES-256 (draft-blumenthal-aes-usm-04 key extension, OIDs under 14832);
+    # checked against net-snmp 5.9.3 by the tests.
+    "AES192": snmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL,
+    "AES256": snmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+}
+
+# (MIB module, counter, drop reason); None: counted but not a drop.
+_WATCHED: Final[tuple[tuple[str, str, str | None], ...]] = (
+    ("__SNMPv2-MIB", "snmpInBadCommunityNames", "bad_community"),
+    ("__SNMPv2-MIB", "snmpInBadVersions", "bad_version"),
+    ("__SNMPv2-MIB", "snmpInASNParseErrs", "malformed"),
+    ("__SNMPv2-MIB", "snmpInGenErrs", "invalid_message"),
+    ("__SNMP-MPD-MIB", "snmpInvalidMsgs", "invalid_message"),
+    ("__SNMP-MPD-MIB", "snmpUnknownSecurityModels", "unknown_security_model"),
+    ("__SNMP-MPD-MIB", "snmpUnknownPDUHandlers", "unsupported_pdu"),
+    ("__SNMP-USER-BASED-SM-MIB", "usmStatsUnknownUserNames", "unknown_user"),
+    ("__SNMP-USER-BASED-SM-MIB", "usmStatsUnsupportedSecLevels", "unsupported_security_level"),
+    ("__SNMP-USER-BASED-SM-MIB", "usmStatsWrongDigests", "wrong_digest"),
+    ("__SNMP-USER-BASED-SM-MIB", "usmStatsDecryptionErrors", "decryption_error"),
+    ("__SNMP-USER-BASED-SM-MIB", "usmStatsNotInTimeWindows", "not_in_time_window"),
+    ("__SNMP-USER-BASED-SM-MIB", "usmStatsUnknownEngineIDs", None),
+)
+_COUNTER32: Final = 1 << 32
+_LOGGED_LIMIT: Final = 1024
+
+
+_SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
+
+
+def _receive_buffer(sock: socket.socket) -> int:
+    """The socket's receive buffer in bytes as asked for (Linux reports twice that: bookkeeping)."""
+    size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return size // 2 if sys.platform == "linux" else size
+
+
+def _security_level(user: SnmpUser) -> int:
+    """RFC 3411 securityLevel: 1 noAuthNoPriv, 2 authNoPriv, 3 authPriv."""
+    if user.auth_protocol == "none":
+        return 1
+    return 2 if user.priv_protocol == "none" else 3
+
+
+def _engine_id_hex(value: str) -> str:
+    hexa = value[2:] if value.lower().startswith("0x") else value
+    if len(hexa) % 2:
+        raise ValueError(f"engine id {value} has an odd number of hex digits")
+    return hexa
+
+
+class _Udp(udp.UdpAsyncioTransport):  # type: ignore[misc]
+    """pysnmp's UDP transport, handing each datagram to the receiver synchronously (no call_soon hop) so
+    drops can be attributed to the datagram and its sender, and exceptions never reach the loop."""
+
+    on_datagram: Callable[[Any, bytes, Any], None]
+    closed: asyncio.Future[None]
+
+    def datagram_received(self, datagram: bytes, address: Any) -> None:
+        self.on_datagram(self, datagram, address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Udp6(udp6.Udp6AsyncioTransport):  # type: ignore[misc]
+    on_datagram: Callable[[Any, bytes, Any], None]
+    closed: asyncio.Future[None]
+
+    def datagram_received(self, datagram: bytes, address: Any) -> None:
+        self.on_datagram(self, datagram, address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class SnmpTrapReceiver:
+    """Receives SNMP v1/v2c/v3 traps and informs on `config.listen` and queues them as `Event`s."""
+
+    def __init__(self, *, config: SnmpConfig, queue: asyncio.Queue[Event], metrics: Metrics,
+                 clock: Clock) -> None:
+        self._config = config
+        self._queue = queue
+        self._metrics = metrics
+        self._clock = clock
+        self._engine: Any = None
+        self._receiver: Any = None
+        self._transport: Any = None
+        self._bound: tuple[str, int] | None = None
+        self._watch: list[tuple[Any, str | None]] = []
+        self._last: list[int] = []
+        self._levels: dict[str, int] = {u.name: _security_level(u) for u in config.users}
+        self._sm_failure_user: str | None = None
+        self._logged: set[tuple[str, str]] = set()
+        metrics.describe("snmp_datagrams_received_total", "UDP datagrams read on the SNMP trap port")
+        metrics.describe("snmp_traps_received_total", "SNMP notifications accepted, by version")
+        metrics.describe("snmp_dropped_total", "SNMP datagrams or notifications dropped, by reason")
+        metrics.describe("snmp_engine_discovery_total", "SNMPv3 engine-id discovery probes answered")
+
+    @property
+    def bound(self) -> tuple[str, int] | None:
+        """The address the socket is bound to (after `start`), or None."""
+        return self._bound
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> tuple[str, int]:
+        """Bind the socket and set up the SNMP engine; returns the bound (host, port)."""
+        if self._engine is not None:
+            raise RuntimeError("the SNMP receiver is already started")
+        listen = self._config.listen
+        if listen is None:
+            raise StartupError("snmp.listen is not set")
+        sock = self._bind(listen)
+        try:
+            await self._open(sock)
+        except BaseException:
+            await self._close_engine()
+            sock.close()
+            raise
+        address = sock.getsockname()
+        self._bound = (str(address[0]), int(address[1]))
+        log.info("SNMP trap receiver listening on udp %s:%s", *self._bound)
+        return self._bound
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set (starting first if needed), then close everything."""
+        if self._engine is None:
+            await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop receiving and release the socket (idempotent)."""
+        await self._close_engine()
+        self._bound = None
+
+    def _bind(self, listen: str) -> socket.socket:
+        host, port = parse_listen(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._config.receive_buffer)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise StartupError(f"cannot listen on snmp.listen {listen}: {why}") from None
+        sock.setblocking(False)
+        wanted = self._config.receive_buffer
+        if _receive_buffer(sock) < wanted and _SO_RCVBUFFORCE is not None:
+            # SO_RCVBUF is capped by net.core.rmem_max; with CAP_NET_ADMIN the cap can be passed.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, wanted)
+        effective = _receive_buffer(sock)
+        if effective < wanted:
+            log.warning("snmp.receive_buffer %d capped by the kernel at %d bytes: raise net.core.rmem_max "
+                        "(or run with CAP_NET_ADMIN)", wanted, effective)
+        return sock
+
+    async def _open(self, sock: socket.socket) -> None:
+        cfg = self._config
+        eng = snmp_engine.SnmpEngine()  # inside the running loop: its dispatcher takes this loop
+        self._engine = eng
+        if not cfg.v1_v2c:
+            for model in (0, 1):  # SNMPv1 and SNMPv2c message processing
+                eng.message_processing_subsystems.pop(model, None)
+        else:
+            for n, community in enumerate(cfg.communities, start=1):
+                snmp_config.add_v1_system(eng, f"community-{n}", community.get_secret_value())
+        for user in cfg.users:
+            self._add_user(eng, user)
+
+        transport = _Udp6() if sock.family == socket.AF_INET6 else _Udp()
+        transport.on_datagram = self._on_datagram
+        transport.closed = asyncio.get_running_loop().create_future()
+        domain = udp6.DOMAIN_NAME if sock.family == socket.AF_INET6 else udp.DOMAIN_NAME
+        transport.open_server_mode(sock=sock)
+        self._transport = transport
+        snmp_config.add_transport(eng, domain, transport)
+        pending = getattr(transport, "_lport", None)  # pysnmp's create_datagram_endpoint future
+        if isinstance(pending, asyncio.Future):
+            await pending
+
+        mib = eng.get_mib_builder()
+        self._watch = [(mib.import_symbols(module, name)[0], reason) for module, name, reason in _WATCHED]
+        self._last = [int(obj.syntax) for obj, _ in self._watch]
+        eng.observer.register_observer(self._on_sm_failure, "rfc3412.prepareDataElements:sm-failure")
+        self._receiver = ntfrcv.NotificationReceiver(eng, self._on_notification)
+
+    def _add_user(self, eng: Any, user: SnmpUser) -> None:
+        auth = _AUTH[user.auth_protocol]
+        priv = _PRIV[user.priv_protocol]
+        auth_key = priv_key = None
+        if user.auth_key is not None and user.auth_protocol != "none":
+            auth_key = user.auth_key.get_secret_value()
+        if user.priv_key is not None and user.priv_protocol != "none":
+            priv_key = user.priv_key.get_secret_value()
+        for engine_id in user.engine_ids:
+            try:
+                hexa = _engine_id_hex(engine_id)
+            except ValueError as exc:
+                raise StartupError(f"snmp.users {user.name}: {exc}") from None
+            snmp_config.add_v3_user(eng, user.name, auth, auth_key, priv, priv_key,
+                                    securityEngineId=v2c.OctetString(hexValue=hexa))
+        snmp_config.add_v3_user(eng, user.name, auth, auth_key, priv, priv_key)  # INFORMs
+
+    async def _close_engine(self) -> None:
+        eng, self._engine = self._engine, None
+        if eng is None:
+            return
+        transport, self._transport = self._transport, None
+        dispatcher = eng.transport_dispatcher
+        timer = getattr(dispatcher, "loopingcall", None) if dispatcher is not None else None
+        try:
+            if self._receiver is not None:
+                self._receiver.close(eng)
+                self._receiver = None
+            eng.observer.unregister_observer()
+            if dispatcher is not None:
+                eng.close_dispatcher()  # closes the transport (and our socket) and the timer task
+        finally:
+            if transport is not None:
+                if transport.transport is not None:
+                    transport.transport.close()
+                    await transport.closed  # connection_lost: the socket is closed by then
+                else:
+                    pending = getattr(transport, "_lport", None)
+                    if isinstance(pending, asyncio.Future):
+                        pending.cancel()
+                        await asyncio.wait([pending])
+            if isinstance(timer, asyncio.Future):
+                timer.cancel()
+                await asyncio.wait([timer])
+
+    # --- per datagram ----------------------------------------------------------------------------------
+
+    def _on_datagram(self, transport: Any, datagram: bytes, address: Any) -> None:
+        self._metrics.inc("snmp_datagrams_received_total")
+        self._sm_failure_user = None
+        try:
+            transport._callback_function(transport, address, datagram)
+        except Exception:
+            self._drop("internal_error", address)
+            log.debug("SNMP datagram from %s raised in pysnmp", address, exc_info=True)
+        self._collect(datagram, address)
+
+    def _collect(self, datagram: bytes, address: Any) -> None:
+        """Add the deltas of pysnmp's MIB counters since the last datagram to our counters."""
+        last = self._last
+        for i, (obj, reason) in enumerate(self._watch):
+            value = int(obj.syntax)
+            if value == last[i]:
+                continue
+            delta = (value - last[i]) % _COUNTER32
+            last[i] = value
+            if reason is None:
+                self._metrics.inc("snmp_engine_discovery_total", delta)
+                continue
+            if reason == "bad_version" and not self._config.v1_v2c and self._is_v1_v2c(datagram):
+                reason = "version_disabled"
+            elif reason == "unknown_user" and self._sm_failure_user in self._levels:
+                reason = "unknown_engine_id"
+            self._drop(reason, address, delta)
+
+    @staticmethod
+    def _is_v1_v2c(datagram: bytes) -> bool:
+        try:
+            return int(verdec.decode_message_version(datagram)) in (0, 1)
+        except Exception:
+            return False
+
+    def _on_sm_failure(self, eng: Any, point: str, variables: dict[str, Any], ctx: Any) -> None:
+        """Observer: remember the user name of a v3 security failure (unknown user vs unknown engine)."""
+        with contextlib.suppress(Exception):
+            name = variables["statusInformation"].get("msgUserName")
+            if name is not None:
+                self._sm_failure_user = bytes(name).decode("utf-8", "replace")
+
+    def _drop(self, reason: str, address: Any, count: int = 1) -> None:
+        self._metrics.inc("snmp_dropped_total", float(count), reason=reason)
+        sender = str(address[0]) if isinstance(address, tuple) and address else str(address)
+        key = (sender, reason)
+        if key not in self._logged and len(self._logged) < _LOGGED_LIMIT:
+            self._logged.add(key)
+            log.warning("SNMP: dropped a message from %s: %s (further ones from it are counted in "
+                        "snmp_dropped_total)", sender, reason)
+        else:
+            log.debug("SNMP: dropped a message from %s: %s", sender, reason)
+
+    def _on_notification(self, eng: Any, state_ref: Any, ctx_engine_id: Any, ctx_name: Any,
+                         var_binds: Iterable[tuple[Any, Any]], cb_ctx: Any) -> None:
+        """pysnmp's notification callback: build the Event and queue it without waiting."""
+        ec = eng.observer.get_execution_context("rfc3412.receiveMessage:request")
+        address = ec["transportAddress"]
+        version = _VERSIONS.get(int(ec["securityModel"]))
+        if version is None:
+            self._drop("unknown_security_model", address)
+            return
+        security_name = str(ec["securityName"])
+        if version == "3" and int(ec["securityLevel"]) < self._levels.get(security_name, 3):
+            self._drop("security_level_too_low", address)
+            return
+        self._metrics.inc("snmp_traps_received_total", version=version)
+        trap_oid: str | None = None
+        varbinds: dict[str, str] = {}
+        attributes: dict[str, Any] = {
+            "pdu": "inform" if ec["pdu"].tagSet == v2c.InformRequestPDU.tagSet else "trap"}
+        for oid, value in var_binds:
+            key = str(oid)
+            if key == SNMP_TRAP_OID:
+                trap_oid = value.prettyPrint()
+            elif key in (SYS_UPTIME, SNMP_TRAP_COMMUNITY):
+                continue
+            else:
+                text = value.prettyPrint()
+                varbinds[key] = text
+                if key == SNMP_TRAP_ADDRESS:
+                    attributes["agent_address"] = text
+        event = Event(source="snmp", time=self._clock.now(), sender=str(address[0]), trap_oid=trap_oid,
+                      varbinds=varbinds, snmp_version=version, security_name=security_name,
+                      attributes=attributes)
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._drop("queue_full", address)
