@@ -112,6 +112,7 @@ class Daemon:
         self._inventory_at: float | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
+        self.snmp_address: tuple[str, int] | None = None
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=self.config.snmp.queue_size)
         rules = self.config.rules
         # Rules load before anything starts: an invalid rule file is a start-up error, not a silent one.
@@ -206,6 +207,7 @@ class Daemon:
         try:
             await self._run(stop, sock)
         finally:
+            sock.close()  # already closed by the HTTP site when it started; not when start-up failed
             await self.store.close()
 
     async def _run(self, stop: asyncio.Event, sock: socket.socket) -> None:
@@ -242,9 +244,17 @@ class Daemon:
         token = self.config.http.token
         api = Api(runner, self, self.metrics, token=token.get_secret_value() if token else None,
                   max_body=self.config.http.max_body, pipeline=pipeline, events=self.events)
+        snmp = None
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await web_runner.setup()
         try:
+            if self.config.snmp.listen:
+                from adapters.snmp_traps import SnmpTrapReceiver
+
+                snmp = SnmpTrapReceiver(config=self.config.snmp, queue=self.events, metrics=self.metrics,
+                                        clock=self.clock)
+                self.snmp_address = await snmp.start()  # a port in use is a start-up error
+                log.info("receiving SNMP traps on udp %s:%s", *self.snmp_address)
             site = web.SockSite(web_runner, sock)
             await site.start()
             self.http_address = sock.getsockname()[:2]
@@ -254,10 +264,14 @@ class Daemon:
                 self._tasks["inventory_refresh"] = tg.create_task(
                     self._refresh_loop(adapters.manager, stop), name="inventory-refresh")
                 self._tasks["rules"] = tg.create_task(pipeline.run(stop), name="rules-pipeline")
+                if snmp is not None:
+                    self._tasks["snmp"] = tg.create_task(snmp.run(stop), name="snmp-traps")
                 await runner.wait_ready()
                 self.ready.set()
                 await stop.wait()
         finally:
+            if snmp is not None:
+                await snmp.close()
             await web_runner.cleanup()
             for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
                 with contextlib.suppress(Exception):

@@ -232,3 +232,35 @@ async def test_bad_events_are_refused(lab: LabSimulator, start_daemon: DaemonFac
     status, _ = await h.api("POST", "/api/v1/events", raw=bad)
     assert status == 400
     assert (await h.api("POST", "/api/v1/events", trap("1.1.1.1", CPU), token=None))[0] == 401
+
+
+async def snmptrap(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec("snmptrap", *args, env={"MIBS": "", "PATH": "/usr/bin:/bin"},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+
+
+async def test_real_traps_resolve_and_fail_over(lab: LabSimulator, start_daemon: DaemonFactory,
+                                                tmp_path: Path, token: str) -> None:
+    cfg = config(lab, tmp_path, token)
+    cfg = cfg.model_copy(update={"snmp": cfg.snmp.model_validate(
+        {"listen": "127.0.0.1:0", "communities": ["public"]})})
+    h = await start_daemon(cfg)
+    assert h.daemon.snmp_address is not None
+    target = f"127.0.0.1:{h.daemon.snmp_address[1]}"
+    # From the BMC's own address (as an iLO sends it): resolved by the sender.
+    await snmptrap("--clientaddr=127.77.1.1", "-v", "2c", "-c", "public", target, "", CPU,
+                   "1.3.6.1.2.1.1.5.0", "s", "host11.lab.example")
+    # A v1 trap from elsewhere about enc1-bay2, named by its agent address.
+    await snmptrap("-v", "1", "-c", "public", target, "1.3.6.1.4.1.232", "127.77.1.2", "6", "6015", "")
+    # A wrong community: dropped and counted, never decided.
+    await snmptrap("-v", "2c", "-c", "wrong", target, "", CPU)
+    await h.wait_for(lambda: any(j.server == "enc1-bay1" and not j.state.active for j in h.jobs.values()))
+    await wait_decisions(h, 2)
+    (job,) = [j.public() for j in h.jobs.values()]
+    assert job["state"] == "completed" and job["trigger"]["resolved_by"] == "sender 127.77.1.1"
+    (d,) = await decisions(h, "enc1-bay2")
+    assert d["event"]["trap_oid"] == MEM and d["event"]["snmp_version"] == "1"
+    _, metrics = await h.api("GET", "/metrics")
+    assert 'snmp_dropped_total{reason="bad_community"} 1' in metrics
