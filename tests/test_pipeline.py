@@ -235,8 +235,9 @@ async def test_bad_events_are_refused(lab: LabSimulator, start_daemon: DaemonFac
 
 
 async def snmptrap(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec("snmptrap", *args, env={"MIBS": "", "PATH": "/usr/bin:/bin"},
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        "snmptrap", *args, env={"MIBS": "", "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
 
