@@ -23,13 +23,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
+import yaml
 
-from monitor.events import Event  # noqa: E402
-from monitor.model import Server  # noqa: E402
-from rules.engine import Decider  # noqa: E402
-from rules.loader import load_policy  # noqa: E402
-from rules.schema import GuardsSpec  # noqa: E402
+from monitor.events import Event
+from monitor.model import Server
+from rules.engine import Decider
+from rules.loader import load_policy
+from rules.schema import GuardsSpec
 
 TARGET_RATE = 50_000
 TARGET_RATIO = 0.8
