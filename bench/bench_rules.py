@@ -73,7 +73,8 @@ def site_rules(n: int) -> list[dict[str, Any]]:
                           "match": {"trap_oid": f"1.3.6.1.4.1.99999.0.{i}"}})
         else:
             rules.append({"id": f"site-msg-{i}", "action": "alert", "source": "redfish",
-                          "match": {"message_id": f"SiteEvents.*.Condition{i}", "severity": {"at_least": "OK"}}})
+                          "match": {"message_id": f"SiteEvents.*.Condition{i}",
+                                    "severity": {"at_least": "OK"}}})
     return rules
 
 
