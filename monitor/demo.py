@@ -1,5 +1,6 @@
 """`failover-monitor demo`: the lab simulator as a separate process, the daemon on SQLite in a
-temporary folder, a failover of a production blade shown step by step."""
+temporary folder; a blade's iLO sends a real hardware-fault SNMP trap over UDP; the rules decide; the
+failover job is shown step by step."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import yaml
 
 from monitor.cli import ApiError, api_call, follow_job
 from monitor.config import LoadedConfig, MonitorConfig
+from monitor.trapsend import send_v2c_trap
 
 LAB_CONFIG: dict[str, Any] = {
     "listen": "127.0.0.1:0",
@@ -90,6 +92,7 @@ async def _demo(tmp: Path, server: str) -> int:
         config = MonitorConfig.model_validate({
             "instance": "demo",
             "http": {"listen": "127.0.0.1:0", "token": token},
+            "snmp": {"listen": "127.0.0.1:0", "communities": ["public"]},
             "store": str(tmp / "demo.db"),
             "inventory": {"source": "lab", "lab": {"url": manager}},
             "failover": {"poll_interval": 0.25, "rediscovery": {"delay": 3, "retries": 5,
@@ -113,15 +116,28 @@ async def _demo(tmp: Path, server: str) -> int:
             if status != 200:
                 say(f"unknown server {server}: {srv}")
                 return 1
-            say(f"\nFailing over {server}: {srv['product']}, profile {srv['profile']}, "
-                f"power {srv['power']}, domain group {srv['domain_group']}")
-            status, data = await api_call(base, "POST", "/api/v1/failovers", token=token,
-                                          body={"server": server, "reason": "demo: hardware fault"})
-            if status != 202:
-                say(f"failover refused: HTTP {status} {data}")
+            say(f"\n{server}: {srv['product']}, profile {srv['profile']}, power {srv['power']}, "
+                f"domain group {srv['domain_group']}, iLO at {srv['bmc']}")
+            bmc_ip = srv["management_addresses"][0]
+            # The fault: the blade's CPU fails; its iLO reports Critical and sends the Insight trap.
+            await api_call(manager, "PUT", f"/lab/v1/servers/{server}", body={"health": "Critical"})
+            assert daemon.snmp_address is not None
+            say(f"iLO {bmc_ip} sends SNMPv2c trap cpqSeCpuUncorrectableError ({CPU_TRAP}) to udp "
+                f"{daemon.snmp_address[0]}:{daemon.snmp_address[1]}")
+            send_v2c_trap(daemon.snmp_address, "public", CPU_TRAP, {
+                SYS_NAME: srv["host"]["name"] if srv.get("host") else server,
+                HO_TRAP_FLAGS: 16,  # condition bits (16 >> 2) & 7 = 4: failed
+                CPU_UNIT_INDEX: 1,
+            }, source=bmc_ip)
+            decision = await wait_decision(base, server)
+            rules = ", ".join(f"{m['rule']} ({m['action']})" for m in decision["matched"])
+            say(f"decision: {decision['action']} by rule {decision['rule']}; matched: {rules}"
+                + (f"; guard: {decision['guard']}" if decision.get("guard") else ""))
+            if decision["action"] != "failover" or not decision.get("job"):
+                say("no failover job was started")
                 return 1
-            say(f"job {data['job']} accepted; its steps:")
-            job = await follow_job(base, int(data["job"]), interval=0.1)
+            say(f"job {decision['job']} started; its steps:")
+            job = await follow_job(base, int(decision["job"]), interval=0.1)
             if job["state"] != "completed":
                 say(f"\njob {job['job']} FAILED: {job['error']}")
                 return 1
@@ -146,6 +162,23 @@ async def _demo(tmp: Path, server: str) -> int:
             await task
     finally:
         _stop(lab)
+
+
+CPU_TRAP = "1.3.6.1.4.1.232.0.1026"
+SYS_NAME = "1.3.6.1.2.1.1.5.0"
+HO_TRAP_FLAGS = "1.3.6.1.4.1.232.11.2.11.1.0"
+CPU_UNIT_INDEX = "1.3.6.1.4.1.232.1.2.2.1.1.1.1"
+
+
+async def wait_decision(base: str, server: str, timeout: float = 15.0) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        status, rows = await api_call(base, "GET", f"/api/v1/decisions?server={server}&limit=1")
+        if status == 200 and rows:
+            return dict(rows[0])
+        await asyncio.sleep(0.05)  # polling another program's API
+    raise RuntimeError(f"no decision about {server} within {timeout:g} s")
 
 
 def run_demo(*, server: str = "enc1-bay1", keep: bool = False) -> int:

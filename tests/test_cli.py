@@ -161,6 +161,8 @@ async def test_failed_job_exits_1(lab: LabSimulator, start_daemon: DaemonFactory
 async def test_demo_runs_to_completion() -> None:
     code, out, err = await cli("demo")
     assert code == 0, out + err
+    assert "sends SNMPv2c trap cpqSeCpuUncorrectableError" in out
+    assert "decision: failover by rule hpe-cpu-uncorrectable" in out
     assert "profile prof-enc1-bay1 moved enc1-bay1 -> enc1-bay9" in out
     assert "rediscovery done" in out
     assert "Done: job 1 completed" in out
