@@ -158,7 +158,7 @@ class SnmpConfig(_Strict):
     """Accept SNMPv1/v2c with the communities below; false: SNMPv3 only."""
     communities: list[SecretStr] = []
     users: list[SnmpUser] = []
-    receive_buffer: Annotated[int, Field(ge=65536)] = 4 << 20
+    receive_buffer: Annotated[int, Field(ge=65536)] = 32 << 20
     """SO_RCVBUF bytes, so bursts wait in the kernel rather than being dropped (capped by rmem_max)."""
     queue_size: Annotated[int, Field(ge=1)] = 20000
     """Decoded traps waiting for the rules; beyond it they are dropped and counted."""
