@@ -10,6 +10,7 @@ reported as FILE:LINE and the running rules stay in force.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -57,13 +58,17 @@ class PolicyHolder:
         self.decider = Decider(self.policy.ruleset, self.policy.guards, self.policy.silences)
         self._mtimes = self._stat()
 
-    def _stat(self) -> dict[Path, float]:
-        out: dict[Path, float] = {}
+    def _stat(self) -> dict[Path, tuple[float, int, str]]:
+        """Each rule file's mtime, size and content digest: two writes within one mtime tick still
+        differ by content."""
+        out: dict[Path, tuple[float, int, str]] = {}
         for p in [*self.policy.files, *self.site_files]:
             try:
-                out[p] = os.stat(p).st_mtime
+                st = os.stat(p)
+                digest = hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
+                out[p] = (st.st_mtime, st.st_size, digest)
             except OSError:
-                out[p] = -1.0
+                out[p] = (-1.0, -1, "")
         return out
 
     def changed(self) -> bool:

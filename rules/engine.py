@@ -252,6 +252,13 @@ class Decider:
     @staticmethod
     def _conditions(rule: Rule, event: Event, server: Server | None) -> str | None:
         for name, m in rule.match:
+            if name.endswith(".*") and name.startswith("varbinds."):
+                # A columnar varbind: any instance under the OID (e.g. cpqSeCpuStatus.<cpu>) may match.
+                prefix = name[len("varbinds."):-1]
+                values = [v for oid, v in event.varbinds.items() if oid.startswith(prefix)]
+                if not any(m.test(v) for v in values):
+                    return f"no varbind under {prefix[:-1]} is {m.text} ({values or 'none'})"
+                continue
             value = event.field(name)
             if not m.test(value):
                 shown = "absent" if value is None else repr(value)

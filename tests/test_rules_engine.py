@@ -404,3 +404,15 @@ def test_site_rules_override_and_disable_builtins(tmp_path: Path) -> None:
 def test_guards_default() -> None:
     g = GuardsSpec()
     assert g.storm is not None and g.rate_limit is not None and g.cooldown == 3600
+
+
+def test_columnar_varbinds(tmp_path: Path) -> None:
+    clock = FakeClock()
+    status = "1.3.6.1.4.1.232.1.2.2.1.1.6"
+    d = decider(tmp_path, [{"id": "cpu-status", "action": "failover",
+                            "match": {"trap_oid": "1.3.6.1.4.1.232.0.1006", f"varbinds.{status}.*": 4}}])
+    ev = trap(clock, "1.3.6.1.4.1.232.0.1006", **{f"{status}.2".replace(".", "_"): "4"})
+    assert d.decide(ev, server()).action == "failover"
+    ok = trap(clock, "1.3.6.1.4.1.232.0.1006", **{f"{status}.2".replace(".", "_"): "2"})
+    miss = d.decide(ok, server("enc1-bay2"))
+    assert miss.action == "none" and f"no varbind under {status} is == 4" in miss.near[0][1]
