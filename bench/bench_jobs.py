@@ -167,6 +167,7 @@ def monitor_config(lab_url: str, store: Path, sync: Sync) -> MonitorConfig:
         "sqlite": {"synchronous": sync},
         "inventory": {"source": "lab", "lab": {"url": lab_url, "timeout": 60}},
         "redfish": {"timeout": 60},
+        "redfish_events": {"poll_interval": 0},
         # poll_interval only matters if a poll reads PoweringOff/PoweringOn; with zero lab latency the
         # first poll normally reads the final state. The same settings drive the direct baseline.
         "failover": {"poll_interval": 0.01, "power_off_timeout": 60, "power_on_timeout": 60,

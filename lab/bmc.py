@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -13,13 +14,29 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from lab.config import Credentials
-from lab.world import PRODUCTS, RESET_TYPES, InvalidPowerState, LabError, Server, UnknownResetType, World
+from lab.world import (
+    DELIVERY_RETRY_ATTEMPTS,
+    EVENT_TYPES,
+    PRODUCTS,
+    REGISTRY_PREFIXES,
+    RESET_TYPES,
+    InvalidPowerState,
+    LabError,
+    RedfishBadRequest,
+    Server,
+    Subscription,
+    UnknownResetType,
+    World,
+    is_loopback_host,
+)
 
-__all__ = ["BmcFleet", "BmcStartError", "create_bmc_app"]
+__all__ = ["BmcFleet", "BmcStartError", "EventDispatcher", "create_bmc_app"]
 
 log = logging.getLogger("lab.bmc")
 
@@ -27,6 +44,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ROOT = "/redfish/v1"
 SESSIONS = f"{ROOT}/SessionService/Sessions"
+EVENT_SERVICE = f"{ROOT}/EventService"
+SUBSCRIPTIONS = f"{EVENT_SERVICE}/Subscriptions"
+SSE_PATH = f"{EVENT_SERVICE}/SSE"
+SUBMIT_TEST_EVENT = f"{EVENT_SERVICE}/Actions/EventService.SubmitTestEvent"
+SSE_KEEPALIVE_S = 15.0
+DELIVERY_TIMEOUT_S = 5.0
 PUBLIC = frozenset({"/redfish", "/redfish/", ROOT, f"{ROOT}/", f"{ROOT}/odata", f"{ROOT}/$metadata"})
 
 ILO_CODE = "iLO.0.10.ExtendedInfo"
@@ -37,6 +60,101 @@ class BmcStartError(Exception):
     """A BMC could not start (typically: its address/port is in use)."""
 
 
+class EventDispatcher:
+    """Delivers the events raised on the blades: a POST of the Event to every matching subscription's
+    Destination (with its HttpHeaders; http or https without verification; loopback only; retried
+    DELIVERY_RETRY_ATTEMPTS times, `world.delivery_retry_interval_s` apart), and a frame to every SSE stream
+    of that BMC."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[str, set[asyncio.Queue[tuple[int, dict[str, Any]] | None]]] = {}
+        self._closed = False
+
+    def start(self) -> None:
+        self._world.add_event_sink(self.dispatch)
+
+    def dispatch(self, server: Server, payload: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        seq = int(payload.get("Id", 0))
+        for queue in list(self._streams.get(server.id, ())):
+            try:
+                queue.put_nowait((seq, payload))
+            except asyncio.QueueFull:
+                log.warning("SSE client of %s is too slow: event %d dropped for it", server.id, seq)
+        state = self._world.event_service(server.id)
+        record = payload["Events"][0]
+        for sub in list(state.subscriptions.values()):
+            if sub.wants(record):
+                task = asyncio.get_running_loop().create_task(self._deliver(server.id, sub, seq, payload))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, server_id: str, sub: Subscription, seq: int, payload: dict[str, Any]) -> None:
+        body = {**payload, "Context": sub.context} if sub.context is not None else dict(payload)
+        host = urlsplit(sub.destination).hostname or ""
+        entry: dict[str, Any] = {"event": seq, "subscription": sub.id, "destination": sub.destination}
+        if not is_loopback_host(host):  # also refused at subscription time
+            self._world.record_delivery(server_id, {**entry, "attempt": 0, "result": "refused: not loopback"})
+            return
+        headers = {**sub.http_headers, "Content-Type": "application/json"}
+        for attempt in range(1, DELIVERY_RETRY_ATTEMPTS + 2):
+            result = await self._post(sub.destination, headers, body)
+            self._world.record_delivery(server_id, {**entry, "attempt": attempt, "result": result})
+            if result.startswith("delivered"):
+                return
+            if attempt <= DELIVERY_RETRY_ATTEMPTS:
+                await asyncio.sleep(self._world.delivery_retry_interval_s)
+        log.info("event %d of %s to %s given up", seq, server_id, sub.destination)
+
+    async def _post(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> str:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S))
+        try:
+            async with self._session.post(
+                url, data=json.dumps(body), headers=headers, ssl=False, allow_redirects=False
+            ) as response:
+                await response.read()
+                if 200 <= response.status < 300:
+                    return f"delivered: HTTP {response.status}"
+                return f"failed: HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            return f"failed: {type(exc).__name__}: {exc}"
+
+    def open_stream(self, server_id: str) -> asyncio.Queue[tuple[int, dict[str, Any]] | None]:
+        queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(maxsize=1000)
+        if self._closed:
+            queue.put_nowait(None)
+        self._streams.setdefault(server_id, set()).add(queue)
+        return queue
+
+    def close_stream(self, server_id: str, queue: asyncio.Queue[tuple[int, dict[str, Any]] | None]) -> None:
+        self._streams.get(server_id, set()).discard(queue)
+
+    def end_streams(self, server_id: str | None = None) -> None:
+        """End the SSE streams of one BMC (pulled blade) or of all."""
+        for sid, queues in self._streams.items():
+            if server_id is None or sid == server_id:
+                for queue in queues:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        queue.put_nowait(None)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._world.remove_event_sink(self.dispatch)
+        self.end_streams()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
 @dataclass
 class BmcState:
     world: World
@@ -45,6 +163,7 @@ class BmcState:
     shutdown: asyncio.Event
     sessions: dict[str, str] = field(default_factory=dict)  # token -> session id
     session_users: dict[str, str] = field(default_factory=dict)  # session id -> user name
+    events: EventDispatcher | None = None
 
     @property
     def server(self) -> Server:
@@ -220,6 +339,7 @@ async def get_root(request: web.Request) -> web.Response:
             "Chassis": _ref(f"{ROOT}/Chassis"),
             "Managers": _ref(f"{ROOT}/Managers"),
             "SessionService": _ref(f"{ROOT}/SessionService"),
+            **({"EventService": _ref(EVENT_SERVICE)} if state.world.event_service(server.id).enabled else {}),
             "Links": {"Sessions": _ref(SESSIONS)},
             "Oem": {"Hpe": {"Manager": [{"ManagerType": PRODUCTS[server.product or ""].ilo_model}]}},
         }
@@ -478,12 +598,192 @@ async def delete_session(request: web.Request) -> web.Response:
     return redfish_error(200, "Base.1.4.Success", "Successfully Completed Request")
 
 
+# --- EventService ----------------------------------------------------------------------------------------
+
+
+def _event_service_state(request: web.Request) -> tuple[BmcState, Any]:
+    state = request.app[STATE]
+    service = state.world.event_service(state.server_id)
+    if not service.enabled:
+        raise web.HTTPNotFound()  # like a BMC without eventing (sushy-tools)
+    return state, service
+
+
+async def _json_body(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RedfishBadRequest(
+            "The request body submitted was malformed JSON.", "Base.1.4.MalformedJSON"
+        ) from None
+
+
+def _redfish_bad_request(exc: LabError) -> web.Response:
+    message_id = exc.message_id if isinstance(exc, RedfishBadRequest) else "Base.1.4.GeneralError"
+    if exc.status == 404:
+        message_id = "Base.1.4.ResourceMissingAtURI"
+    return redfish_error(exc.status, message_id, exc.message)
+
+
+async def get_event_service(request: web.Request) -> web.Response:
+    _event_service_state(request)
+    return redfish_json(
+        {
+            "@odata.context": f"{ROOT}/$metadata#EventService.EventService",
+            "@odata.id": EVENT_SERVICE,
+            "@odata.type": "#EventService.v1_9_0.EventService",
+            "Id": "EventService",
+            "Name": "Event Service",
+            "ServiceEnabled": True,
+            "Status": {"State": "Enabled", "Health": "OK"},
+            "DeliveryRetryAttempts": DELIVERY_RETRY_ATTEMPTS,
+            "DeliveryRetryIntervalSeconds": max(1, round(request.app[STATE].world.delivery_retry_interval_s)),
+            "EventFormatTypes": ["Event"],
+            "EventTypesForSubscription": list(EVENT_TYPES),
+            "RegistryPrefixes": list(REGISTRY_PREFIXES),
+            "Severities": ["OK", "Warning", "Critical"],
+            "ServerSentEventUri": SSE_PATH,
+            "SSEFilterPropertiesSupported": {"EventFormatType": True, "MessageId": False, "EventType": False},
+            "Subscriptions": _ref(SUBSCRIPTIONS),
+            "Actions": {
+                "#EventService.SubmitTestEvent": {
+                    "target": SUBMIT_TEST_EVENT,
+                    "EventType@Redfish.AllowableValues": list(EVENT_TYPES),
+                }
+            },
+        }
+    )
+
+
+async def get_subscriptions(request: web.Request) -> web.Response:
+    _, service = _event_service_state(request)
+    members = [f"{SUBSCRIPTIONS}/{sid}" for sid in service.subscriptions]
+    return redfish_json(
+        _collection(
+            SUBSCRIPTIONS, "#EventDestinationCollection.EventDestinationCollection", "Subscriptions", members
+        )
+    )
+
+
+async def post_subscription(request: web.Request) -> web.Response:
+    state, _ = _event_service_state(request)
+    try:
+        sub = state.world.add_subscription(state.server_id, await _json_body(request))
+    except LabError as exc:
+        return _redfish_bad_request(exc)
+    location = f"{SUBSCRIPTIONS}/{sub.id}"
+    log.info("%s: subscription %s -> %s", state.server_id, sub.id, sub.destination)
+    return redfish_json(sub.view(), status=201, headers={"Location": location})
+
+
+async def get_subscription(request: web.Request) -> web.Response:
+    state, _ = _event_service_state(request)
+    try:
+        return redfish_json(state.world.subscription(state.server_id, request.match_info["sid"]).view())
+    except LabError as exc:
+        return _redfish_bad_request(exc)
+
+
+async def patch_subscription(request: web.Request) -> web.Response:
+    state, _ = _event_service_state(request)
+    try:
+        body = await _json_body(request)
+        sub = state.world.patch_subscription(state.server_id, request.match_info["sid"], body)
+    except LabError as exc:
+        return _redfish_bad_request(exc)
+    return redfish_json(sub.view())
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    state, _ = _event_service_state(request)
+    try:
+        sub = state.world.delete_subscription(state.server_id, request.match_info["sid"])
+    except LabError as exc:
+        return _redfish_bad_request(exc)
+    log.info("%s: subscription %s deleted", state.server_id, sub.id)
+    return redfish_error(200, "Base.1.4.Success", "Successfully Completed Request")
+
+
+async def post_submit_test_event(request: web.Request) -> web.Response:
+    """`#EventService.SubmitTestEvent`: MessageId is the only required parameter."""
+    state, _ = _event_service_state(request)
+    try:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("MessageId"), str):
+            raise RedfishBadRequest(
+                "The action SubmitTestEvent requires the parameter MessageId.",
+                "Base.1.4.ActionParameterMissing",
+            )
+        args = body.get("MessageArgs") or []
+        if not isinstance(args, list):
+            raise RedfishBadRequest("MessageArgs must be an array.", "Base.1.4.ActionParameterValueTypeError")
+        event_type = body.get("EventType", "Alert")
+        if event_type not in EVENT_TYPES:
+            raise RedfishBadRequest(
+                f"The value {event_type!r} for EventType is not in the list of acceptable values.",
+                "Base.1.4.ActionParameterValueNotInList",
+            )
+        severity = body.get("MessageSeverity", body.get("Severity"))
+        origin = body.get("OriginOfCondition")
+        if isinstance(origin, dict):
+            origin = origin.get("@odata.id")
+        message = body.get("Message")
+        event_id = body.get("EventId")
+        state.world.raise_event(
+            state.server_id,
+            body["MessageId"],
+            severity=severity if isinstance(severity, str) else None,
+            message=message if isinstance(message, str) else None,
+            message_args=[str(a) for a in args],
+            event_type=event_type,
+            origin=origin if isinstance(origin, str) else None,
+            event_id=event_id if isinstance(event_id, str) else None,
+        )
+    except LabError as exc:
+        return _redfish_bad_request(exc)
+    return redfish_error(200, "Base.1.4.Success", "Successfully Completed Request")
+
+
+async def get_sse(request: web.Request) -> web.StreamResponse:
+    """HTML5 server-sent events: `id: N` and `data: {Event}` per event, a comment every 15 s. The
+    `$filter` query is accepted and ignored."""
+    state, _ = _event_service_state(request)
+    if state.events is None:
+        raise web.HTTPNotFound()
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "OData-Version": "4.0"}
+    )
+    queue = state.events.open_stream(state.server_id)
+    try:
+        await response.prepare(request)
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if item is None:
+                break
+            seq, payload = item
+            await response.write(f"id: {seq}\ndata: {json.dumps(payload)}\n\n".encode())
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass
+    finally:
+        state.events.close_stream(state.server_id, queue)
+    return response
+
+
 def create_bmc_app(
-    world: World, server_id: str, credentials: Credentials, shutdown: asyncio.Event
+    world: World,
+    server_id: str,
+    credentials: Credentials,
+    shutdown: asyncio.Event,
+    events: EventDispatcher | None = None,
 ) -> web.Application:
     """The Redfish application of one blade's BMC."""
     app = web.Application(middlewares=[error_middleware, fault_middleware, auth_middleware])
-    app[STATE] = BmcState(world, server_id, credentials, shutdown)
+    app[STATE] = BmcState(world, server_id, credentials, shutdown, events=events)
     r = app.router
     r.add_get("/redfish", get_redfish)
     r.add_get("/redfish/", get_redfish)
@@ -511,6 +811,15 @@ def create_bmc_app(
     r.add_post(f"{SESSIONS}/", post_session)
     r.add_get(SESSIONS + "/{sid}", get_session)
     r.add_delete(SESSIONS + "/{sid}", delete_session)
+    for suffix in ("", "/"):
+        r.add_get(EVENT_SERVICE + suffix, get_event_service)
+        r.add_get(SUBSCRIPTIONS + suffix, get_subscriptions)
+        r.add_post(SUBSCRIPTIONS + suffix, post_subscription)
+        r.add_get(SUBSCRIPTIONS + "/{sid}" + suffix, get_subscription)
+        r.add_patch(SUBSCRIPTIONS + "/{sid}" + suffix, patch_subscription)
+        r.add_delete(SUBSCRIPTIONS + "/{sid}" + suffix, delete_subscription)
+        r.add_post(SUBMIT_TEST_EVENT + suffix, post_submit_test_event)
+        r.add_get(SSE_PATH + suffix, get_sse)
     return app
 
 
@@ -540,11 +849,13 @@ class BmcFleet:
         self._shutdown = shutdown
         self._port = port
         self._bmcs: dict[str, _Bmc] = {}
+        self.events = EventDispatcher(world)
 
     async def start(self) -> None:
         try:
+            self.events.start()
             for server in self._world.bmc_servers():
-                app = create_bmc_app(self._world, server.id, self._credentials, self._shutdown)
+                app = create_bmc_app(self._world, server.id, self._credentials, self._shutdown, self.events)
                 runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
                 await runner.setup()
                 self._bmcs[server.id] = _Bmc(runner)
@@ -582,10 +893,12 @@ class BmcFleet:
         if server.installed and bmc.site is None:
             await self._listen(server)
         elif not server.installed and bmc.site is not None:
+            self.events.end_streams(server_id)
             site, bmc.site = bmc.site, None
             await site.stop()
 
     async def stop(self) -> None:
+        await self.events.close()
         bmcs, self._bmcs = self._bmcs, {}
         results = await asyncio.gather(*(b.runner.cleanup() for b in bmcs.values()), return_exceptions=True)
         for result in results:

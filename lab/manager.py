@@ -68,6 +68,23 @@ class ServerControlBody(_Body):
     present: StrictBool | None = None
 
 
+class EventBody(_Body):
+    message_id: str = Field(min_length=1, max_length=200)
+    severity: Literal["OK", "Warning", "Critical"] | None = None
+    message: str | None = Field(default=None, max_length=2000)
+    message_args: list[str] = Field(default_factory=list, max_length=32)
+    health: Literal["OK", "Warning", "Critical"] | None = None
+    event_type: Literal[
+        "StatusChange", "ResourceUpdated", "ResourceAdded", "ResourceRemoved", "Alert"
+    ] = "Alert"
+    origin: str | None = Field(default=None, max_length=500)
+
+
+class EventServiceBody(_Body):
+    enabled: StrictBool | None = None
+    http_headers: Literal["any", "array", "object", "none"] | None = None
+
+
 B = TypeVar("B", bound=_Body)
 
 
@@ -277,6 +294,43 @@ async def put_control_server(request: web.Request) -> web.Response:
     return _json(state.world.server_view(state.world.server(server_id)))
 
 
+async def post_event(request: web.Request) -> web.Response:
+    """Raise one event on a blade's BMC (delivered to its subscriptions and SSE streams)."""
+    world = _world(request)
+    body = await _body(request, EventBody)
+    server_id = request.match_info["id"]
+    payload = world.raise_event(
+        server_id,
+        body.message_id,
+        severity=body.severity,
+        message=body.message,
+        message_args=body.message_args,
+        health=body.health,
+        event_type=body.event_type,
+        origin=body.origin,
+    )
+    service = world.event_service(server_id)
+    targets = sum(1 for s in service.subscriptions.values() if s.wants(payload["Events"][0]))
+    return _json({"event": payload, "subscriptions": targets if service.enabled else 0})
+
+
+async def get_events(request: web.Request) -> web.Response:
+    service = _world(request).event_service(request.match_info["id"])
+    return _json({"events": list(service.events), "deliveries": list(service.deliveries)})
+
+
+async def get_event_service(request: web.Request) -> web.Response:
+    return _json(_world(request).event_service(request.match_info["id"]).view())
+
+
+async def put_event_service(request: web.Request) -> web.Response:
+    body = await _body(request, EventServiceBody)
+    service = _world(request).configure_event_service(
+        request.match_info["id"], enabled=body.enabled, http_headers=body.http_headers
+    )
+    return _json(service.view())
+
+
 async def get_violations(request: web.Request) -> web.Response:
     return _json(_world(request).violations)
 
@@ -317,6 +371,10 @@ def create_manager_app(
     r.add_get("/lab/v1/latency", get_latency)
     r.add_put("/lab/v1/latency", put_latency)
     r.add_put("/lab/v1/servers/{id}", put_control_server)
+    r.add_post("/lab/v1/servers/{id}/events", post_event)
+    r.add_get("/lab/v1/servers/{id}/events", get_events)
+    r.add_get("/lab/v1/servers/{id}/eventservice", get_event_service)
+    r.add_put("/lab/v1/servers/{id}/eventservice", put_event_service)
     r.add_get("/lab/v1/violations", get_violations)
     r.add_get("/lab/v1/log", get_log)
     r.add_get("/lab/v1/health", get_health)

@@ -93,8 +93,9 @@ class Api:
     def __init__(
         self, runner: JobRunner, source: HealthSource, metrics: Metrics, *, token: str | None,
         max_body: int = 1 << 20, pipeline: Pipeline | None = None,
-        events: asyncio.Queue[Event] | None = None,
+        events: asyncio.Queue[Event] | None = None, extra_routes: list[web.RouteDef] | None = None,
     ) -> None:
+        self.extra_routes = extra_routes or []
         self.runner = runner
         self.pipeline = pipeline
         self.events = events
@@ -118,6 +119,7 @@ class Api:
             web.get("/api/v1/pause", self.get_pause),
             web.post("/api/v1/pause", self.post_pause),
             web.delete("/api/v1/pause", self.delete_pause),
+            *self.extra_routes,
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.get_metrics),
         ])

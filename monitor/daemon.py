@@ -22,7 +22,7 @@ from monitor.flow import FlowDeps
 from monitor.jobs import JobRunner
 from monitor.locks import GroupLocks
 from monitor.metrics import Metrics
-from monitor.model import Inventory
+from monitor.model import Inventory, Server
 from monitor.pipeline import LogAlertSink, Pipeline, PolicyHolder
 from monitor.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
 from monitor.store import SqliteStore, StoreError
@@ -195,6 +195,37 @@ class Daemon:
         self._refresh_now.set()
         return problems
 
+    def _servers(self) -> list[Server]:
+        inv = self._inventory
+        return list(inv.servers.values()) if inv else []
+
+    def _redfish_events(self, adapters: Adapters) -> dict[str, Any]:
+        """The Redfish push listener's routes, and the subscription, SSE and health-poll workers."""
+        from adapters.redfish_events import (
+            BmcTokens,
+            HealthPoller,
+            RedfishEventListener,
+            SseFollower,
+            SubscriptionManager,
+        )
+
+        cfg = self.config.redfish_events
+        secret = cfg.secret.get_secret_value() if cfg.secret else None
+        resolve: Any = BmcTokens(secret, self._servers) if secret else (lambda _token: None)
+        listener = RedfishEventListener(cfg, self.events, self.metrics, self.clock, resolve)
+        workers: dict[str, Any] = {"routes": listener.routes()}
+        timeout = self.config.redfish.timeout
+        if cfg.destination and cfg.subscribe:
+            workers["redfish-subscriptions"] = SubscriptionManager(cfg, self._servers, self.metrics,
+                                                                   self.clock, timeout=timeout)
+        if cfg.sse:
+            workers["redfish-sse"] = SseFollower(cfg, self._servers, self.events, self.metrics, self.clock,
+                                                 timeout=timeout)
+        if cfg.poll_interval > 0:
+            workers["redfish-health-poll"] = HealthPoller(cfg, self._servers, adapters.power, self.events,
+                                                          self.metrics, self.clock)
+        return workers
+
     # --- run -----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -233,6 +264,23 @@ class Daemon:
         self.metrics.gauge("jobs_running", lambda: {"": float(len(runner.running_jobs))},
                            "jobs executing now")
         sinks: list[AlertSink] = [LogAlertSink()]
+        mqtt = None
+        if self.config.mqtt is not None:
+            from adapters.mqtt import MqttAdapterError, MqttPublisher
+
+            try:
+                mqtt = MqttPublisher(config=self.config.mqtt, instance=self.config.instance,
+                                     metrics=self.metrics, clock=self.clock)
+            except MqttAdapterError as exc:
+                raise StartupError(f"mqtt: {exc}") from exc
+            sinks.append(mqtt)
+            publisher = mqtt
+
+            async def job_to_mqtt(job: Any) -> None:
+                publisher.job(job)
+
+            runner.add_listener(job_to_mqtt)
+        mqtt_stop = asyncio.Event()
         pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
                             sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=self.inventory,
                             watch_interval=self.config.rules.watch_interval)
@@ -241,9 +289,11 @@ class Daemon:
         self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
                            "events waiting for the rules")
         self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))})
+        redfish_tasks = self._redfish_events(adapters)
         token = self.config.http.token
         api = Api(runner, self, self.metrics, token=token.get_secret_value() if token else None,
-                  max_body=self.config.http.max_body, pipeline=pipeline, events=self.events)
+                  max_body=self.config.http.max_body, pipeline=pipeline, events=self.events,
+                  extra_routes=redfish_tasks.pop("routes"))
         snmp = None
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await web_runner.setup()
@@ -260,18 +310,33 @@ class Daemon:
             self.http_address = sock.getsockname()[:2]
             log.info("%s listening on http://%s:%s", self.config.instance, *self.http_address)
             async with asyncio.TaskGroup() as tg:
-                self._tasks["jobs"] = tg.create_task(runner.run(stop), name="job-runner")
+                async def jobs_then_mqtt() -> None:
+                    try:  # MQTT stops after the jobs: their last states still go out
+                        await runner.run(stop)
+                    finally:
+                        mqtt_stop.set()
+
+                self._tasks["jobs"] = tg.create_task(jobs_then_mqtt(), name="job-runner")
+                if mqtt is not None:
+                    self._tasks["mqtt"] = tg.create_task(mqtt.run(mqtt_stop), name="mqtt")
                 self._tasks["inventory_refresh"] = tg.create_task(
                     self._refresh_loop(adapters.manager, stop), name="inventory-refresh")
                 self._tasks["rules"] = tg.create_task(pipeline.run(stop), name="rules-pipeline")
                 if snmp is not None:
                     self._tasks["snmp"] = tg.create_task(snmp.run(stop), name="snmp-traps")
+                for name, worker in redfish_tasks.items():
+                    self._tasks[name] = tg.create_task(worker.run(stop), name=name)
                 await runner.wait_ready()
                 self.ready.set()
                 await stop.wait()
         finally:
             if snmp is not None:
                 await snmp.close()
+            for worker in redfish_tasks.values():
+                close = getattr(worker, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
             await web_runner.cleanup()
             for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
                 with contextlib.suppress(Exception):

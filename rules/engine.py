@@ -31,7 +31,7 @@ MAX_KEYS = 200_000
 class Rule:
     spec: RuleSpec
     origin: str
-    """FILE:LINE where the rule was defined."""
+    """The file and list position where the rule was defined."""
     match: tuple[tuple[str, Matcher], ...]
     server: tuple[tuple[str, Matcher], ...]
     order: int

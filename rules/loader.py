@@ -67,22 +67,24 @@ def load_policy(site_files: list[Path], *, builtin: bool = True,
         policy, doc = loaded
         seen_here: set[str] = set()
         for i, spec in enumerate(policy.rules):
-            line = doc.line(("rules", i, "id"))
+            # Lines are looked up only for errors: composing a node tree costs more than the whole
+            # load of a large valid file.
             if spec.id in seen_here:
-                issues.append(ConfigIssue(str(path), line, f"rules[{i}].id", f"duplicate rule id {spec.id}"))
+                issues.append(ConfigIssue(str(path), doc.line(("rules", i, "id")), f"rules[{i}].id",
+                                          f"duplicate rule id {spec.id}"))
                 continue
             seen_here.add(spec.id)
             if not site and not spec.cites:
-                issues.append(ConfigIssue(str(path), line, f"rules[{i}].cites",
+                issues.append(ConfigIssue(str(path), doc.line(("rules", i, "id")), f"rules[{i}].cites",
                                           "a built-in rule must cite its source"))
             if spec.id in rules:
                 if not site or rules[spec.id][1]:
-                    issues.append(ConfigIssue(str(path), line, f"rules[{i}].id",
+                    issues.append(ConfigIssue(str(path), doc.line(("rules", i, "id")), f"rules[{i}].id",
                                               f"rule id {spec.id} is already defined"))
                     continue
                 overridden.append(spec.id)
             order += 1
-            rules[spec.id] = (compile_rule(spec, f"{path}:{line}", order), site)
+            rules[spec.id] = (compile_rule(spec, f"{path} rules[{i}]", order), site)
             where[spec.id] = (doc, i)
         for i, rid in enumerate(policy.disable):
             if rid not in rules:

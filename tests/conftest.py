@@ -130,6 +130,7 @@ def monitor_config(lab_url: str, tmp_path: Path, token: str, **failover: Any) ->
         "sqlite": {"synchronous": "normal"},
         "inventory": {"source": "lab", "lab": {"url": lab_url, "timeout": 5}},
         "redfish": {"timeout": 5},
+        "redfish_events": {"poll_interval": 0},
         "failover": fo,
     })
 

@@ -143,7 +143,7 @@ async def test_confirmation_before_fencing(lab: LabSimulator, lab_control: LabCo
     assert (await lab_control.server("enc1-bay3"))["power"] == "On"  # never fenced
     await lab_control.call("PUT", "/lab/v1/servers/enc1-bay3", {"health": "Critical"})
     await lab_control.call("PUT", "/lab/v1/latency", {})
-    h.daemon.pipeline.decider.state.last_failover.clear()  # type: ignore[union-attr]  # cooldown
+    h.daemon.pipeline.decider.state.last_failover.clear()  # the cooldown
     await post_event(h, event)
     await h.wait_for(lambda: sum(not j.state.active for j in h.jobs.values()) == 2)
     second = max(h.jobs.values(), key=lambda j: j.id).public()

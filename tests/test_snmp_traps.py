@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from adapters import snmp_ber
 from adapters.snmp_traps import SnmpTrapReceiver
 from monitor.clock import SystemClock
 from monitor.config import SnmpConfig
@@ -108,11 +109,13 @@ def net_snmp(snmp_env: dict[str, str]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def receiving(overrides: dict[str, Any] | None = None, maxsize: int = 0) -> AsyncIterator[Peer]:
+async def receiving(overrides: dict[str, Any] | None = None, maxsize: int = 0,
+                    fast_path: bool = True) -> AsyncIterator[Peer]:
     config = SnmpConfig.model_validate({**BASE_CONFIG, **(overrides or {})})
     queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
     metrics = WatchedMetrics()
-    receiver = SnmpTrapReceiver(config=config, queue=queue, metrics=metrics, clock=SystemClock())
+    receiver = SnmpTrapReceiver(config=config, queue=queue, metrics=metrics, clock=SystemClock(),
+                                fast_path=fast_path)
     host, port = await receiver.start()
     assert receiver.bound == (host, port)
     stop = asyncio.Event()
@@ -464,6 +467,205 @@ async def test_receive_buffer_is_set() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="SO_RCVBUFFORCE needs root")
 async def test_receive_buffer_beyond_rmem_max_when_privileged() -> None:
-    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())  # noqa: ASYNC240
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
     async with receiving({"receive_buffer": 2 * rmem_max}) as p:
         assert _rcvbuf(p) >= 2 * rmem_max
+
+
+# --- the fast path (adapters.snmp_ber) against the pysnmp path --------------------------------------------
+
+
+ALL_TYPES = [SYS_NAME, "s", "blade07", "1.3.6.1.4.1.9.1", "i", "-16", "1.3.6.1.4.1.9.2", "u", "7",
+             "1.3.6.1.4.1.9.3", "c", "4294967295", "1.3.6.1.4.1.9.4", "x", "00ff10", "1.3.6.1.4.1.9.5", "a",
+             "10.1.2.3", "1.3.6.1.4.1.9.6", "o", "1.3.6.1.4", "1.3.6.1.4.1.9.7", "t", "12345",
+             "1.3.6.1.4.1.9.8", "n", "", "1.3.6.1.4.1.9.9", "s", "", "1.3.6.1.4.1.9.10", "s", "tab\there",
+             "1.3.6.1.4.1.9.11", "x", "68656c6c6f", "1.3.6.1.4.1.9.12", "b", "0 3 9",
+             "1.3.6.1.4.1.9.13", "i", "2147483647", "1.3.6.1.4.1.9.14", "s", "h\u00e9llo",
+             "1.3.6.1.4.1.9.15", "d", "1.2.3.4"]  # fmt: skip
+SENDS = {
+    "v2c all types": ["-v", "2c", "-c", "public", "", "1.3.6.1.4.1.232.0.22054", *ALL_TYPES],
+    "v2c no varbinds": ["-v", "2c", "-c", "public", "", "1.3.6.1.4.1.232.0.1"],
+    "v2c snmpTrapAddress": ["-v", "2c", "-c", "public", "", "1.3.6.1.4.1.232.0.2",
+                            "1.3.6.1.6.3.18.1.3.0", "a", "192.0.2.5"],
+    "v2c wrong community": ["-v", "2c", "-c", "s3cr3t-typo", "", "1.3.6.1.4.1.232.0.1", SYS_NAME, "s", "x"],
+    "v1 enterprise-specific, all types": ["-v", "1", "-c", "public", "1.3.6.1.4.1.232", "127.0.0.9", "6",
+                                          "6050", "", *ALL_TYPES],
+    "v1 linkDown": ["-v", "1", "-c", "public", "1.3.6.1.4.1.9", "192.0.2.1", "2", "0", "",
+                    "1.3.6.1.2.1.2.2.1.1.3", "i", "3"],
+    "v1 coldStart, no varbinds": ["-v", "1", "-c", "public", "1.3.6.1.4.1.9", "192.0.2.1", "0", "0", ""],
+    "v1 wrong community": ["-v", "1", "-c", "nope", "1.3.6.1.4.1.9", "192.0.2.1", "6", "1", ""],
+    "v2c inform": ["-v", "2c", "-c", "public", "", "1.3.6.1.4.1.232.0.3", SYS_NAME, "s", "inform"],
+}  # fmt: skip
+"""snmptrap arguments without the target (inserted after `-c X`); an "inform" is sent with snmpinform."""
+
+
+def capture_datagram(env: dict[str, str], args: list[str], inform: bool = False) -> bytes:
+    """What snmptrap sends for `args` (`-v ... -c ...` first), captured on a plain socket."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(WAIT)
+        target = f"127.0.0.1:{s.getsockname()[1]}"
+        cmd = ["snmptrap", *args[:4], target, *args[4:]]
+        if inform:
+            cmd = ["snmpinform", "-t", "0.2", "-r", "0", *cmd[1:]]  # no answer comes: it times out
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            data, _ = s.recvfrom(65535)
+        finally:
+            proc.wait(timeout=30)
+    return data
+
+
+@dataclass
+class Outcome:
+    events: list[dict[str, Any]]
+    counters: dict[str, float]
+
+
+def feed(peer: Peer, datagram: bytes) -> Outcome:
+    """Hand one datagram to the receiver as its transport would (synchronously, in this loop); what came
+    out: the events queued (without id and time) and the counters that moved."""
+    before = {k: dict(v) for k, v in peer.metrics._counters.items()}
+    transport = peer.receiver._transport
+    transport.datagram_received(datagram, ("127.0.0.1", 40000))
+    events = []
+    while not peer.queue.empty():
+        events.append(peer.queue.get_nowait().model_dump(exclude={"id", "time"}))
+    moved = {f"{name}{labels}": value - before.get(name, {}).get(labels, 0.0)
+             for name, series in peer.metrics._counters.items() for labels, value in series.items()
+             if value != before.get(name, {}).get(labels, 0.0)}
+    return Outcome(events, moved)
+
+
+@contextlib.asynccontextmanager
+async def both_paths(overrides: dict[str, Any] | None = None) -> AsyncIterator[tuple[Peer, Peer]]:
+    async with receiving(overrides) as fast, receiving(overrides, fast_path=False) as slow:
+        assert fast.receiver._fast_path and not slow.receiver._fast_path
+        yield fast, slow
+
+
+@pytest.fixture(scope="module")
+def captured(snmp_env: dict[str, str]) -> dict[str, bytes]:
+    return {name: capture_datagram(snmp_env, args, inform="inform" in name) for name, args in SENDS.items()}
+
+
+@pytest.mark.parametrize("name", list(SENDS))
+async def test_fast_path_gives_identical_events(name: str, captured: dict[str, bytes],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    datagram = captured[name]
+    decoded: list[bytes] = []
+    real = snmp_ber.decode_trap
+
+    def spy(data: bytes) -> snmp_ber.Trap:
+        trap = real(data)
+        decoded.append(data)
+        return trap
+
+    monkeypatch.setattr(snmp_ber, "decode_trap", spy)  # the receiver calls it through the module
+    async with both_paths() as (fast, slow):
+        a, b = feed(fast, datagram), feed(slow, datagram)
+    assert a == b
+    if "inform" in name:
+        assert not decoded  # informs need a Response: pysnmp's
+        assert a.events[0]["attributes"]["pdu"] == "inform"
+    else:
+        assert decoded == [datagram]  # the fast path took it
+    if "wrong community" in name:
+        assert a.counters == {"snmp_datagrams_received_total": 1,
+                              'snmp_dropped_total{reason="bad_community"}': 1}
+    else:
+        assert len(a.events) == 1
+        assert "public" not in str(a.events)
+    if name == "v2c all types":
+        assert a.events[0]["varbinds"] == {
+            SYS_NAME: "blade07", "1.3.6.1.4.1.9.1": "-16", "1.3.6.1.4.1.9.2": "7",
+            "1.3.6.1.4.1.9.3": "4294967295", "1.3.6.1.4.1.9.4": "0x00ff10", "1.3.6.1.4.1.9.5": "10.1.2.3",
+            "1.3.6.1.4.1.9.6": "1.3.6.1.4", "1.3.6.1.4.1.9.7": "12345", "1.3.6.1.4.1.9.8": "",
+            "1.3.6.1.4.1.9.9": "", "1.3.6.1.4.1.9.10": "0x7461620968657265", "1.3.6.1.4.1.9.11": "hello",
+            "1.3.6.1.4.1.9.12": "0x9040", "1.3.6.1.4.1.9.13": "2147483647",
+            "1.3.6.1.4.1.9.14": "0x68c3a96c6c6f", "1.3.6.1.4.1.9.15": "0x01020304"}  # fmt: skip
+
+
+async def test_fast_path_communities_and_disabled(captured: dict[str, bytes]) -> None:
+    """Several communities (the index of the matching one is the security name), none, a non-ASCII one
+    (pysnmp matches its ISO 8859-1 octets), and v1/v2c disabled: the same on both paths."""
+    latin = bytearray(captured["v2c no varbinds"])
+    at = latin.index(b"public")
+    latin[at: at + 6] = "pässw".encode("iso-8859-1") + b"d"  # same length: no length changes
+    cases = [captured["v2c no varbinds"], captured["v1 coldStart, no varbinds"], bytes(latin)]
+    overrides: dict[str, Any]
+    for overrides in ({"communities": ["other", "public", "pässwd"]}, {"communities": []},
+                      {"communities": ["pässwd"]}, {"v1_v2c": False}):
+        async with both_paths(overrides) as (fast, slow):
+            for datagram in cases:
+                a, b = feed(fast, datagram), feed(slow, datagram)
+                assert a == b, (overrides, datagram.hex())
+    async with both_paths({"communities": ["other", "public"]}) as (fast, _):
+        assert feed(fast, cases[0]).events[0]["security_name"] == "community-2"
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """1-5 random edits: overwrite, flip a bit, insert (often a length-ish octet), delete, truncate."""
+    out = bytearray(data)
+    for _ in range(rng.choice((1, 1, 1, 2, 3, 5))):
+        op = rng.random()
+        if op < 0.35 and out:
+            out[rng.randrange(len(out))] = rng.randrange(256)
+        elif op < 0.5 and out:
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+        elif op < 0.65:
+            at = rng.randrange(len(out) + 1)
+            out[at:at] = bytes([rng.choice((0x00, 0x30, 0x80, 0x81, 0x82, 0x84, 0xFF, rng.randrange(256)))])
+        elif op < 0.8 and out:
+            at = rng.randrange(len(out))
+            del out[at:at + rng.randrange(1, 4)]
+        else:
+            out = out[:rng.randrange(len(out) + 1)]
+    return bytes(out)
+
+
+def _strictness(datagram: bytes) -> bool:
+    """BER the fast decoder refuses on purpose where pyasn1 is lenient or raises (see adapters/snmp_ber)."""
+    try:
+        snmp_ber.decode_trap(datagram)
+    except snmp_ber.BerError as exc:
+        return any(w in str(exc) for w in ("non-minimal INTEGER", "empty INTEGER", "indefinite length"))
+    return False
+
+
+async def test_fast_path_and_pysnmp_agree_on_mutated_packets(captured: dict[str, bytes],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Random mutations of real packets through both paths: the same events and the same counters, but
+    for the deliberate strictness (a non-minimal or empty INTEGER, an indefinite length: `malformed` on
+    the fast path; pysnmp accepts the first two and raises on the last)."""
+    rng = random.Random(162)
+    bases = [d for name, d in captured.items() if "inform" not in name]
+    caplog.set_level(logging.DEBUG, logger="adapters.snmp_traps")
+    strict = 0
+    async with both_paths() as (fast, slow):
+        for _ in range(3000):
+            datagram = mutate(rng, rng.choice(bases))
+            a, b = feed(fast, datagram), feed(slow, datagram)
+            if a != b:
+                assert _strictness(datagram), (datagram.hex(), a, b)
+                assert a.counters.get('snmp_dropped_total{reason="malformed"}') == 1
+                strict += 1
+    assert strict < 100
+    # internal_error drops do occur on both paths (pysnmp raises, e.g. on a v1 generic-trap 7, which the
+    # fast path leaves to it): none is the fast path's own
+    assert "raised in the fast path" not in caplog.text
+
+
+async def test_fast_path_malformed_counted_and_still_serving(peer: Peer, v2c_datagram: bytes) -> None:
+    rng = random.Random(3)
+    garbage = [mutate(rng, v2c_datagram) for _ in range(2000)] + [rng.randbytes(100) for _ in range(200)]
+    for datagram in garbage:
+        feed(peer, datagram)
+    drops = peer.metrics.dropped()
+    assert set(drops) <= {'{reason="malformed"}', '{reason="bad_community"}', '{reason="bad_version"}',
+                          '{reason="unsupported_pdu"}', '{reason="unknown_security_model"}',
+                          '{reason="invalid_message"}', '{reason="internal_error"}'}
+    assert peer.metrics.get("snmp_datagrams_received_total") == len(garbage)
+    await send_raw(peer.port, v2c_datagram)
+    while (await peer.next_event()).varbinds.get(SYS_NAME) != "raw-sentinel":
+        pass
