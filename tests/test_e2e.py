@@ -108,7 +108,7 @@ async def test_trap_to_profile_on_spare_with_mqtt(tmp_path: Path, http: aiohttp.
             assert states[0][0] == "queued" and states[-1][0] == "completed"
             steps_done = [sum(s == "done" for s in st) for _, st in states]
             assert steps_done == sorted(steps_done)  # progress arrives in order
-            status, inv = await Client(lab.url, "", http).call("GET", "/api/v1/inventory")
+            _, inv = await Client(lab.url, "", http).call("GET", "/api/v1/inventory")
             holders = [s["id"] for s in inv["servers"] if s["profile"] == "prof-enc1-bay1"]
             assert holders == ["enc1-bay9"]
             _, violations = await Client(lab.url, "", http).call("GET", "/lab/v1/violations")
