@@ -91,6 +91,7 @@ class RediscoveryConfig(_Strict):
     retries: Annotated[int, Field(ge=0)] = 3
     """Further attempts when discovery does not find the host yet (a slow boot)."""
     retry_interval: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds before the first retry; each further retry waits twice as long as the one before."""
 
 
 class FailoverConfig(_Strict):
@@ -225,6 +226,42 @@ class RulesConfig(_Strict):
     """Seconds between checks of the rule files for changes (hot reload; SIGHUP reloads at once)."""
 
 
+class WebhookDiscovery(_Strict):
+    """The discovery service behind an HTTP webhook: `POST url` with a JSON body
+    `{"action": "remove_host"|"restore_host"|"discover", "server", "host": {"name","ip"}|null,
+    "profile"}`; see the README for the answers it gives."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    token: SecretStr | None = None
+    """Sent as `Authorization: Bearer TOKEN`."""
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    ca_file: str | None = None
+
+
+class CommandDiscovery(_Strict):
+    """The discovery service behind a command (argv; `{server}`, `{action}`, `{host}`, `{ip}`,
+    `{profile}` are substituted); see the README for exit codes and output."""
+
+    argv: Annotated[list[str], Field(min_length=1)]
+    timeout: Annotated[float, Field(gt=0)] = 120.0
+
+
+class DiscoveryConfig(_Strict):
+    kind: Literal["inventory", "webhook", "command"] = "inventory"
+    """inventory: the inventory source's own (the lab's SIM role, or host records kept in the store
+    for a static inventory); webhook or command: an outside Systems Insight Manager integration."""
+    webhook: WebhookDiscovery | None = None
+    command: CommandDiscovery | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> DiscoveryConfig:
+        if self.kind == "webhook" and self.webhook is None:
+            raise ValueError("discovery.webhook is required when discovery.kind is webhook")
+        if self.kind == "command" and self.command is None:
+            raise ValueError("discovery.command is required when discovery.kind is command")
+        return self
+
+
 class StoreSqlite(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
@@ -239,6 +276,7 @@ class MonitorConfig(_Strict):
     inventory: InventoryConfig = InventoryConfig()
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     rules: RulesConfig = RulesConfig()
     snmp: SnmpConfig = SnmpConfig()
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()

@@ -70,13 +70,21 @@ def build_adapters(loaded: LoadedConfig, store: SqliteStore) -> Adapters:
         lab = cfg.inventory.lab
         client = LabClient(lab.url, token=lab.token.get_secret_value() if lab.token else None,
                            timeout=lab.timeout)
-        return Adapters(power, LabManager(client), LabDiscovery(client))
-    from adapters.static_inventory import StaticDiscovery, StaticInventory, StaticManager
+        adapters = Adapters(power, LabManager(client), LabDiscovery(client))
+    else:
+        from adapters.static_inventory import StaticDiscovery, StaticInventory, StaticManager
 
-    path = loaded.inventory_file
-    assert path is not None
-    inventory = StaticInventory(path, store)
-    return Adapters(power, StaticManager(inventory), StaticDiscovery(inventory, power), inventory.reload)
+        path = loaded.inventory_file
+        assert path is not None
+        inventory = StaticInventory(path, store)
+        adapters = Adapters(power, StaticManager(inventory), StaticDiscovery(inventory, power),
+                            inventory.reload)
+    d = cfg.discovery
+    if d.kind != "inventory":
+        from adapters.discovery_external import external_discovery
+
+        adapters.discovery = external_discovery(d.kind, d.webhook, d.command, adapters.manager.server)
+    return adapters
 
 
 def bind_tcp(listen: str) -> socket.socket:

@@ -316,7 +316,8 @@ class JobRunner:
         if found:
             state, due = "done", None
         elif attempts <= cfg.retries:
-            state, due = "scheduled", self.d.clock.time() + cfg.retry_interval
+            # Back off: a slow boot (large memory) takes longer than the first wait.
+            state, due = "scheduled", self.d.clock.time() + cfg.retry_interval * 2 ** (attempts - 1)
             detail += f"; retry {attempts}/{cfg.retries} at {iso(datetime.fromtimestamp(due, UTC))}"
         else:
             state, due = "failed", None
