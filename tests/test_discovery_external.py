@@ -81,6 +81,7 @@ async def test_webhook_refusing_the_move_keeps_everything(
     url, calls = webhook
     cfg = with_discovery(monitor_config(lab.manager_url, tmp_path, token),
                          {"kind": "webhook", "webhook": {"url": url, "token": "wrong"}})
+    assert calls == []
     h = await start_daemon(cfg)
     job = await h.wait_job(await h.failover("enc1-bay1"))
     assert job["state"] == "failed" and "discovery webhook refused us (401)" in job["error"]
