@@ -24,16 +24,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
+import aiohttp
+from aiohttp import web
 
-from adapters.redfish_events import bmc_token  # noqa: E402
-from lab.config import LabConfig  # noqa: E402
-from lab.main import LabSimulator  # noqa: E402
-from monitor.config import LoadedConfig, MonitorConfig  # noqa: E402
-from monitor.daemon import Daemon  # noqa: E402
-from monitor.model import Job  # noqa: E402
-from monitor.trapsend import encode_v2c_trap  # noqa: E402
+from adapters.redfish_events import bmc_token
+from lab.config import LabConfig
+from lab.main import LabSimulator
+from monitor.config import LoadedConfig, MonitorConfig
+from monitor.daemon import Daemon
+from monitor.model import Job
+from monitor.trapsend import encode_v2c_trap
 
 ZERO = {"bmc_ms": 0, "manager_ms": 0, "power_off_s": 0, "power_on_s": 0, "boot_s": 0}
 SECRET = "bench-secret"

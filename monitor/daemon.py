@@ -271,7 +271,7 @@ class Daemon:
                            "domain groups locked by a job")
         self.metrics.gauge("jobs_running", lambda: {"": float(len(runner.running_jobs))},
                            "jobs executing now")
-        sinks: list[AlertSink] = [LogAlertSink()]
+        sinks: list[AlertSink] = [LogAlertSink(self.clock)]
         mqtt = None
         if self.config.mqtt is not None:
             from adapters.mqtt import MqttAdapterError, MqttPublisher
