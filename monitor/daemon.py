@@ -130,6 +130,8 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
         self.pipeline: Pipeline | None = None
+        if not len(self.policy.policy.ruleset):
+            log.warning("no rules are loaded: events are recorded but nothing is decided")
         self.ready = asyncio.Event()
         self._refresh_now = asyncio.Event()
 
