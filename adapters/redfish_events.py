@@ -13,10 +13,11 @@ Four independent parts, each producing normalized `monitor.events.Event`s on one
 - `HealthPoller`: polls each BMC's `Status.Health`/`HealthRollup`; a change becomes an Event (source
   `redfish-poll`, `message_key` "HealthChanged").
 
-BMC requests go through the DMTF `redfish` library's async client (as adapters/redfish_power.py does),
-with a timeout on every request; a BMC endpoint without credentials (empty username) is used
-unauthenticated, which is also the only way the library talks plain HTTP (read-only peers such as
-`sushy-static`). SSE needs a streaming read, so it uses aiohttp directly (Basic auth).
+BMC requests go through the DMTF `redfish` library's async client (adapters/redfish_client.py, shared
+with adapters/redfish_power.py), with a timeout on every request; a BMC endpoint without credentials
+(empty username) is used unauthenticated, which is also the only way the library talks plain HTTP
+(read-only peers such as `sushy-static`). SSE needs a streaming read, so it uses aiohttp directly
+(Basic auth).
 
 Metrics (prefix `failover_monitor_`; all counters):
 
@@ -43,39 +44,31 @@ import json
 import logging
 import math
 import random
-import ssl
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from redfish.aio import (
-    AsyncRedfishClient,
-    RedfishError,
-    RedfishProtocolError,
-    RedfishTimeoutError,
-)
-from redfish.aio import (
-    RedfishConnectionError as _RedfishConnectionError,
-)
 from yarl import URL
 
-from adapters.redfish_power import _bmc_message, _path_of, _TlsSession
+from adapters.redfish_client import (
+    RedfishConnections,
+    Reply,
+    bmc_of,
+    check_reply,
+    health_reading,
+    normalize_bmc_url,
+    path_of,
+    tls_context,
+)
 from monitor.clock import Clock
 from monitor.config import RedfishEventsConfig
 from monitor.events import Event, severity_rank
 from monitor.metrics import Metrics
-from monitor.model import BmcEndpoint, Health, PowerState, Server
-from monitor.ports import (
-    AdapterError,
-    AdapterTimeout,
-    AdapterUnavailable,
-    AuthenticationFailed,
-    HealthReading,
-)
+from monitor.model import BmcEndpoint, Health, Server
+from monitor.ports import AdapterError, HealthReading
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +92,6 @@ LISTENER_PATH = "/api/v1/events/redfish"
 CONTEXT_PREFIX = "failover-monitor:"
 EVENT_SERVICE_PATH = "/redfish/v1/EventService"
 SUBSCRIPTIONS_PATH = f"{EVENT_SERVICE_PATH}/Subscriptions"
-SYSTEMS_PATH = "/redfish/v1/Systems"
 SSE_FILTER = "$filter=EventFormatType%20eq%20Event"
 HEALTH_CHANGED = "HealthChanged"
 """`message_key` of a health-poll Event (`message_id` and `registry` stay null: it is not a BMC message)."""
@@ -117,14 +109,6 @@ _SEVERITIES = {"ok": "OK", "warning": "Warning", "critical": "Critical"}
 
 
 # --- tokens ---------------------------------------------------------------------------------------
-
-
-def normalize_bmc_url(url: str) -> str:
-    """`HTTPS://127.77.1.1:443/redfish/` -> `https://127.77.1.1:443` (scheme and host lowercased, no path)."""
-    parts = urlsplit(url.strip())
-    if not parts.scheme or not parts.netloc:
-        return url.strip().rstrip("/")
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
 def bmc_token(secret: str, bmc_url: str) -> str:
@@ -255,7 +239,7 @@ def _origin(value: object) -> str | None:
     if isinstance(value, dict):
         value = value.get("@odata.id")
     if isinstance(value, str) and value.strip():
-        return _path_of(value)[:_MAX_TEXT]
+        return path_of(value)[:_MAX_TEXT]
     return None
 
 
@@ -543,45 +527,6 @@ class RedfishEventListener:
 # --- talking to BMCs --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    body: object
-    location: str | None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def object(self) -> dict[str, Any]:
-        return self.body if isinstance(self.body, dict) else {}
-
-    def reason(self) -> str:
-        message = _bmc_message(self.body)
-        return f"HTTP {self.status}" + (f" ({message})" if message else "")
-
-
-@dataclass(frozen=True, slots=True)
-class _ClientKey:
-    base_url: str
-    username: str
-    password: str
-    auth: str
-    verify_tls: bool
-    ca_file: str | None
-
-
-async def _tls_for(bmc: BmcEndpoint) -> ssl.SSLContext | bool:
-    if not bmc.verify_tls:
-        return False
-    if bmc.ca_file:
-        try:
-            return await asyncio.to_thread(ssl.create_default_context, cafile=bmc.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise AdapterError(f"cannot load CA file {bmc.ca_file}: {exc}", endpoint=bmc.url) from exc
-    return True
-
-
 def _basic_header(bmc: BmcEndpoint) -> dict[str, str]:
     if not bmc.username:
         return {}
@@ -590,117 +535,32 @@ def _basic_header(bmc: BmcEndpoint) -> dict[str, str]:
 
 
 class RedfishReader:
-    """Redfish requests to BMCs (DMTF async client per BMC connection, one shared aiohttp session).
+    """Redfish requests to BMCs (DMTF async client per BMC connection, one shared aiohttp session; see
+    `adapters.redfish_client.RedfishConnections`; redirects are not followed).
 
     An endpoint with an empty username is used without authentication (over http or https); otherwise
     `bmc.auth` ("basic" or "session") applies, which the library allows over HTTPS only. Also a
     `HealthReader` (`health(server)`) that works with such unauthenticated read-only peers."""
 
     def __init__(self, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.timeout = timeout
-        self._session = session
-        self._owns_session = session is None
-        self._clients: dict[_ClientKey, Any] = {}
-        self._locks: dict[_ClientKey, asyncio.Lock] = {}
-        self._closed = False
+        self._conns = RedfishConnections(timeout=timeout, session=session, owner="Redfish reader",
+                                         anonymous=True)
+
+    @property
+    def timeout(self) -> float:
+        return self._conns.timeout
 
     def http(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise AdapterError("the Redfish reader is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
+        return self._conns.http()
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        clients = [(k, c) for k, c in self._clients.items() if k.auth == "session" and k.username]
-        self._clients.clear()
-        for key, client in clients:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await client.logout()
-            except (RedfishError, ValueError, TimeoutError) as exc:
-                log.warning("Redfish logout from %s failed: %s", key.base_url, exc)
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        self._session = None
+        await self._conns.close()
 
-    async def request(
-        self, bmc: BmcEndpoint, method: str, path: str, body: object = None
-    ) -> _Reply:
-        key = _ClientKey(normalize_bmc_url(bmc.url) + "/", bmc.username, bmc.password,
-                         bmc.auth.strip().lower(), bmc.verify_tls, bmc.ca_file)
-        client = await self._client(bmc, key)
-        reply = await self._send(bmc, client, method, path, body)
-        if reply.status == 401 and key.auth == "session" and key.username and method != "GET":
-            await self._call(bmc, client.login(auth="session"))  # the library renews sessions on GET only
-            reply = await self._send(bmc, client, method, path, body)
-        return reply
+    async def request(self, bmc: BmcEndpoint, method: str, path: str, body: object = None) -> Reply:
+        return await self._conns.request(bmc, method, path, body)
 
-    async def get(self, bmc: BmcEndpoint, path: str) -> _Reply:
-        return await self.request(bmc, "GET", path)
-
-    async def _send(self, bmc: BmcEndpoint, client: Any, method: str, path: str, body: object) -> _Reply:
-        if method == "GET":
-            raw = await self._call(bmc, client.get(path))
-        elif method == "POST":
-            raw = await self._call(bmc, client.post(path, body=body))
-        elif method == "PATCH":
-            raw = await self._call(bmc, client.patch(path, body=body))
-        elif method == "DELETE":
-            raw = await self._call(bmc, client.delete(path))
-        else:
-            raise ValueError(f"unsupported method {method}")
-        try:
-            parsed: object = raw.dict
-        except RedfishProtocolError:
-            parsed = None
-        location = raw.getheader("Location")
-        return _Reply(int(raw.status), parsed, location if isinstance(location, str) else None)
-
-    async def _call(self, bmc: BmcEndpoint, awaitable: Any) -> Any:
-        try:
-            async with asyncio.timeout(self.timeout + 1.0):  # the library's own timeout comes first
-                return await awaitable
-        except (RedfishTimeoutError, TimeoutError) as exc:
-            raise AdapterTimeout(f"no answer within {self.timeout:g} s", endpoint=bmc.url) from exc
-        except _RedfishConnectionError as exc:
-            cause = exc.__cause__
-            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-            raise AdapterUnavailable(f"cannot reach the BMC: {detail}", endpoint=bmc.url) from exc
-        except RedfishError as exc:
-            raise AdapterError(f"Redfish error: {exc}", endpoint=bmc.url) from exc
-
-    async def _client(self, bmc: BmcEndpoint, key: _ClientKey) -> Any:
-        client = self._clients.get(key)
-        if client is not None:
-            return client
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = await self._connect(bmc, key)
-                self._clients[key] = client
-            return client
-
-    async def _connect(self, bmc: BmcEndpoint, key: _ClientKey) -> Any:
-        if key.auth not in ("basic", "session"):
-            raise AdapterError(f"unsupported Redfish auth {bmc.auth!r}", endpoint=bmc.url)
-        tls = await _tls_for(bmc)
-        try:
-            if not key.username:
-                return AsyncRedfishClient(key.base_url, session=_TlsSession(self.http(), tls),
-                                          timeout=self.timeout)
-            client = AsyncRedfishClient(key.base_url, username=bmc.username, password=bmc.password,
-                                        session=_TlsSession(self.http(), tls), timeout=self.timeout)
-            await self._call(bmc, client.login(auth=key.auth))
-        except ValueError as exc:  # e.g. credentials over plain http: the library refuses
-            raise AdapterError(f"cannot use BMC endpoint: {exc}", endpoint=bmc.url) from exc
-        return client
+    async def get(self, bmc: BmcEndpoint, path: str) -> Reply:
+        return await self._conns.get(bmc, path)
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -709,61 +569,16 @@ class RedfishReader:
         reply = await self.get(bmc, EVENT_SERVICE_PATH)
         if reply.status in (404, 405, 501):
             return None
-        _raise_for(bmc, reply, f"GET {EVENT_SERVICE_PATH}")
+        check_reply(bmc, reply, f"GET {EVENT_SERVICE_PATH}")
         return reply.object()
 
     async def health(self, server: Server) -> HealthReading:
         """Status of the server's ComputerSystem (`bmc.system`, else the first member of Systems)."""
-        bmc = server.bmc
-        if bmc is None:
-            raise AdapterError(f"server {server.id} has no BMC endpoint")
-        path = _system_path(bmc.system) if bmc.system else None
-        if path is None:
-            reply = await self.get(bmc, SYSTEMS_PATH)
-            _raise_for(bmc, reply, f"GET {SYSTEMS_PATH}")
-            members = reply.object().get("Members")
-            for member in members if isinstance(members, list) else []:
-                target = member.get("@odata.id") if isinstance(member, dict) else None
-                if isinstance(target, str) and target.strip():
-                    path = _path_of(target)
-                    break
-            if path is None:
-                raise AdapterError("the BMC lists no ComputerSystem", endpoint=bmc.url)
+        bmc = bmc_of(server)
+        path = await self._conns.system_path(bmc)
         reply = await self.get(bmc, path)
-        _raise_for(bmc, reply, f"GET {path}")
+        check_reply(bmc, reply, f"GET {path}")
         return health_reading(reply.object())
-
-
-def _system_path(system: str) -> str:
-    system = system.strip()
-    if system.startswith("/") or "://" in system:
-        return _path_of(system).rstrip("/")
-    return f"{SYSTEMS_PATH}/{system}"
-
-
-def health_reading(system: Mapping[str, Any]) -> HealthReading:
-    """A ComputerSystem's Status as a HealthReading (`HealthRollUp`, sushy's spelling, tolerated)."""
-    status = system.get("Status")
-    status = status if isinstance(status, dict) else {}
-    rollup = status.get("HealthRollup")
-    if not isinstance(rollup, str):
-        rollup = status.get("HealthRollUp")
-    state = status.get("State")
-    return HealthReading(
-        power=PowerState.parse(system.get("PowerState")),
-        health=Health.parse(status.get("Health")),
-        health_rollup=Health.parse(rollup),
-        state=state if isinstance(state, str) else None,
-    )
-
-
-def _raise_for(bmc: BmcEndpoint, reply: _Reply, what: str) -> None:
-    if reply.ok:
-        return
-    text = f"{what}: {reply.reason()}"
-    if reply.status in (401, 403):
-        raise AuthenticationFailed(text, endpoint=bmc.url)
-    raise AdapterError(text, endpoint=bmc.url)
 
 
 async def _wait_stop(clock: Clock, stop: asyncio.Event, seconds: float) -> bool:
@@ -925,7 +740,7 @@ class SubscriptionManager:
         if service.get("ServiceEnabled") is False:
             return "skipped: the EventService is disabled"
         link = service.get("Subscriptions")
-        collection = _path_of(link["@odata.id"]) if isinstance(link, dict) and isinstance(
+        collection = path_of(link["@odata.id"]) if isinstance(link, dict) and isinstance(
             link.get("@odata.id"), str) else SUBSCRIPTIONS_PATH
         wanted_types = self._wanted_event_types(service)
         subscriptions = await self._list(bmc, collection)
@@ -972,19 +787,19 @@ class SubscriptionManager:
 
     async def _list(self, bmc: BmcEndpoint, collection: str) -> list[tuple[str, dict[str, Any]]]:
         reply = await self._reader.get(bmc, collection)
-        _raise_for(bmc, reply, f"GET {collection}")
+        check_reply(bmc, reply, f"GET {collection}")
         out: list[tuple[str, dict[str, Any]]] = []
         for member in _members(reply.object()):
             if not isinstance(member, dict) or not isinstance(member.get("@odata.id"), str):
                 continue
-            path = _path_of(member["@odata.id"])
+            path = path_of(member["@odata.id"])
             if "Destination" in member or "Context" in member:  # expanded
                 out.append((path, member))
                 continue
             item = await self._reader.get(bmc, path)
             if item.status == 404:
                 continue  # deleted meanwhile
-            _raise_for(bmc, item, f"GET {path}")
+            check_reply(bmc, item, f"GET {path}")
             out.append((path, item.object()))
         return out
 
@@ -1039,7 +854,7 @@ class SubscriptionManager:
             ("HttpHeaders object", {**base, "HttpHeaders": header}),
             ("token in path", {**base, "Destination": self._config.destination.rstrip("/") + "/" + token}),
         ]
-        reply: _Reply | None = None
+        reply: Reply | None = None
         for form, body in forms:
             reply = await self._reader.request(bmc, "POST", collection, body)
             if reply.status != 400:
@@ -1050,7 +865,7 @@ class SubscriptionManager:
             return f"error: creating the subscription failed: {reply.reason()}"
         location = reply.location or reply.object().get("@odata.id")
         if isinstance(location, str) and location.strip():
-            return _path_of(location)
+            return path_of(location)
         # 2xx without a Location: check that it really exists (a static mockup accepts and forgets)
         for path, sub in await self._list(bmc, collection):
             if self._is_correct(sub, token, wanted):
@@ -1209,7 +1024,7 @@ class SseFollower:
                     self._metrics.inc("redfish_sse_connections_total", result="no_sse")
                     delay = self._config.check_interval
                 else:
-                    last_id, delivered = await self._stream(bmc, _path_of(uri), last_id, server_id)
+                    last_id, delivered = await self._stream(bmc, path_of(uri), last_id, server_id)
                     if delivered:
                         backoff = 1.0
                     delay = backoff
@@ -1237,7 +1052,7 @@ class SseFollower:
             headers["Last-Event-ID"] = last_id
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_connect=self._timeout,
                                         sock_read=self._idle_timeout)
-        tls = await _tls_for(bmc)
+        tls = await tls_context(bmc)
         parser = _SseParser(self._config.max_body)
         delivered = False
         async with self._reader.http().get(target, headers=headers, ssl=tls, timeout=timeout,

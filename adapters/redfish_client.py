@@ -1,0 +1,414 @@
+"""BMC connections over Redfish (DMTF `redfish` async client on aiohttp), shared by the Redfish adapters.
+
+`RedfishConnections` owns one `aiohttp.ClientSession` (given or created lazily) and one
+`AsyncRedfishClient` per BMC connection (url, credentials, TLS, auth mode), created lazily under a
+per-connection lock and cached until `close()`, which logs out of the sessions it opened. It is the one
+place where library exceptions and timeouts become `monitor.ports` AdapterErrors (always with
+`endpoint=bmc.url`); `reply_error`/`check_reply` do the same for HTTP statuses. Used by
+adapters/redfish_power.py (`RedfishPower`) and adapters/redfish_events.py (`RedfishReader`).
+
+The library does not raise on HTTP error statuses (and `login(auth="basic")` sends nothing, so wrong
+credentials first show as a 401 on the next call): every response status is checked by the callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from redfish.aio import (
+    AsyncRedfishClient,
+    RedfishAuthenticationError,
+    RedfishConnectionError,
+    RedfishError,
+    RedfishHTTPError,
+    RedfishInvalidTargetError,
+    RedfishProtocolError,
+    RedfishTimeoutError,
+)
+
+from monitor.model import BmcEndpoint, Health, PowerState, Server
+from monitor.ports import (
+    AdapterError,
+    AdapterTimeout,
+    AdapterUnavailable,
+    AuthenticationFailed,
+    HealthReading,
+    NotFound,
+    OperationRejected,
+)
+
+log = logging.getLogger(__name__)
+
+SYSTEMS_PATH = "/redfish/v1/Systems"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_METHOD_PRESERVING_REDIRECTS = frozenset({307, 308})
+_MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A typed view of the library's (untyped) cached response."""
+
+    status: int
+    body: object
+    """Parsed JSON (dict, list, …) or None when the body was empty or not JSON."""
+    location: str | None
+    path: str = ""
+    """The path finally requested (after redirects, where they are followed)."""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def object(self) -> dict[str, Any]:
+        return self.body if isinstance(self.body, dict) else {}
+
+    def reason(self) -> str:
+        message = bmc_message(self.body)
+        return f"HTTP {self.status}" + (f" ({message})" if message else "")
+
+
+class TlsSession:
+    """The shared ClientSession, with this connection's TLS settings added to every request.
+
+    AsyncRedfishClient only calls `session.request(method, url, **kwargs)`.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool) -> None:
+        self._session = session
+        self._tls = tls
+
+    def request(
+        self, method: str, url: Any, **kwargs: Any
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return self._session.request(method, url, ssl=self._tls, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnKey:
+    """What identifies one BMC connection (and so one AsyncRedfishClient)."""
+
+    base_url: str
+    username: str
+    password: str
+    auth: str
+    verify_tls: bool
+    ca_file: str | None
+
+
+def conn_key(bmc: BmcEndpoint) -> ConnKey:
+    return ConnKey(normalize_bmc_url(bmc.url) + "/", bmc.username, bmc.password, bmc.auth.strip().lower(),
+                   bmc.verify_tls, bmc.ca_file)
+
+
+@dataclass(slots=True)
+class _Connection:
+    client: Any
+    """redfish.aio.AsyncRedfishClient (untyped)."""
+    session_login: bool
+    """Logged in with a Redfish session (renewed for non-GET requests on 401, logged out in close())."""
+
+
+class RedfishConnections:
+    """Per-BMC Redfish clients over one shared aiohttp session.
+
+    `owner` names the adapter in errors ("the <owner> is closed"). With `anonymous`, an endpoint with an
+    empty username is used without authentication (over http or https); otherwise `bmc.auth` ("basic" or
+    "session") applies, which the library allows over HTTPS only. With `follow_redirects`, `request()`
+    follows redirects (GET: any; other methods: 307/308 only)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        session: aiohttp.ClientSession | None,
+        owner: str,
+        anonymous: bool = False,
+        follow_redirects: bool = False,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self._owner = owner
+        self._anonymous = anonymous
+        self._follow_redirects = follow_redirects
+        self._connections: dict[ConnKey, _Connection] = {}
+        self._locks: dict[ConnKey, asyncio.Lock] = {}
+        self._closed = False
+
+    def http(self) -> aiohttp.ClientSession:
+        """The shared aiohttp session (created on first use)."""
+        if self._closed:
+            raise AdapterError(f"the {self._owner} is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        connections = list(self._connections.items())
+        self._connections.clear()
+        for key, conn in connections:
+            if not conn.session_login:
+                continue
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await conn.client.logout()
+            except (RedfishError, ValueError, TimeoutError) as exc:
+                log.warning("Redfish logout from %s failed: %s", key.base_url, exc)
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    # --- requests -------------------------------------------------------------------------------
+
+    async def get(self, bmc: BmcEndpoint, path: str) -> Reply:
+        return await self.request(bmc, "GET", path)
+
+    async def request(self, bmc: BmcEndpoint, method: str, path: str, body: object = None) -> Reply:
+        """One request (sushy sends /Systems/<name> to the UUID URL with a 307: see `follow_redirects`)."""
+        conn = await self._connection(bmc)
+        for _ in range(_MAX_REDIRECTS + 1):
+            reply = await self._send(bmc, conn.client, method, path, body)
+            if reply.status == 401 and conn.session_login and method != "GET":
+                # The library renews an expired session only for GET; do it for the other methods too.
+                await self._call(bmc, conn.client.login(auth="session"))
+                reply = await self._send(bmc, conn.client, method, path, body)
+            if not self._follow_redirects or reply.status not in _REDIRECTS or not reply.location:
+                return reply
+            if method != "GET" and reply.status not in _METHOD_PRESERVING_REDIRECTS:
+                return reply
+            path = path_of(reply.location)
+        raise AdapterError(f"too many redirects for {method} {path}", endpoint=bmc.url)
+
+    async def system_path(self, bmc: BmcEndpoint) -> str:
+        """The ComputerSystem's path: `bmc.system`, else the first member of the Systems collection."""
+        if bmc.system:
+            return system_path(bmc.system)
+        reply = await self.get(bmc, SYSTEMS_PATH)
+        check_reply(bmc, reply, f"GET {SYSTEMS_PATH} failed")
+        members = reply.object().get("Members")
+        for member in members if isinstance(members, list) else []:
+            target = member.get("@odata.id") if isinstance(member, dict) else None
+            if isinstance(target, str) and target.strip():
+                return path_of(target)
+        raise NotFound("the BMC lists no ComputerSystem", endpoint=bmc.url)
+
+    async def _send(self, bmc: BmcEndpoint, client: Any, method: str, path: str, body: object) -> Reply:
+        if method == "GET":
+            raw = await self._call(bmc, client.get(path))
+        elif method == "POST":
+            raw = await self._call(bmc, client.post(path, body=body))
+        elif method == "PATCH":
+            raw = await self._call(bmc, client.patch(path, body=body))
+        elif method == "DELETE":
+            raw = await self._call(bmc, client.delete(path))
+        else:
+            raise ValueError(f"unsupported method {method}")
+        try:
+            parsed: object = raw.dict
+        except RedfishProtocolError:
+            parsed = None  # not JSON: lenient, the status decides
+        location = raw.getheader("Location")
+        return Reply(int(raw.status), parsed, location if isinstance(location, str) else None, path)
+
+    async def _call(self, bmc: BmcEndpoint, awaitable: Any) -> Any:
+        """Await a library coroutine, mapping its exceptions to ours."""
+        try:
+            async with asyncio.timeout(self.timeout + 1.0):  # the library's own timeout comes first
+                return await awaitable
+        except (RedfishTimeoutError, TimeoutError) as exc:  # before RedfishConnectionError: a subclass
+            raise AdapterTimeout(f"no answer within {self.timeout:g} s", endpoint=bmc.url) from exc
+        except RedfishConnectionError as exc:
+            raise AdapterUnavailable(f"cannot reach the BMC: {_cause(exc)}", endpoint=bmc.url) from exc
+        except RedfishAuthenticationError as exc:
+            raise AuthenticationFailed("the BMC refused our credentials", endpoint=bmc.url) from exc
+        except RedfishHTTPError as exc:
+            try:
+                parsed: object = exc.response.dict
+            except RedfishProtocolError:
+                parsed = None
+            raise reply_error(bmc, Reply(int(exc.response.status), parsed, None), "request failed") from exc
+        except RedfishInvalidTargetError as exc:
+            raise AdapterError(f"invalid Redfish target: {exc}", endpoint=bmc.url) from exc
+        except RedfishError as exc:
+            raise AdapterError(f"Redfish error: {exc}", endpoint=bmc.url) from exc
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def _connection(self, bmc: BmcEndpoint) -> _Connection:
+        if self._closed:
+            raise AdapterError(f"the {self._owner} is closed", endpoint=bmc.url)
+        key = conn_key(bmc)
+        conn = self._connections.get(key)
+        if conn is not None:
+            return conn
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            conn = self._connections.get(key)
+            if conn is None:
+                conn = await self._connect(bmc, key)
+                self._connections[key] = conn
+            return conn
+
+    async def _connect(self, bmc: BmcEndpoint, key: ConnKey) -> _Connection:
+        if key.auth not in ("basic", "session"):
+            raise AdapterError(f"unsupported Redfish auth {bmc.auth!r}", endpoint=bmc.url)
+        tls = await tls_context(bmc)
+        session = self.http()
+        if session.closed:
+            raise AdapterError("the HTTP session is closed", endpoint=bmc.url)
+        try:
+            if self._anonymous and not key.username:
+                client = AsyncRedfishClient(key.base_url, session=TlsSession(session, tls),
+                                            timeout=self.timeout)
+                return _Connection(client=client, session_login=False)
+            client = AsyncRedfishClient(key.base_url, username=bmc.username, password=bmc.password,
+                                        session=TlsSession(session, tls), timeout=self.timeout)
+            # "basic" sends nothing; "session" POSTs to the SessionService (once; logged out in close()).
+            await self._call(bmc, client.login(auth=key.auth))
+        except ValueError as exc:  # e.g. credentials over plain http: the library refuses to send them
+            raise AdapterError(f"cannot use BMC endpoint: {exc}", endpoint=bmc.url) from exc
+        return _Connection(client=client, session_login=key.auth == "session")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def normalize_bmc_url(url: str) -> str:
+    """`HTTPS://127.77.1.1:443/redfish/` -> `https://127.77.1.1:443` (scheme and host lowercased, no path)."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme or not parts.netloc:
+        return url.strip().rstrip("/")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def bmc_of(server: Server) -> BmcEndpoint:
+    if server.bmc is None:
+        raise AdapterError(f"server {server.id} has no BMC endpoint")
+    return server.bmc
+
+
+async def tls_context(bmc: BmcEndpoint) -> ssl.SSLContext | bool:
+    """The `ssl` argument for aiohttp: False (no verification), True (system CAs) or the CA file's."""
+    if not bmc.verify_tls:
+        return False
+    if bmc.ca_file:
+        try:
+            return await asyncio.to_thread(ssl.create_default_context, cafile=bmc.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AdapterError(f"cannot load CA file {bmc.ca_file}: {exc}", endpoint=bmc.url) from exc
+    return True
+
+
+def reply_error(bmc: BmcEndpoint, reply: Reply, what: str) -> AdapterError:
+    """The error for a refused request: 401/403 AuthenticationFailed, 404 NotFound, else OperationRejected."""
+    text = f"{what}: {reply.reason()}"
+    if reply.status in (401, 403):
+        return AuthenticationFailed(text, endpoint=bmc.url)
+    if reply.status == 404:
+        return NotFound(text, endpoint=bmc.url)
+    return OperationRejected(text, endpoint=bmc.url, status=reply.status)
+
+
+def check_reply(bmc: BmcEndpoint, reply: Reply, what: str) -> None:
+    """Raise `reply_error` unless the status is 2xx."""
+    if not reply.ok:
+        raise reply_error(bmc, reply, what)
+
+
+def path_of(target: str) -> str:
+    """The path of an @odata.id, Location or target (absolute URLs keep only their path)."""
+    target = target.strip()
+    if "://" in target:
+        parts = urlsplit(target)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return target
+
+
+def system_path(system: str) -> str:
+    """`bmc.system` is an Id ("1", a UUID, a name) or a path ("/redfish/v1/Systems/1")."""
+    system = system.strip()
+    if system.startswith("/") or "://" in system:
+        return path_of(system).rstrip("/")
+    return f"{SYSTEMS_PATH}/{quote(system, safe='')}"
+
+
+def health_reading(system: Mapping[str, Any]) -> HealthReading:
+    """A ComputerSystem's Status as a HealthReading (`HealthRollUp`, sushy's and some firmware's spelling,
+    tolerated)."""
+    status = system.get("Status")
+    status = status if isinstance(status, dict) else {}
+    rollup = status.get("HealthRollup")
+    if not isinstance(rollup, str):
+        rollup = status.get("HealthRollUp")
+    state = status.get("State")
+    return HealthReading(
+        power=PowerState.parse(system.get("PowerState")),
+        health=Health.parse(status.get("Health")),
+        health_rollup=Health.parse(rollup),
+        state=state if isinstance(state, str) else None,
+    )
+
+
+def bmc_message(body: object) -> str:
+    """The BMC's reason from a Redfish error body: MessageIds and messages, lenient about shape."""
+    if not isinstance(body, dict):
+        return ""
+    parts: list[str] = []
+    containers: list[dict[str, Any]] = [body]
+    error = body.get("error")
+    if isinstance(error, dict):
+        containers.insert(0, error)
+    for container in containers:
+        info = container.get("@Message.ExtendedInfo")
+        for item in info if isinstance(info, list) else []:
+            if not isinstance(item, dict):
+                continue
+            message_id, message = item.get("MessageId"), item.get("Message")
+            text = ": ".join(str(x) for x in (message_id, message) if isinstance(x, str) and x)
+            if text and text not in parts:
+                parts.append(text)
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message and message not in parts:
+            parts.append(message)
+        if not parts and isinstance(error.get("code"), str):
+            parts.append(error["code"])
+    return "; ".join(parts)[:500]
+
+
+def _cause(exc: BaseException) -> str:
+    inner = exc.__cause__
+    return f"{type(inner).__name__}: {inner}" if inner is not None else str(exc)
+
+
+__all__ = [
+    "SYSTEMS_PATH",
+    "ConnKey",
+    "RedfishConnections",
+    "Reply",
+    "TlsSession",
+    "bmc_message",
+    "bmc_of",
+    "check_reply",
+    "conn_key",
+    "health_reading",
+    "normalize_bmc_url",
+    "path_of",
+    "reply_error",
+    "system_path",
+    "tls_context",
+]
