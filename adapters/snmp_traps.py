@@ -44,7 +44,8 @@ after it, ~13 integer reads - so they are exact at any scrape and name the sende
   (usmStatsUnknownUserNames for a configured user: the TRAP's sender engine id is not in its
   `engine_ids`), `unsupported_security_level` (usmStatsUnsupportedSecLevels), `wrong_digest`
   (usmStatsWrongDigests: bad auth key), `decryption_error` (usmStatsDecryptionErrors: bad priv key),
-  `not_in_time_window` (usmStatsNotInTimeWindows); and our own `security_level_too_low`, `queue_full`,
+  `not_in_time_window` (usmStatsNotInTimeWindows); and our own `sender_not_allowed` (the UDP source is
+  outside `snmp.allowed_senders`: dropped before any decoding), `security_level_too_low`, `queue_full`,
   `internal_error` (an exception inside pysnmp or the callback; logged, never raised).
   usmStatsUnknownEngineIDs is not a drop: it counts the engine-id discovery probe every v3 INFORM sender
   makes first; it is exposed as `snmp_engine_discovery_total`.
@@ -59,6 +60,7 @@ import contextlib
 import errno
 import hashlib
 import hmac
+import ipaddress
 import logging
 import socket
 import sys
@@ -151,6 +153,27 @@ def _engine_id_hex(value: str) -> str:
     return hexa
 
 
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(specs: Iterable[str]) -> tuple[_Network, ...]:
+    """`snmp.allowed_senders` as networks (validated by the config already)."""
+    return tuple(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs)
+
+
+def _sender_allowed(address: Any, networks: tuple[_Network, ...]) -> bool:
+    """Whether the datagram's source address is in one of `networks` (an IPv4-mapped IPv6 source counts
+    as its IPv4 address; anything unreadable is not allowed)."""
+    try:
+        host = str(address[0]).split("%", 1)[0]
+        addr = ipaddress.ip_address(host)
+    except (ValueError, TypeError, IndexError, KeyError):
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
 class _Udp(udp.UdpAsyncioTransport):  # type: ignore[misc]
     """pysnmp's UDP transport, handing each datagram to the receiver synchronously (no call_soon hop) so
     drops can be attributed to the datagram and its sender, and exceptions never reach the loop."""
@@ -203,6 +226,7 @@ class SnmpTrapReceiver:
         self._levels: dict[str, int] = {u.name: _security_level(u) for u in config.users}
         self._sm_failure_user: str | None = None
         self._logged: set[tuple[str, str]] = set()
+        self._networks = _networks(config.allowed_senders)
         metrics.describe("snmp_datagrams_received_total", "UDP datagrams read on the SNMP trap port")
         metrics.describe("snmp_traps_received_total", "SNMP notifications accepted, by version")
         metrics.describe("snmp_dropped_total", "SNMP datagrams or notifications dropped, by reason")
@@ -350,6 +374,9 @@ class SnmpTrapReceiver:
 
     def _on_datagram(self, transport: Any, datagram: bytes, address: Any) -> None:
         self._metrics.inc("snmp_datagrams_received_total")
+        if self._networks and not _sender_allowed(address, self._networks):
+            self._drop("sender_not_allowed", address)  # before any decoding: nothing of it is read
+            return
         if self._fast_path:
             try:
                 if self._fast(datagram, address):

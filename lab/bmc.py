@@ -232,16 +232,18 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     state = request.app[STATE]
     server = state.server
     world = state.world
-    if not server.installed:
-        # a pulled blade: nobody is there (the listener is also stopped)
+    if not world.bmc_listening(server):
+        # a pulled blade or a dead BMC: nobody is there (the listener is also stopped; this closes the
+        # connections kept alive from before)
         if request.transport is not None:
             request.transport.close()
         return web.Response(status=503)
     if world.has_fault(server, "bmc_timeout"):
         await state.shutdown.wait()  # accept, never answer; released at lab shutdown
         return web.Response(status=503)
-    if world.latency.bmc_ms > 0:
-        await asyncio.sleep(world.latency.bmc_ms / 1000.0)
+    delay = world.latency.bmc_ms / 1000.0 + world.fault_delay(server)
+    if delay > 0:
+        await asyncio.sleep(delay)
     if world.has_fault(server, "bmc_error"):
         return redfish_error(
             500, "Base.1.4.InternalError", "The request failed due to an internal service error."
@@ -863,7 +865,7 @@ class BmcFleet:
                 *(
                     self._listen(self._world.servers[sid])
                     for sid in self._bmcs
-                    if self._world.servers[sid].installed
+                    if self._world.bmc_listening(self._world.servers[sid])
                 )
             )
         except BaseException:
@@ -885,14 +887,15 @@ class BmcFleet:
             server.bmc_port = _bound_port(bmc.runner)
 
     async def sync_presence(self, server_id: str) -> None:
-        """Start or stop the BMC of a server after it was inserted or pulled."""
+        """Start or stop the BMC of a server after it was inserted or pulled (or `bmc_down` changed)."""
         bmc = self._bmcs.get(server_id)
         if bmc is None:
             return
         server = self._world.servers[server_id]
-        if server.installed and bmc.site is None:
+        listening = self._world.bmc_listening(server)
+        if listening and bmc.site is None:
             await self._listen(server)
-        elif not server.installed and bmc.site is not None:
+        elif not listening and bmc.site is not None:
             self.events.end_streams(server_id)
             site, bmc.site = bmc.site, None
             await site.stop()

@@ -52,6 +52,7 @@ class FaultBody(_Body):
     server: str | None = None
     domain: str | None = None
     fault: str
+    delay_s: float | None = Field(default=None, ge=0, le=3600)
 
 
 class LatencyBody(_Body):
@@ -165,6 +166,10 @@ async def latency_middleware(request: web.Request, handler: Handler) -> web.Stre
     world = request.app[STATE].world
     if request.path.startswith("/api/") and world.latency.manager_ms > 0:
         await asyncio.sleep(world.latency.manager_ms / 1000.0)
+    if request.path.startswith("/api/") and world.manager_fault("manager_unavailable"):
+        response = _error(503, "the manager is unavailable (injected fault manager_unavailable)")
+        response.headers["Retry-After"] = "30"
+        return response
     return await handler(request)
 
 
@@ -254,9 +259,19 @@ async def post_discover(request: web.Request) -> web.Response:
 # --- control API -----------------------------------------------------------------------------------------
 
 
+async def _sync_bmcs(request: web.Request) -> None:
+    """After faults changed: start or stop BMC listeners (`bmc_down`)."""
+    state = request.app[STATE]
+    if state.on_presence is not None:
+        for server in state.world.bmc_servers():
+            await state.on_presence(server.id)
+
+
 async def post_fault(request: web.Request) -> web.Response:
     body = await _body(request, FaultBody)
-    fault = _world(request).add_fault(body.fault, body.server, body.domain)
+    fault = _world(request).add_fault(body.fault, body.server, body.domain, body.delay_s)
+    if fault.fault == "bmc_down":
+        await _sync_bmcs(request)
     return _json(fault.view())
 
 
@@ -265,11 +280,16 @@ async def get_faults(request: web.Request) -> web.Response:
 
 
 async def delete_faults(request: web.Request) -> web.Response:
-    return _json({"cleared": _world(request).clear_faults()})
+    cleared = _world(request).clear_faults()
+    await _sync_bmcs(request)
+    return _json({"cleared": cleared})
 
 
 async def delete_fault(request: web.Request) -> web.Response:
-    return _json(_world(request).remove_fault(request.match_info["id"]).view())
+    fault = _world(request).remove_fault(request.match_info["id"])
+    if fault.fault == "bmc_down":
+        await _sync_bmcs(request)
+    return _json(fault.view())
 
 
 async def get_latency(request: web.Request) -> web.Response:

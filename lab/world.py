@@ -55,14 +55,20 @@ BAYS_PER_ENCLOSURE: Final = 16
 RESET_TYPES: Final = ("On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRestart", "PushPowerButton")
 
 SERVER_FAULTS: Final = frozenset(
-    {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing"}
+    {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing",
+     "bmc_slow", "bmc_down"}
 )
+MANAGER_FAULTS: Final = frozenset({"manager_unavailable"})
+"""Faults of the manager itself (no server or domain): `manager_unavailable` answers 503 to every
+manager API call."""
+DEFAULT_SLOW_S: Final = 1.0
+"""`bmc_slow` without `delay_s`: seconds added to each of the BMC's answers."""
 DOMAIN_FAULTS: Final = {
     "domain_incompatible": "incompatible",
     "domain_unmanaged": "unmanaged",
     "domain_unlicensed": "unlicensed",
 }
-FAULTS: Final = frozenset(SERVER_FAULTS | DOMAIN_FAULTS.keys())
+FAULTS: Final = frozenset(SERVER_FAULTS | DOMAIN_FAULTS.keys() | MANAGER_FAULTS)
 
 # --- Redfish eventing (the per-BMC EventService) ---
 EVENT_TYPES: Final = ("StatusChange", "ResourceUpdated", "ResourceAdded", "ResourceRemoved", "Alert")
@@ -304,9 +310,15 @@ class Fault:
     fault: str
     server: str | None
     domain: str | None
+    delay_s: float | None = None
+    """`bmc_slow` only: seconds added to each answer of the BMC."""
 
     def view(self) -> dict[str, Any]:
-        return {"id": self.id, "fault": self.fault, "server": self.server, "domain": self.domain}
+        view: dict[str, Any] = {"id": self.id, "fault": self.fault, "server": self.server,
+                                "domain": self.domain}
+        if self.delay_s is not None:
+            view["delay_s"] = self.delay_s
+        return view
 
 
 @dataclass(frozen=True)
@@ -435,6 +447,18 @@ class World:
                 return True
         return False
 
+    def fault_delay(self, server: Server) -> float:
+        """The longest `bmc_slow` delay applying to the server's BMC (0: none)."""
+        delay = 0.0
+        for f in self.faults.values():
+            if f.fault == "bmc_slow" and (
+                    f.server == server.id or (f.server is None and f.domain in (None, server.domain))):
+                delay = max(delay, f.delay_s if f.delay_s is not None else DEFAULT_SLOW_S)
+        return delay
+
+    def manager_fault(self, name: str) -> bool:
+        return any(f.fault == name for f in self.faults.values())
+
     def domain_status(self, domain_id: str) -> str:
         for f in self.faults.values():
             if f.fault in DOMAIN_FAULTS and f.domain == domain_id:
@@ -452,6 +476,10 @@ class World:
     def bmc_servers(self) -> list[Server]:
         """Servers that have hardware, hence a BMC (listening while installed)."""
         return [s for s in self.servers.values() if s.product is not None]
+
+    def bmc_listening(self, server: Server) -> bool:
+        """Whether the server's BMC accepts connections: installed, and not under `bmc_down`."""
+        return server.installed and not self.has_fault(server, "bmc_down")
 
     # --- views (the JSON the manager API returns) -------------------------------------------------------
 
@@ -715,9 +743,16 @@ class World:
 
     # --- lab control --------------------------------------------------------------------------------------
 
-    def add_fault(self, fault: str, server_id: str | None, domain_id: str | None) -> Fault:
+    def add_fault(self, fault: str, server_id: str | None, domain_id: str | None,
+                  delay_s: float | None = None) -> Fault:
         if fault not in FAULTS:
             raise BadRequest(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
+        if delay_s is not None and fault != "bmc_slow":
+            raise BadRequest("delay_s only applies to the bmc_slow fault")
+        if fault in MANAGER_FAULTS and (server_id is not None or domain_id is not None):
+            raise BadRequest(f"{fault} is a fault of the manager: no server or domain")
+        if fault == "bmc_slow" and delay_s is None:
+            delay_s = DEFAULT_SLOW_S
         server = self.server(server_id) if server_id is not None else None
         if domain_id is not None:
             self.domain(domain_id)
@@ -728,7 +763,7 @@ class World:
                 domain_id = server.domain
             server_id = None
         self._fault_seq += 1
-        f = Fault(f"fault-{self._fault_seq}", fault, server_id, domain_id)
+        f = Fault(f"fault-{self._fault_seq}", fault, server_id, domain_id, delay_s)
         self.faults[f.id] = f
         return f
 

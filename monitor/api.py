@@ -1,7 +1,9 @@
 """The HTTP API (aiohttp): failovers, jobs, servers, groups, /healthz and /metrics.
 
 Mutating calls need `Authorization: Bearer TOKEN` whenever a token is configured; tokens are compared in
-constant time. Bad input gets a JSON error and a counted rejection, never a crash.
+constant time. Bad input gets a JSON error and a counted rejection, never a crash. With a rate limit, each
+client address has a token bucket; a request finding it empty gets 429 with Retry-After (/healthz,
+/metrics and the Redfish event listener, which has its own limits, are exempt).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -89,13 +93,58 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
+EXEMPT_FROM_RATE_LIMIT = ("/healthz", "/metrics", "/api/v1/events/redfish")
+"""Paths the rate limit never applies to: probes and scrapes, and the Redfish event listener (BMCs
+retry a refused delivery only a few times; it has its own body limit, sender networks and 503)."""
+
+
+class RateLimiter:
+    """A token bucket per client address: `rate` tokens a second, at most `burst` stored. Memory is
+    bounded: beyond `max_clients` addresses the full (idle) buckets are forgotten, then the oldest."""
+
+    def __init__(self, rate: float, burst: int, *, now: Callable[[], float] = time.monotonic,
+                 max_clients: int = 10000) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._now = now
+        self._max = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def take(self, client: str) -> float:
+        """0 when the request may go ahead (a token is taken), else the seconds until one is there."""
+        now = self._now()
+        tokens, at = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)  # re-inserted: the dict stays in least-recent-use order
+        if len(self._buckets) > self._max:
+            self._prune(now)
+        return wait
+
+    def _prune(self, now: float) -> None:
+        full = [c for c, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
+        for c in full:
+            del self._buckets[c]
+        while len(self._buckets) > self._max:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class Api:
     def __init__(
         self, runner: JobRunner, source: HealthSource, metrics: Metrics, *, token: str | None,
         max_body: int = 1 << 20, pipeline: Pipeline | None = None,
         events: asyncio.Queue[Event] | None = None, extra_routes: list[web.RouteDef] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.extra_routes = extra_routes or []
+        self.rate_limiter = rate_limiter
         self.runner = runner
         self.pipeline = pipeline
         self.events = events
@@ -105,7 +154,8 @@ class Api:
         self.max_body = max_body
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        app = web.Application(client_max_size=self.max_body,
+                              middlewares=[self._rate_limit, self._errors])
         app.add_routes([
             web.post("/api/v1/failovers", self.post_failover),
             web.get("/api/v1/jobs", self.list_jobs),
@@ -113,6 +163,7 @@ class Api:
             web.get("/api/v1/servers", self.list_servers),
             web.get("/api/v1/servers/{server}", self.get_server),
             web.get("/api/v1/groups", self.list_groups),
+            web.get("/api/v1/cluster", self.get_cluster),
             web.get("/api/v1/decisions", self.list_decisions),
             web.post("/api/v1/events", self.post_events),
             web.post("/api/v1/rules/explain", self.post_explain),
@@ -127,6 +178,19 @@ class Api:
 
     def _reject(self, reason: str) -> None:
         self.metrics.inc("api_rejected_total", reason=reason)
+
+    @web.middleware
+    async def _rate_limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        limiter = self.rate_limiter
+        if limiter is None or request.path.startswith(EXEMPT_FROM_RATE_LIMIT):
+            return await handler(request)
+        wait = limiter.take(request.remote or "unknown")
+        if wait > 0:
+            self._reject("rate_limited")
+            return web.json_response(
+                {"error": f"rate limit of {limiter.rate:g} requests/s exceeded; retry later"},
+                status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return await handler(request)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -198,6 +262,14 @@ class Api:
             return _error(409, f"server {req.server} already has active job {exc.job}", job=exc.job)
         except ShuttingDown as exc:
             return _error(503, str(exc))
+        except (AdapterError, TimeoutError) as exc:
+            # The manager cannot be read (down, 5xx, timeout): no job is created, nothing is touched.
+            self._reject("manager_unavailable")
+            log.warning("failover of %s not started: the manager cannot be read: %s", req.server, exc)
+            return web.json_response(
+                {"error": f"the manager cannot be read, no job was created: {exc or 'timeout'}"},
+                status=503,
+                headers={"Retry-After": "30"})
         return web.json_response({"job": job.id, "url": f"/api/v1/jobs/{job.id}"}, status=202)
 
     # --- jobs ----------------------------------------------------------------------------------
@@ -258,6 +330,24 @@ class Api:
             return _error(404, f"unknown server {sid}")
         active = await self.runner.store.active_by_server()
         return web.json_response(server.public(active.get(sid)))
+
+    async def get_cluster(self, request: web.Request) -> web.Response:
+        """The monitors sharing the store, their leases, and who holds which job and group."""
+        runner = self.runner
+        now = runner.d.clock.time()
+        members = await runner.store.members()
+        active = await runner.store.active_jobs()
+        locks = await runner.store.group_locks()
+        owner_of = {j.id: j.owner for j in active}
+        return web.json_response({
+            "instance": runner.instance,
+            "members": [{"instance": m["instance"], "address": m["address"],
+                         "alive": m["lease_until"] > now, "lease_left": round(m["lease_until"] - now, 1)}
+                        for m in members],
+            "jobs": [{"job": j.id, "server": j.server, "owner": j.owner, "state": j.state.value}
+                     for j in active],
+            "groups": [{"group": g, "job": job, "owner": owner_of.get(job)} for g, job in locks.items()],
+        })
 
     async def list_groups(self, request: web.Request) -> web.Response:
         inv = self._inventory()

@@ -79,6 +79,9 @@ class FakeClock:
         return seq
 
     async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:  # nothing to wait for: like asyncio.sleep(0), it only yields
+            await asyncio.sleep(0)
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:

@@ -39,6 +39,15 @@ class HttpConfig(_Strict):
     token: SecretStr | None = None
     """Bearer token for mutating calls; required when `listen` is not a loopback address."""
     max_body: Annotated[int, Field(gt=0)] = 1 << 20
+    tls_cert: str | None = None
+    """PEM certificate (chain) file, relative to the config file: with `tls_key`, the API is HTTPS."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert` (unencrypted; keep it readable by the daemon's user only)."""
+    rate_limit: Annotated[float, Field(gt=0)] | None = None
+    """Requests per second per client address, on average (a token bucket); over it: 429 with
+    Retry-After. /healthz and /metrics are exempt. None: no limit."""
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 20
+    """Requests a client may make at once before `rate_limit` applies (the bucket's size)."""
 
     @field_validator("listen")
     @classmethod
@@ -46,7 +55,7 @@ class HttpConfig(_Strict):
         parse_listen(v)
         return v
 
-    @field_validator("token", mode="before")
+    @field_validator("token", "tls_cert", "tls_key", mode="before")
     @classmethod
     def _empty_token(cls, v: object) -> object:
         return None if v in ("", None) else v
@@ -56,6 +65,8 @@ class HttpConfig(_Strict):
         host, _ = parse_listen(self.listen)
         if self.token is None and not is_loopback(host):
             raise ValueError("a token is required when http.listen is not a loopback address")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http.tls_cert and http.tls_key go together (both PEM file paths)")
         return self
 
 
@@ -163,12 +174,25 @@ class SnmpConfig(_Strict):
     """SO_RCVBUF bytes, so bursts wait in the kernel rather than being dropped (capped by rmem_max)."""
     queue_size: Annotated[int, Field(ge=1)] = 20000
     """Decoded traps waiting for the rules; beyond it they are dropped and counted."""
+    allowed_senders: list[str] = []
+    """Networks (CIDR) traps and informs may come from; empty: any. A datagram from elsewhere is dropped
+    before any decoding and counted as `snmp_dropped_total{reason="sender_not_allowed"}`."""
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
         if v is not None:
             parse_listen(v)
+        return v
+
+    @field_validator("allowed_senders")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            try:
+                ipaddress.ip_network(spec.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{spec!r} is not a network (CIDR): {exc}") from None
         return v
 
 
@@ -262,6 +286,27 @@ class DiscoveryConfig(_Strict):
         return self
 
 
+class ClusterConfig(_Strict):
+    """Several monitors sharing one store: each renews a lease on its membership; when a monitor's
+    lease runs out, another adopts its jobs (resuming or failing them safe, per failover.recovery)."""
+
+    lease: Annotated[float, Field(gt=0)] = 15.0
+    """Seconds a monitor's jobs stay its own without a heartbeat."""
+    heartbeat: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between heartbeats (and looks for jobs to adopt); keep it well under `lease`."""
+    dedupe_window: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds during which a rule-triggered failover of a server is started by one monitor only (the
+    same trap reaches every monitor)."""
+    address: str = ""
+    """How the others can reach this monitor (shown in /api/v1/cluster)."""
+
+    @model_validator(mode="after")
+    def _heartbeat_under_lease(self) -> ClusterConfig:
+        if self.heartbeat * 2 > self.lease:
+            raise ValueError("cluster.heartbeat must be at most half of cluster.lease")
+        return self
+
+
 class StoreSqlite(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
@@ -277,6 +322,7 @@ class MonitorConfig(_Strict):
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    cluster: ClusterConfig = ClusterConfig()
     rules: RulesConfig = RulesConfig()
     snmp: SnmpConfig = SnmpConfig()
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()

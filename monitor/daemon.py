@@ -8,13 +8,14 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from monitor.api import Api
+from monitor.api import Api, RateLimiter
 from monitor.clock import Clock, SystemClock
 from monitor.config import LoadedConfig, parse_listen
 from monitor.events import Event
@@ -104,6 +105,29 @@ def bind_tcp(listen: str) -> socket.socket:
     return sock
 
 
+def tls_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
+    """The HTTPS server context of `http.tls_cert`/`http.tls_key` (None: plain HTTP). TLS 1.2 at least;
+    an unreadable or mismatched pair is a start-up error (the message names the file, never its
+    content)."""
+    http = loaded.config.http
+    if http.tls_cert is None or http.tls_key is None:
+        return None
+    cert, key = loaded.resolve(http.tls_cert), loaded.resolve(http.tls_key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:  # an OSError too: first
+        raise StartupError(f"http.tls_cert {cert} / tls_key {key}: not a matching PEM certificate and "
+                           f"key ({exc.reason or 'unreadable'})") from None
+    except FileNotFoundError as exc:
+        raise StartupError(f"http.tls_cert/tls_key: {exc.filename}: no such file") from None
+    except OSError as exc:
+        raise StartupError(f"http.tls_cert/tls_key: {exc.filename or cert}: "
+                           f"{exc.strerror or 'cannot read'}") from None
+    return ctx
+
+
 class Daemon:
     def __init__(
         self, loaded: LoadedConfig, *, clock: Clock | None = None, adapters: Adapters | None = None,
@@ -134,6 +158,7 @@ class Daemon:
             log.warning("no rules are loaded: events are recorded but nothing is decided")
         self.ready = asyncio.Event()
         self._refresh_now = asyncio.Event()
+        self._tls: ssl.SSLContext | None = None
 
     # --- what the API asks -------------------------------------------------------------------------
 
@@ -156,6 +181,8 @@ class Daemon:
             parts["store"] = {"ok": False, "error": str(exc)}
         for name, task in self._tasks.items():
             parts[name] = {"ok": not task.done()}
+        if self.runner is not None:
+            parts["cluster"] = {"ok": self.runner.lease_valid(), "instance": self.config.instance}
         parts["inventory"] = {
             "ok": self._inventory is not None,
             "servers": len(self._inventory.servers) if self._inventory else 0,
@@ -239,6 +266,7 @@ class Daemon:
     # --- run -----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._tls = tls_context(self.loaded)  # before binding: a bad certificate is a start-up error
         sock = bind_tcp(self.config.http.listen)
         try:
             await self.store.open()
@@ -261,7 +289,7 @@ class Daemon:
         locks = GroupLocks(self.store, self.clock)
         deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
                         self.clock, self.config.failover)
-        runner = JobRunner(deps, self.metrics)
+        runner = JobRunner(deps, self.metrics, instance=self.config.instance, cluster=self.config.cluster)
         self.runner = runner
 
         async def after_job(job: Any) -> None:
@@ -300,10 +328,12 @@ class Daemon:
                            "events waiting for the rules")
         self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))})
         redfish_tasks = self._redfish_events(adapters)
-        token = self.config.http.token
+        http = self.config.http
+        token = http.token
+        limiter = RateLimiter(http.rate_limit, http.rate_limit_burst) if http.rate_limit else None
         api = Api(runner, self, self.metrics, token=token.get_secret_value() if token else None,
-                  max_body=self.config.http.max_body, pipeline=pipeline, events=self.events,
-                  extra_routes=redfish_tasks.pop("routes"))
+                  max_body=http.max_body, pipeline=pipeline, events=self.events,
+                  extra_routes=redfish_tasks.pop("routes"), rate_limiter=limiter)
         snmp = None
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await web_runner.setup()
@@ -315,10 +345,11 @@ class Daemon:
                                         clock=self.clock)
                 self.snmp_address = await snmp.start()  # a port in use is a start-up error
                 log.info("receiving SNMP traps on udp %s:%s", *self.snmp_address)
-            site = web.SockSite(web_runner, sock)
+            site = web.SockSite(web_runner, sock, ssl_context=self._tls)
             await site.start()
             self.http_address = sock.getsockname()[:2]
-            log.info("%s listening on http://%s:%s", self.config.instance, *self.http_address)
+            log.info("%s listening on %s://%s:%s", self.config.instance,
+                     "https" if self._tls else "http", *self.http_address)
             async with asyncio.TaskGroup() as tg:
                 async def jobs_then_mqtt() -> None:
                     try:  # MQTT stops after the jobs: their last states still go out

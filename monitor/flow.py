@@ -96,10 +96,11 @@ class FailoverFlow:
 
     async def lock_group(self, note: Note) -> str:
         group = self.job.group
-        holder = self.d.locks.holder(group)
-        if holder is not None and holder != self.job.id:
-            await note(f"waiting for domain group {group} (held by job {holder})")
-        await self.d.locks.acquire(group, self.job.id)
+
+        async def waiting(other: int) -> None:
+            await note(f"waiting for domain group {group} (job {other} goes first)")
+
+        await self.d.locks.acquire(group, self.job.id, waiting)
         self.ctx["locked"] = True
         # The domain may have changed while this job waited its turn: check it again under the lock.
         try:

@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.config import ClusterConfig
 from monitor.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.metrics import Metrics
 from monitor.model import STEPS, Job, JobState, StepState, iso
 from monitor.ports import AdapterError, NotFound
-from monitor.store import SqliteStore, Timer
+from monitor.store import LostOwnership, SqliteStore, StoreError, StoreUnavailable, Timer
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,11 @@ JobListener = Callable[[Job], Awaitable[None]]
 # Steps after which a restart may resume the job without repeating a non-idempotent action. Every step
 # re-reads the world before acting (see monitor.flow), so each is a safe point.
 _FAIL_SAFE_NOTE = "failed safe after a restart"
+
+
+class LeaseLost(Exception):
+    """This monitor's lease ran out while the store was unreachable: stop acting; whoever holds the
+    store next (another monitor, or this one once it is back) adopts the job."""
 
 
 class UnknownServer(Exception):
@@ -40,15 +46,19 @@ class ShuttingDown(Exception):
 
 
 class JobRunner:
-    def __init__(self, deps: FlowDeps, metrics: Metrics) -> None:
+    def __init__(self, deps: FlowDeps, metrics: Metrics, *, instance: str = "monitor-1",
+                 cluster: ClusterConfig | None = None) -> None:
         self.d = deps
         self.metrics = metrics
+        self.instance = instance
+        self.cluster = cluster or ClusterConfig()
         self._listeners: list[JobListener] = []
         self._tg: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._timer_wakeup = asyncio.Event()
         self._ready = asyncio.Event()
+        self._lease_until = 0.0
 
     @property
     def store(self) -> SqliteStore:
@@ -71,7 +81,8 @@ class JobRunner:
             server = await self.d.manager.server(server_id)
         except NotFound:
             raise UnknownServer(server_id) from None
-        job = await self.store.create_job(server.id, server.domain_group, trigger, self.d.clock.now())
+        job = await self.store.create_job(server.id, server.domain_group, trigger, self.d.clock.now(),
+                                          owner=self.instance)
         self.metrics.inc("failover_jobs_created_total")
         log.info("job %s: failover of %s (%s) queued", job.id, server.id, trigger.get("kind"))
         await self._emit(job)
@@ -92,11 +103,14 @@ class JobRunner:
     # --- the long-lived part -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Recover jobs left by a crash, run jobs and timers until `stop`, then park at safe points."""
+        """Join the cluster, adopt jobs left by a crash (ours or a dead monitor's), run jobs and timers
+        until `stop`, then park at safe points and leave."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            await self._heartbeat()
             await self._recover()
             timers = tg.create_task(self._timer_loop(), name="rediscovery-timers")
+            members = tg.create_task(self._membership_loop(), name="cluster-membership")
             self._ready.set()
             await stop.wait()
             self._stopping.set()
@@ -108,7 +122,32 @@ class JobRunner:
                 for t in pending:
                     t.cancel()
             timers.cancel()
+            members.cancel()
         self._tg = None
+        try:
+            await self.store.leave(self.instance)  # the others may adopt what is parked at once
+        except Exception as exc:
+            log.warning("could not leave the cluster cleanly: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        now = self.d.clock.time()
+        await self.store.heartbeat(self.instance, self.cluster.address, now, self.cluster.lease)
+        self._lease_until = now + self.cluster.lease
+
+    def lease_valid(self, margin: float = 0.0) -> bool:
+        """Whether this monitor's lease still holds `margin` seconds from now."""
+        return self.d.clock.time() + margin < self._lease_until
+
+    async def _membership_loop(self) -> None:
+        """Heartbeats, and adoption of the jobs of monitors whose lease ran out."""
+        while not self._stopping.is_set():
+            await self.d.clock.sleep(self.cluster.heartbeat)
+            try:
+                await self._heartbeat()
+                await self._recover(adopting=True)
+            except Exception as exc:  # the store restarting: keep trying, the lease covers a while
+                self.metrics.inc("cluster_heartbeat_errors_total")
+                log.error("heartbeat failed (lease until %s): %s", self._lease_until, exc)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -123,8 +162,32 @@ class JobRunner:
                 log.exception("job listener failed")
 
     async def _save(self, job: Job) -> None:
-        await self.store.save_job(job)
+        """Save (write-ahead). A store that is briefly away is waited for while the lease holds."""
+        delay = 0.2
+        while True:
+            try:
+                await self.store.save_job(job)
+                break
+            except StoreUnavailable as exc:
+                if not self.lease_valid():
+                    raise LeaseLost(f"store unreachable past the lease: {exc}") from exc
+                self.metrics.inc("store_retries_total")
+                log.warning("job %s: store unavailable (%s); retrying", job.id, exc)
+                await self.d.clock.sleep(delay)
+                delay = min(delay * 2, 2.0)
         await self._emit(job)
+
+    async def _ensure_lease(self) -> None:
+        """Before an action: the lease must outlive a heartbeat; renew it, or stop if it cannot be."""
+        delay = 0.2
+        while not self.lease_valid(margin=self.cluster.heartbeat):
+            try:
+                await self._heartbeat()
+            except StoreError as exc:
+                if not self.lease_valid():
+                    raise LeaseLost(f"lease ran out, store unreachable: {exc}") from exc
+                await self.d.clock.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _execute(self, job: Job, *, resumed: bool = False) -> None:
         flow = FailoverFlow(job, self.d)
@@ -142,6 +205,7 @@ class JobRunner:
                 if self._stopping.is_set() and step.state is not StepState.RUNNING:
                     parked = True
                     break
+                await self._ensure_lease()  # never start an action another monitor may take over
                 if step.state is not StepState.RUNNING or step.started is None:
                     step.started = clock.now()
                 step.state = StepState.RUNNING
@@ -177,6 +241,12 @@ class JobRunner:
                 current.finished = clock.now()
                 current.detail = failed
             log.warning("job %s: %s", job.id, failed)
+        except (LostOwnership, LeaseLost) as exc:
+            # Another monitor adopted the job, or may (our lease ran out): act no more here.
+            self.d.locks.forget(job.group, job.id)
+            self.metrics.inc("failover_jobs_lost_total")
+            log.error("job %s: %s; this monitor stops working on it", job.id, exc)
+            return
         except asyncio.CancelledError:
             # Shutdown overran its grace period: the write-ahead record lets the next start resume.
             log.warning("job %s parked mid-step at shutdown; it resumes on the next start", job.id)
@@ -192,7 +262,11 @@ class JobRunner:
         if parked:
             log.info("job %s parked at a safe point for shutdown", job.id)
             return
-        await self._finish(job, flow, failed)
+        try:
+            await self._finish(job, flow, failed)
+        except (LostOwnership, LeaseLost) as exc:
+            self.d.locks.forget(job.group, job.id)
+            log.error("job %s: %s; this monitor stops working on it", job.id, exc)
 
     async def _finish(self, job: Job, flow: FailoverFlow, failed: str | None) -> None:
         clock = self.d.clock
@@ -232,20 +306,28 @@ class JobRunner:
 
     # --- recovery ----------------------------------------------------------------------------------
 
-    async def _recover(self) -> None:
-        """Jobs left active by a crash resume from their last safe point, or fail safe (configured)."""
-        active = await self.store.active_jobs()
+    async def _recover(self, *, adopting: bool = False) -> None:
+        """Jobs left active by a crash (this monitor's, or a monitor whose lease ran out) resume from
+        their last safe point, or fail safe (configured)."""
+        adopted = [j for j in await self.store.adopt_jobs(self.instance, self.d.clock.time())
+                   if j.id not in self._running]
+        if not adopting:
+            active_ids = {j.id for j in await self.store.active_jobs()}
+            for group, job_id in (await self.store.group_locks()).items():
+                if job_id not in active_ids:
+                    await self.store.unlock_group(group, job_id)
+                    log.warning("released domain group %s, left locked by finished job %s", group, job_id)
         held = await self.store.group_locks()
-        active_ids = {j.id for j in active}
-        for group, job_id in held.items():
-            if job_id not in active_ids:
-                await self.store.unlock_group(group, job_id)
-                log.warning("released domain group %s, left locked by finished job %s", group, job_id)
-        for job in active:
+        for job in adopted:
+            if adopting:
+                job.notes.append(f"{iso(self.d.clock.now())}: taken over by {self.instance}")
+                self.metrics.inc("failover_jobs_taken_over_total")
             running = next((s.step for s in job.steps if s.state is StepState.RUNNING), None)
             where = running or next((s.step for s in job.steps if s.state is StepState.PENDING), "end")
             if job.group in held and held[job.group] == job.id:
                 await self.d.locks.acquire(job.group, job.id)  # it holds the group: keep holding it
+            if self._stopping.is_set():
+                break
             if self.d.settings.recovery == "fail_safe":
                 await self._fail_safe(job, where)
                 continue
@@ -286,15 +368,16 @@ class JobRunner:
         """Run due rediscovery timers; sleep until the next one is due or a new one is scheduled."""
         while not self._stopping.is_set():
             self._timer_wakeup.clear()
-            timers = await self.store.scheduled_timers()
             now = self.d.clock.time()
-            due = [t for t in timers if t.due <= now]
+            due = await self.store.claim_due_timers(self.instance, now, self.cluster.lease)
             for timer in due:
                 await self._fire(timer)
             if due:
                 continue  # firing may have rescheduled a retry: read the timers again
-            upcoming = [t.due for t in timers]
-            wait = min(upcoming) - now if upcoming else 3600.0
+            # Another monitor may hold a due timer (or add one): look again within a heartbeat.
+            upcoming = [t.due for t in await self.store.scheduled_timers() if t.due > now]
+            upcoming.append(now + self.cluster.heartbeat)
+            wait = max(0.0, min(upcoming) - self.d.clock.time())  # time passed while reading
             sleeper = asyncio.ensure_future(self.d.clock.sleep(wait))
             waker = asyncio.ensure_future(self._timer_wakeup.wait())
             try:

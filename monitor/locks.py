@@ -1,92 +1,82 @@
-"""Domain-group locks: one job at a time per group, granted in job-number order, recorded durably.
+"""Domain-group locks: one job at a time per group, granted in job-number order, held in the store.
 
-In-process waiting is fair: when a group is released, the waiting job with the lowest number gets it.
-Each job locks exactly one group, so there is no lock ordering and no deadlock.
+The store decides (so several monitors sharing one store agree): the group goes to the lowest-numbered
+active job of the group waiting for it. A waiting job is woken when a job of this monitor releases the
+group, and otherwise looks again every `poll` seconds (another monitor released it). Each job locks
+exactly one group, so there is no lock ordering and no deadlock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 from monitor.clock import Clock
 from monitor.store import SqliteStore
 
-
-@dataclass
-class _Group:
-    holder: int | None = None
-    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+Waiting = Callable[[int], Awaitable[None]]
 
 
 class GroupLocks:
-    def __init__(self, store: SqliteStore, clock: Clock) -> None:
+    def __init__(self, store: SqliteStore, clock: Clock, *, poll: float = 0.5) -> None:
         self._store = store
         self._clock = clock
-        self._groups: dict[str, _Group] = {}
+        self._poll = poll
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, set[int]] = {}
+        self._released: dict[str, asyncio.Event] = {}
 
     def holder(self, group: str) -> int | None:
-        g = self._groups.get(group)
-        return g.holder if g else None
+        """The job of this monitor holding `group`, if any."""
+        return self._held.get(group)
 
     def held(self) -> dict[str, int]:
-        return {name: g.holder for name, g in self._groups.items() if g.holder is not None}
-
-    async def acquire(self, group: str, job: int) -> None:
-        """Wait until `job` holds `group`, then record it in the store before returning."""
-        g = self._groups.setdefault(group, _Group())
-        if g.holder == job:
-            return
-        if g.holder is not None or g.waiters:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            g.waiters[job] = fut
-            try:
-                if g.holder is None:
-                    self._grant_next(g)
-                await fut
-            except BaseException:
-                if g.waiters.pop(job, None) is None and g.holder == job:
-                    g.holder = None
-                    self._grant_next(g)
-                raise
-        else:
-            g.holder = job
-        try:
-            other = await self._store.lock_group(group, job, self._clock.time())
-        except BaseException:
-            self._release_memory(group, job)
-            raise
-        if other is not None:
-            # Only possible if the store was changed behind our back: refuse rather than share.
-            self._release_memory(group, job)
-            raise RuntimeError(f"group {group} is recorded as held by job {other}")
-
-    async def release(self, group: str, job: int) -> bool:
-        """Release the group (durably first). Returns whether the job held it."""
-        recorded = await self._store.unlock_group(group, job)
-        memory = self._release_memory(group, job)
-        return recorded or memory
-
-    def _release_memory(self, group: str, job: int) -> bool:
-        g = self._groups.get(group)
-        if g is None or g.holder != job:
-            return False
-        g.holder = None
-        self._grant_next(g)
-        if g.holder is None and not g.waiters:
-            del self._groups[group]
-        return True
-
-    @staticmethod
-    def _grant_next(g: _Group) -> None:
-        while g.waiters and g.holder is None:
-            job = min(g.waiters)
-            fut = g.waiters.pop(job)
-            if fut.done():
-                continue
-            g.holder = job
-            fut.set_result(None)
+        return dict(self._held)
 
     def waiting(self, group: str) -> list[int]:
-        g = self._groups.get(group)
-        return sorted(g.waiters) if g else []
+        return sorted(self._waiting.get(group, ()))
+
+    async def acquire(self, group: str, job: int, on_wait: Waiting | None = None) -> None:
+        """Wait until `job` holds `group` (recorded in the store before this returns). `on_wait` is
+        told, once per new holder, which job the group waits for."""
+        told: int | None = None
+        self._waiting.setdefault(group, set()).add(job)
+        try:
+            while True:
+                event = self._released.setdefault(group, asyncio.Event())
+                other = await self._store.lock_group(group, job, self._clock.time())
+                if other is None:
+                    self._held[group] = job
+                    return
+                if on_wait is not None and other != told:
+                    told = other
+                    await on_wait(other)
+                waker = asyncio.ensure_future(event.wait())
+                sleeper = asyncio.ensure_future(self._clock.sleep(self._poll))
+                try:
+                    await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waker.cancel()
+                    sleeper.cancel()
+        finally:
+            waiters = self._waiting.get(group)
+            if waiters is not None:
+                waiters.discard(job)
+                if not waiters:
+                    del self._waiting[group]
+
+    async def release(self, group: str, job: int) -> bool:
+        """Release the group (durably). Returns whether the job held it."""
+        recorded = await self._store.unlock_group(group, job)
+        memory = self._held.get(group) == job
+        if memory:
+            del self._held[group]
+        event = self._released.pop(group, None)
+        if event is not None:
+            event.set()
+        return recorded or memory
+
+    def forget(self, group: str, job: int) -> None:
+        """Another monitor took the job over: this one no longer holds its group (the store says so)."""
+        if self._held.get(group) == job:
+            del self._held[group]

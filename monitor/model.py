@@ -277,6 +277,8 @@ class Job:
     """Write-ahead facts the flow needs to resume: intents, what this run changed."""
     notes: list[str] = field(default_factory=list)
     rediscovery: dict[str, Any] | None = None
+    owner: str | None = None
+    """The monitor (instance) running the job; another adopts it when this one's lease runs out."""
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -308,6 +310,7 @@ class Job:
             "finished": iso(self.finished),
             "rediscovery": self.rediscovery,
             "notes": list(self.notes),
+            "owner": self.owner,
         }
 
 

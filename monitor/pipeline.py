@@ -167,6 +167,12 @@ class Pipeline:
         decision = self.decider.decide(event, server, group_size)
         self.metrics.inc("decisions_total", action=decision.action)
         if decision.action == "failover" and server is not None:
+            # Every monitor hears the same trap: one of them starts the failover.
+            first = await self.store.dedupe(f"failover:{server.id}:{decision.rule}", self.runner.instance,
+                                            self.clock.time(), self.runner.cluster.dedupe_window)
+            if first is not None:
+                decision.action, decision.guard = "none", f"already being handled by monitor {first}"
+        if decision.action == "failover" and server is not None:
             trigger = {"kind": "rule", "rule": decision.rule, "confirm": decision.confirm,
                        "resolved_by": how, "event": event.model_dump(mode="json", exclude_defaults=True)}
             try:

@@ -20,7 +20,21 @@ from monitor.model import STEPS, Job, JobState, Step, StepState
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Versioned migrations: each takes the store from version N-1 to N. Version 1 is _SCHEMA itself.
+_MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "ALTER TABLE timers ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE timers ADD COLUMN claim_until REAL",
+        """CREATE TABLE IF NOT EXISTS members (
+            instance TEXT PRIMARY KEY, address TEXT NOT NULL DEFAULT '', started REAL NOT NULL,
+            lease_until REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS dedupe (
+            key TEXT PRIMARY KEY, instance TEXT NOT NULL, until REAL NOT NULL)""",
+    ],
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -94,6 +108,20 @@ class StoreError(Exception):
     """The store could not do what was asked."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (a database restarting, a locked file): try again."""
+
+
+class LostOwnership(StoreError):
+    """This monitor no longer owns the job (another monitor took it over after our lease expired):
+    the job must not act any further here."""
+
+    def __init__(self, job: int, owner: str | None) -> None:
+        super().__init__(f"job {job} is now owned by {owner or 'nobody'}")
+        self.job = job
+        self.owner = owner
+
+
 class ActiveJobExists(StoreError):
     def __init__(self, server: str, job: int) -> None:
         super().__init__(f"server {server} already has active job {job}")
@@ -136,7 +164,10 @@ class SqliteStore:
         conn = self._conn
         if conn is None:
             raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"store {self.path}: {exc}") from exc
 
     async def open(self) -> None:
         def _open() -> sqlite3.Connection:
@@ -149,11 +180,22 @@ class SqliteStore:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            version = 1 if row is None else int(row[0])
             if row is None:
-                conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+                conn.execute("INSERT INTO meta(key, value) VALUES ('schema', '1')")
+            if version > SCHEMA_VERSION:
                 conn.close()
-                raise StoreError(f"store schema {row[0]} is newer than this program ({SCHEMA_VERSION})")
+                raise StoreError(f"store schema {version} is newer than this program ({SCHEMA_VERSION})")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql in _MIGRATIONS[target]:
+                        conn.execute(sql)
+                    conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(target),))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             return conn
 
         loop = asyncio.get_running_loop()
@@ -173,15 +215,17 @@ class SqliteStore:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime) -> Job:
-        """Create a queued job; ActiveJobExists when the server already has an active one."""
+    async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime,
+                         owner: str | None = None) -> Job:
+        """Create a queued job owned by `owner`; ActiveJobExists when the server has an active one."""
 
         def _create(c: sqlite3.Connection) -> int:
             try:
                 c.execute("BEGIN IMMEDIATE")
                 cur = c.execute(
-                    "INSERT INTO jobs(server, grp, state, trigger, created) VALUES (?, ?, 'queued', ?, ?)",
-                    (server, group, json.dumps(trigger), now.timestamp()),
+                    "INSERT INTO jobs(server, grp, state, trigger, created, owner)"
+                    " VALUES (?, ?, 'queued', ?, ?, ?)",
+                    (server, group, json.dumps(trigger), now.timestamp(), owner),
                 )
                 job_id = int(cur.lastrowid or 0)
                 c.executemany(
@@ -204,11 +248,12 @@ class SqliteStore:
         job_id = await self._run(_create)
         return Job(
             id=job_id, server=server, group=group, state=JobState.QUEUED, trigger=trigger, created=now,
-            steps=[Step(name) for name in STEPS],
+            steps=[Step(name) for name in STEPS], owner=owner,
         )
 
     async def save_job(self, job: Job) -> None:
-        """Write the job and all its steps in one committed transaction."""
+        """Write the job and all its steps in one committed transaction — only while `job.owner` still
+        owns it (LostOwnership otherwise: another monitor took the job over)."""
         row = (
             job.state.value, job.profile, job.spare, job.error, _ts(job.finished),
             json.dumps(job.context), json.dumps(job.notes),
@@ -222,16 +267,22 @@ class SqliteStore:
         def _save(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.execute(
+                cur = c.execute(
                     "UPDATE jobs SET state=?, profile=?, spare=?, error=?, finished=?, context=?, notes=?,"
-                    " rediscovery=? WHERE id=?",
-                    row,
+                    " rediscovery=? WHERE id=? AND owner IS ?",
+                    (*row, job.owner),
                 )
+                if cur.rowcount == 0:
+                    holder = c.execute("SELECT owner FROM jobs WHERE id=?", (job.id,)).fetchone()
+                    c.execute("ROLLBACK")
+                    raise LostOwnership(job.id, holder[0] if holder else None)
                 c.executemany(
                     "UPDATE steps SET state=?, started=?, finished=?, detail=? WHERE job=? AND position=?",
                     steps,
                 )
                 c.execute("COMMIT")
+            except LostOwnership:
+                raise
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
@@ -249,7 +300,7 @@ class SqliteStore:
             trigger=json.loads(r["trigger"]), created=_dt(r["created"]) or datetime.now(UTC),
             steps=steps, profile=r["profile"], spare=r["spare"], error=r["error"],
             finished=_dt(r["finished"]), context=json.loads(r["context"]), notes=json.loads(r["notes"]),
-            rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None,
+            rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None, owner=r["owner"],
         )
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -301,18 +352,32 @@ class SqliteStore:
     # --- group locks ---------------------------------------------------------------------------
 
     async def lock_group(self, group: str, job: int, now: float) -> int | None:
-        """Record that `job` holds `group`. Returns None on success, or the job that holds it."""
+        """Take `group` for `job`. Returns None on success, or the job that holds it or goes first.
+
+        Fair across monitors: the group goes to the lowest-numbered active job of the group that is
+        waiting for it (its lock_group step running). A row left by a job that is no longer active is
+        stale and replaced."""
 
         def _lock(c: sqlite3.Connection) -> int | None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                row = c.execute("SELECT job FROM group_locks WHERE grp=?", (group,)).fetchone()
+                row = c.execute(
+                    "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
+                    " WHERE l.grp=? AND j.state IN ('queued','running')", (group,)).fetchone()
                 if row is not None and int(row[0]) != job:
                     c.execute("COMMIT")
                     return int(row[0])
+                first = c.execute(
+                    "SELECT min(j.id) FROM jobs j JOIN steps s ON s.job = j.id AND s.step = 'lock_group'"
+                    " WHERE j.grp=? AND j.state='running' AND s.state='running'", (group,)).fetchone()
+                if row is None and first is not None and first[0] is not None and int(first[0]) < job:
+                    c.execute("COMMIT")
+                    return int(first[0])
                 if row is None:
                     c.execute(
-                        "INSERT INTO group_locks(grp, job, acquired) VALUES (?, ?, ?)", (group, job, now)
+                        "INSERT INTO group_locks(grp, job, acquired) VALUES (?, ?, ?)"
+                        " ON CONFLICT(grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
+                        (group, job, now),
                     )
                 c.execute("COMMIT")
                 return None
@@ -346,14 +411,43 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, 'scheduled')",
                 (kind, job, server, due),
             )
-            r = c.execute("SELECT * FROM timers WHERE kind=? AND job=?", (kind, job)).fetchone()
-            return Timer(**dict(r))
+            r = c.execute("SELECT id FROM timers WHERE kind=? AND job=?", (kind, job)).fetchone()
+            timer = self._timer(c, int(r[0]))
+            assert timer is not None
+            return timer
 
         return await self._run(_add)
 
+    async def claim_due_timers(self, instance: str, now: float, hold: float) -> list[Timer]:
+        """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor."""
+
+        def _claim(c: sqlite3.Connection) -> list[Timer]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                rows = c.execute(
+                    "SELECT id FROM timers WHERE state='scheduled' AND due<=?"
+                    " AND (claim_until IS NULL OR claim_until<?) ORDER BY due, id", (now, now)).fetchall()
+                ids = [int(r[0]) for r in rows]
+                c.executemany("UPDATE timers SET claimed_by=?, claim_until=? WHERE id=?",
+                              [(instance, now + hold, i) for i in ids])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return [t for t in (self._timer(c, i) for i in ids) if t is not None]
+
+        return await self._run(_claim)
+
+    @staticmethod
+    def _timer(c: sqlite3.Connection, timer_id: int) -> Timer | None:
+        r = c.execute("SELECT id, kind, job, server, due, state, attempts, detail FROM timers WHERE id=?",
+                      (timer_id,)).fetchone()
+        return Timer(**dict(r)) if r else None
+
     async def scheduled_timers(self) -> list[Timer]:
         def _q(c: sqlite3.Connection) -> list[Timer]:
-            rows = c.execute("SELECT * FROM timers WHERE state='scheduled' ORDER BY due, id")
+            rows = c.execute("SELECT id, kind, job, server, due, state, attempts, detail FROM timers"
+                             " WHERE state='scheduled' ORDER BY due, id")
             return [Timer(**dict(r)) for r in rows]
 
         return await self._run(_q)
@@ -364,12 +458,83 @@ class SqliteStore:
     ) -> None:
         def _u(c: sqlite3.Connection) -> None:
             c.execute(
-                "UPDATE timers SET state=?, due=coalesce(?, due), attempts=coalesce(?, attempts), detail=?"
-                " WHERE id=?",
+                "UPDATE timers SET state=?, due=coalesce(?, due), attempts=coalesce(?, attempts), detail=?,"
+                " claimed_by=NULL, claim_until=NULL WHERE id=?",
                 (state, due, attempts, detail, timer_id),
             )
 
         await self._run(_u)
+
+    # --- several monitors: membership, adoption, de-duplication ------------------------------------
+
+    async def heartbeat(self, instance: str, address: str, now: float, lease: float) -> None:
+        """Renew this monitor's membership lease (its jobs are its own while the lease holds)."""
+
+        def _hb(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO members(instance, address, started, lease_until) VALUES (?, ?, ?, ?)"
+                      " ON CONFLICT(instance) DO UPDATE SET address=excluded.address,"
+                      " lease_until=excluded.lease_until", (instance, address, now, now + lease))
+
+        await self._run(_hb)
+
+    async def leave(self, instance: str) -> None:
+        """A clean stop: the lease ends now, so the others adopt what is left at once."""
+        await self._run(lambda c: c.execute("UPDATE members SET lease_until=0 WHERE instance=?",
+                                            (instance,)))
+
+    async def members(self) -> list[dict[str, Any]]:
+        def _q(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = c.execute("SELECT instance, address, started, lease_until FROM members ORDER BY instance")
+            return [dict(r) for r in rows]
+
+        return await self._run(_q)
+
+    async def adopt_jobs(self, instance: str, now: float) -> list[Job]:
+        """Take over the active jobs of monitors whose lease ran out (and this monitor's own, after a
+        restart under the same name). Returns the jobs now owned by `instance` that it must run."""
+
+        def _adopt(c: sqlite3.Connection) -> list[Job]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                rows = c.execute(
+                    "SELECT id FROM jobs WHERE state IN ('queued','running') AND (owner IS NULL OR owner=?"
+                    " OR owner NOT IN (SELECT instance FROM members WHERE lease_until>?)) ORDER BY id",
+                    (instance, now)).fetchall()
+                ids = [int(r[0]) for r in rows]
+                c.executemany("UPDATE jobs SET owner=? WHERE id=?", [(instance, i) for i in ids])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            jobs = []
+            for i in ids:
+                r = c.execute("SELECT * FROM jobs WHERE id=?", (i,)).fetchone()
+                jobs.append(self._job_from(c, r))
+            return jobs
+
+        return await self._run(_adopt)
+
+    async def dedupe(self, key: str, instance: str, now: float, ttl: float) -> str | None:
+        """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first."""
+
+        def _d(c: sqlite3.Connection) -> str | None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT instance FROM dedupe WHERE key=? AND until>?", (key, now)).fetchone()
+                if row is not None and row[0] != instance:
+                    c.execute("COMMIT")
+                    return str(row[0])
+                c.execute("INSERT INTO dedupe(key, instance, until) VALUES (?, ?, ?) ON CONFLICT(key)"
+                          " DO UPDATE SET instance=excluded.instance, until=excluded.until",
+                          (key, instance, now + ttl))
+                c.execute("DELETE FROM dedupe WHERE until<=?", (now,))
+                c.execute("COMMIT")
+                return None
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        return await self._run(_d)
 
     # --- decisions -----------------------------------------------------------------------------
 

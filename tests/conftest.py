@@ -15,7 +15,7 @@ import pytest
 
 from lab.config import LabConfig
 from lab.main import LabSimulator
-from monitor.clock import Clock
+from monitor.clock import Clock, FakeClock
 from monitor.config import LoadedConfig, MonitorConfig
 from monitor.daemon import Daemon
 from monitor.model import Job
@@ -136,6 +136,18 @@ def monitor_config(lab_url: str, tmp_path: Path, token: str, **failover: Any) ->
 
 
 DaemonFactory = Callable[..., Any]
+
+
+async def advance_to(clock: FakeClock, when: float) -> None:
+    """Move the fake clock to `when`, stopping just before it until something waits for exactly
+    `when` (the daemon's timer loop sleeps until the next due timer, and at most a heartbeat)."""
+    if when - clock.time() > 0.5:
+        await clock.advance(when - clock.time() - 0.5)
+    try:
+        await asyncio.wait_for(clock.wait_for_deadline(when), 10)
+    except TimeoutError:
+        raise AssertionError(f"nothing waits for {when}: {clock.deadlines()} at {clock.time()}") from None
+    await clock.advance(when - clock.time())
 
 
 @pytest.fixture

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from monitor.clock import FakeClock
 from monitor.locks import GroupLocks
+from monitor.model import JobState, StepState
 from monitor.store import SqliteStore
 
 
@@ -51,15 +53,28 @@ async def test_fake_clock_sleep_and_timeout() -> None:
 
 
 @pytest.fixture
-async def locks(tmp_path: Path) -> AsyncIterator[GroupLocks]:
-    store = SqliteStore(str(tmp_path / "l.db"))
-    await store.open()
-    yield GroupLocks(store, FakeClock())
-    await store.close()
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "l.db"))
+    await s.open()
+    yield s
+    await s.close()
 
 
-async def test_waiters_are_served_in_job_order(locks: GroupLocks) -> None:
-    await locks.acquire("dg1", 5)
+async def waiting_job(store: SqliteStore, server: str, group: str = "dg1") -> int:
+    """A running job whose lock_group step runs (as the flow records it before it waits)."""
+    job = await store.create_job(server, group, {}, datetime.now(UTC))
+    job.state = JobState.RUNNING
+    job.step("lock_group").state = StepState.RUNNING
+    await store.save_job(job)
+    return job.id
+
+
+async def test_waiters_are_served_in_job_order(store: SqliteStore) -> None:
+    clock = FakeClock()
+    locks = GroupLocks(store, clock)
+    first = await waiting_job(store, "s0")
+    await locks.acquire("dg1", first)
+    ids = [await waiting_job(store, f"s{i}") for i in (1, 2, 3)]
     order: list[int] = []
     got = asyncio.Condition()
 
@@ -69,33 +84,65 @@ async def test_waiters_are_served_in_job_order(locks: GroupLocks) -> None:
             order.append(job)
             got.notify_all()
 
-    tasks = [asyncio.create_task(take(j)) for j in (9, 7, 8)]
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert locks.waiting("dg1") == [7, 8, 9]
-    for n, holder in enumerate((5, 7, 8), start=1):
+    tasks = [asyncio.create_task(take(j)) for j in reversed(ids)]  # they ask in reverse order
+    await asyncio.wait_for(_until(lambda: len(locks.waiting("dg1")) == 3), 5)
+    for n, holder in enumerate([first, *ids[:2]], start=1):
+        await _finish(store, holder)
         await locks.release("dg1", holder)
         async with got:
             await asyncio.wait_for(got.wait_for(lambda n=n: len(order) >= n), 5)  # type: ignore[misc]
-    assert order == [7, 8, 9]
-    await locks.release("dg1", 9)
+    assert order == ids
+    await locks.release("dg1", ids[2])
     await asyncio.gather(*tasks)
     assert locks.held() == {}
 
 
-async def test_other_groups_do_not_wait(locks: GroupLocks) -> None:
-    await locks.acquire("dg1", 1)
-    await asyncio.wait_for(locks.acquire("dg2", 2), 1)
-    assert locks.held() == {"dg1": 1, "dg2": 2}
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0)
 
 
-async def test_a_cancelled_waiter_does_not_block_the_group(locks: GroupLocks) -> None:
-    await locks.acquire("dg1", 1)
-    waiter = asyncio.create_task(locks.acquire("dg1", 2))
-    await asyncio.sleep(0)
+async def _finish(store: SqliteStore, job_id: int) -> None:
+    job = await store.get_job(job_id)
+    assert job is not None
+    job.state = JobState.COMPLETED
+    await store.save_job(job)
+
+
+async def test_other_groups_do_not_wait(store: SqliteStore) -> None:
+    locks = GroupLocks(store, FakeClock())
+    a, b = await waiting_job(store, "s1", "dg1"), await waiting_job(store, "s2", "dg2")
+    await locks.acquire("dg1", a)
+    await asyncio.wait_for(locks.acquire("dg2", b), 1)
+    assert locks.held() == {"dg1": a, "dg2": b}
+
+
+async def test_a_cancelled_waiter_does_not_block_the_group(store: SqliteStore) -> None:
+    locks = GroupLocks(store, FakeClock())
+    a, b, c = [await waiting_job(store, f"s{i}") for i in range(3)]
+    await locks.acquire("dg1", a)
+    waiter = asyncio.create_task(locks.acquire("dg1", b))
+    await asyncio.wait_for(_until(lambda: locks.waiting("dg1") == [b]), 5)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    await locks.release("dg1", 1)
-    await asyncio.wait_for(locks.acquire("dg1", 3), 1)
-    assert locks.holder("dg1") == 3
+    await _finish(store, b)  # the cancelled job ends (its flow records the failure)
+    await _finish(store, a)
+    await locks.release("dg1", a)
+    await asyncio.wait_for(locks.acquire("dg1", c), 1)
+    assert locks.holder("dg1") == c
+
+
+async def test_a_group_released_by_another_monitor_is_seen_by_polling(store: SqliteStore) -> None:
+    clock = FakeClock()
+    mine, theirs = GroupLocks(store, clock, poll=0.5), GroupLocks(store, clock, poll=0.5)
+    a, b = await waiting_job(store, "s1"), await waiting_job(store, "s2")
+    await theirs.acquire("dg1", a)
+    task = asyncio.create_task(mine.acquire("dg1", b))
+    await asyncio.wait_for(_until(lambda: mine.waiting("dg1") == [b] and clock.pending > 0), 5)
+    await _finish(store, a)
+    await store.unlock_group("dg1", a)  # the other monitor's release: no local wake-up here
+    assert not task.done()
+    await clock.advance(0.5)
+    await asyncio.wait_for(task, 5)
+    assert mine.holder("dg1") == b

@@ -3,7 +3,6 @@ move, discovery of the spare after the delay, retried with backoff while the hos
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from aiohttp import web
 from lab.main import LabSimulator
 from monitor.clock import FakeClock
 from monitor.config import MonitorConfig
-from tests.conftest import DaemonFactory, LabControl, monitor_config
+from tests.conftest import DaemonFactory, LabControl, advance_to, monitor_config
 
 INSTANT = {"power_off_s": 0, "power_on_s": 0, "boot_s": 0}
 
@@ -68,8 +67,7 @@ async def test_webhook(lab: LabSimulator, lab_control: LabControl, start_daemon:
     assert calls[0] == {"action": "remove_host", "server": "enc1-bay1", "profile": "prof-enc1-bay1",
                         "host": {"name": "host11.lab.example", "ip": "10.1.0.1"}}
     assert "host record host11.lab.example (10.1.0.1) removed" in job["steps"][5]["detail"]
-    await asyncio.wait_for(clock.wait_for_deadline(clock.time() + 600), 10)
-    await clock.advance(600)
+    await advance_to(clock, clock.time() + 600)
     await h.wait_for(lambda: (h.jobs[job["job"]].rediscovery or {}).get("state") == "done")
     assert calls[-1]["action"] == "discover" and calls[-1]["server"] == "enc1-bay9"
     assert "discovered as web.example (192.0.2.7)" in (h.jobs[job["job"]].rediscovery or {})["detail"]
@@ -119,9 +117,11 @@ async def test_command_with_retries_and_backoff(lab: LabSimulator, lab_control: 
     h = await start_daemon(cfg, clock=clock)
     job = await h.wait_job(await h.failover("enc1-bay1"))
     assert job["state"] == "completed", job
-    for wait in (600, 100, 200):  # the delay, then retries backing off: 100 s, then 200 s
-        await asyncio.wait_for(clock.wait_for_deadline(clock.time() + wait), 10)
-        await clock.advance(wait)
+    due = clock.time()
+    for n, wait in enumerate((600, 100, 200), start=1):  # the delay, then retries backing off
+        due += wait
+        await advance_to(clock, due)
+        await h.wait_for(lambda n=n: (h.jobs[job["job"]].rediscovery or {}).get("attempts") == n)
     await h.wait_for(lambda: (h.jobs[job["job"]].rediscovery or {}).get("state") == "done")
     red = h.jobs[job["job"]].rediscovery or {}
     assert red["attempts"] == 3 and "web.example" in red["detail"]

@@ -3,12 +3,11 @@ host is not up; survives a restart of the daemon."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from lab.main import LabSimulator
 from monitor.clock import FakeClock
-from tests.conftest import DaemonFactory, LabControl, monitor_config
+from tests.conftest import DaemonFactory, LabControl, advance_to, monitor_config
 
 DELAY = 600.0
 # Power changes land before the next BMC read, so the flow never sleeps on the (fake) clock.
@@ -28,11 +27,10 @@ async def test_rediscovery_fires_after_the_delay(lab: LabSimulator, lab_control:
     assert job["rediscovery"]["state"] == "scheduled"
     spare = job["spare"]
     due = clock.time() + DELAY
-    await asyncio.wait_for(clock.wait_for_deadline(due), 10)
     await clock.advance(DELAY - 1)
     assert (await lab_control.server(spare))["host"] is None  # not yet
     assert h.jobs[job["job"]].rediscovery == job["rediscovery"]
-    await clock.advance(1)
+    await advance_to(clock, due)
     await h.wait_for(lambda: (h.jobs[job["job"]].rediscovery or {}).get("state") == "done")
     red = h.jobs[job["job"]].rediscovery or {}
     assert red["attempts"] == 1 and "discovered as host11.lab.example" in red["detail"]
@@ -50,14 +48,13 @@ async def test_rediscovery_retries_while_the_host_is_not_up(
     job = await h.wait_job(await h.failover("enc1-bay1"))
     spare = job["spare"]
     await lab_control.call("PUT", f"/lab/v1/servers/{spare}", {"power": "Off"})  # a slow boot
-    await asyncio.wait_for(clock.wait_for_deadline(clock.time() + DELAY), 10)
-    await clock.advance(DELAY)
+    due = clock.time() + DELAY
+    await advance_to(clock, due)
     await h.wait_for(lambda: (h.jobs[job["job"]].rediscovery or {}).get("attempts") == 1)
     red = h.jobs[job["job"]].rediscovery or {}
     assert red["state"] == "scheduled" and "retry 1/1" in red["detail"]
     await lab_control.call("PUT", f"/lab/v1/servers/{spare}", {"power": "On"})
-    await asyncio.wait_for(clock.wait_for_deadline(clock.time() + 300), 10)
-    await clock.advance(300)
+    await advance_to(clock, due + 300)
     await h.wait_for(lambda: (h.jobs[job["job"]].rediscovery or {}).get("state") == "done")
     assert (h.jobs[job["job"]].rediscovery or {})["attempts"] == 2
 
@@ -71,8 +68,7 @@ async def test_rediscovery_gives_up_and_says_so(
                                           rediscovery={"delay": DELAY, "retries": 0}), clock=clock)
     job = await h.wait_job(await h.failover("enc1-bay1"))
     await lab_control.call("PUT", f"/lab/v1/servers/{job['spare']}", {"power": "Off"})
-    await asyncio.wait_for(clock.wait_for_deadline(clock.time() + DELAY), 10)
-    await clock.advance(DELAY)
+    await advance_to(clock, clock.time() + DELAY)
     await h.wait_for(lambda: (h.jobs[job["job"]].rediscovery or {}).get("state") == "failed")
     assert "rerun discovery" in (h.jobs[job["job"]].rediscovery or {})["detail"]
 
