@@ -360,6 +360,10 @@ class Daemon:
                 self._tasks["jobs"] = tg.create_task(jobs_then_mqtt(), name="job-runner")
                 if mqtt is not None:
                     self._tasks["mqtt"] = tg.create_task(mqtt.run(mqtt_stop), name="mqtt")
+                    # A crash may have lost buffered job states: publish the recent ones again (retained,
+                    # so this only brings subscribers up to date).
+                    for recent in reversed(await self.store.list_jobs(limit=100)):
+                        mqtt.job(recent)
                 self._tasks["inventory_refresh"] = tg.create_task(
                     self._refresh_loop(adapters.manager, stop), name="inventory-refresh")
                 self._tasks["rules"] = tg.create_task(pipeline.run(stop), name="rules-pipeline")
