@@ -53,6 +53,30 @@ class PauseRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+MAX_EVENT_DEPTH = 32
+"""Nesting levels allowed in a posted event (its attributes, varbinds...): deeper ones are refused with
+400, since every decision stores and serializes its event (a deep one would fail there, not here)."""
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (iteratively: no recursion limit to hit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_EVENT_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 class EventIn(BaseModel):
     """A normalized event as posted or recorded: `time` defaults to now, `source` to "file"."""
 
@@ -71,6 +95,8 @@ class EventIn(BaseModel):
     @field_validator("event")
     @classmethod
     def _valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value) > MAX_EVENT_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_EVENT_DEPTH} levels")
         Event.model_validate({"source": "file", "time": datetime.now(UTC), **value})
         return value
 
@@ -234,8 +260,14 @@ class Api:
         except (ValueError, UnicodeDecodeError) as exc:
             self._reject("bad_json")
             return _error(400, f"malformed JSON: {exc}")
+        except RecursionError:
+            self._reject("bad_json")
+            return _error(400, "malformed JSON: nested too deeply")
         try:
             return model.model_validate(body)
+        except RecursionError:
+            self._reject("bad_request")
+            return _error(400, "body: nested too deeply")
         except ValidationError as exc:
             self._reject("bad_request")
             first = exc.errors()[0]

@@ -22,7 +22,7 @@ from monitor.events import Event
 from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
 from monitor.metrics import Metrics
 from monitor.model import Inventory, iso
-from monitor.ports import AlertSink
+from monitor.ports import AdapterError, AlertSink
 from monitor.resolve import Resolver
 from monitor.store import ActiveJobExists, SqliteStore
 from monitor.yamlfile import ConfigError
@@ -180,7 +180,8 @@ class Pipeline:
                 decision.job = job.id
             except ActiveJobExists as exc:
                 decision.action, decision.guard = "none", f"{server.id} already has active job {exc.job}"
-            except (UnknownServer, ShuttingDown) as exc:
+            except (UnknownServer, ShuttingDown, AdapterError) as exc:
+                # e.g. the manager is down: the decision is kept and alerted, nothing is touched
                 decision.action, decision.guard = "alert", f"failover not started: {exc}"
         if decision.action in ("failover", "alert") or decision.storm_alert:
             payload = self.alert_payload(decision)

@@ -151,6 +151,8 @@ def parse_document(file: str, text: str) -> Document:
             return Document(file, text, json.loads(text))
         except json.JSONDecodeError as exc:
             raise ConfigError([ConfigIssue(file, exc.lineno, "(json)", exc.msg)]) from None
+        except RecursionError:
+            raise ConfigError([ConfigIssue(file, 1, "(json)", "nested too deeply")]) from None
     try:
         if _FAST_LOADER is not None and "&" not in text:
             # No anchor can be defined, so no alias can appear: the C parser is safe and ~4x faster.
@@ -168,6 +170,8 @@ def parse_document(file: str, text: str) -> Document:
         raise ConfigError([ConfigIssue(file, line, "(yaml)", str(exc.problem or exc))]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, 1, "(yaml)", str(exc))]) from None
+    except RecursionError:
+        raise ConfigError([ConfigIssue(file, 1, "(yaml)", "nested too deeply")]) from None
 
 
 def load_document(path: Path) -> Document:
@@ -188,6 +192,8 @@ def validate(model: type[M], doc: Document) -> M:
     issues = [ConfigIssue(doc.file, 1, "(env)", f"environment variable {n} is not set") for n in missing]
     try:
         result = model.model_validate(expanded)
+    except RecursionError:
+        raise ConfigError([ConfigIssue(doc.file, 1, "(top)", "nested too deeply")]) from None
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if isinstance(p, int | str))
