@@ -32,7 +32,7 @@ def test_every_error_in_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "  power_off_timeout: -1\n"
         "  step_timeouts: {teleport: 3}\n"
         "  colour: blue\n"
-        "store: postgresql://db/x\n"
+        "store: ftp://db/x\n"
     )
     assert main(["check-config", "-c", str(cfg)]) == 1
     out = capsys.readouterr().out.splitlines()
