@@ -65,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="resume automatic failover")
     _api_args(p)
 
+    p = sub.add_parser("db", help="store maintenance")
+    dsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    u = dsub.add_parser("upgrade", help="apply the store's schema migrations; print the version before/after")
+    _config_arg(u)
+
     p = sub.add_parser("lab", help="run the lab simulator (virtual enclosures, BMCs, manager)")
     p.add_argument("-c", "--config", type=Path, default=None, help="lab config (default: built-in)")
     p.add_argument("--ready-file", type=Path, default=None)
@@ -167,7 +172,8 @@ def api_base(loaded: LoadedConfig, override: str | None) -> str:
     host, _, port = loaded.config.http.listen.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    scheme = "https" if loaded.config.http.tls_cert else "http"
+    return f"{scheme}://{host}:{port}"
 
 
 def api_token(loaded: LoadedConfig) -> str | None:
@@ -359,6 +365,24 @@ async def _pause(args: argparse.Namespace, reason: str | None) -> int:
     return 0
 
 
+# --- db upgrade ----------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from monitor.store import StoreError
+    from monitor.stores import upgrade_store
+
+    loaded = _load(args.config)
+    try:
+        before, after = asyncio.run(upgrade_store(loaded.config, loaded.store_path))
+    except StoreError as exc:
+        print(f"failover-monitor: {exc}", file=sys.stderr)
+        return 1
+    what = "up to date" if before == after else "upgraded"
+    print(f"store schema {before} -> {after} ({what})")
+    return 0
+
+
 def _api_command(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))
@@ -384,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             return _api_command(_pause(args, args.reason))
         if args.command == "resume":
             return _api_command(_pause(args, None))
+        if args.command == "db":
+            return cmd_db_upgrade(args)
         if args.command == "lab":
             from lab.main import main as lab_main
 

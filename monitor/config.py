@@ -312,12 +312,32 @@ class StoreSqlite(_Strict):
     """`full`: every job record survives power loss of the monitor's host; `normal`: a process crash."""
 
 
+class StorePostgres(_Strict):
+    """The connection pool of a PostgreSQL store (`store: postgresql://…`)."""
+
+    min_size: Annotated[int, Field(ge=0)] = 1
+    """Connections kept open."""
+    max_size: Annotated[int, Field(ge=1)] = 10
+    """Connections at most (jobs, the API and the timers share them)."""
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds for each store call (connecting included); past it the call fails as "unavailable" and
+    a job's save is retried while its lease holds."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> StorePostgres:
+        if self.min_size > self.max_size:
+            raise ValueError("postgres.min_size must be at most postgres.max_size")
+        return self
+
+
 class MonitorConfig(_Strict):
     instance: str = "monitor-1"
     http: HttpConfig = HttpConfig()
     store: str = "failover-monitor.db"
-    """A SQLite file path (relative to the config file), or `:memory:`."""
+    """A SQLite file path (relative to the config file), `:memory:`, or a PostgreSQL URL
+    (`postgresql://user:${PGPASSWORD}@host:5432/dbname`, or postgres://) shared by several monitors."""
     sqlite: StoreSqlite = StoreSqlite()
+    postgres: StorePostgres = StorePostgres()
     inventory: InventoryConfig = InventoryConfig()
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
@@ -333,7 +353,9 @@ class MonitorConfig(_Strict):
     @classmethod
     def _store(cls, v: str) -> str:
         if v.startswith(("postgresql://", "postgres://")):
-            raise ValueError("the PostgreSQL store is not available in this version; use a SQLite path")
+            return v  # the shared PostgreSQL store (monitor.store_pg)
+        if "://" in v:
+            raise ValueError("store: a SQLite file path, :memory:, or a postgresql:// URL")
         return v
 
 

@@ -11,7 +11,7 @@ import socket
 import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -27,6 +27,7 @@ from monitor.model import Inventory, Server
 from monitor.pipeline import LogAlertSink, Pipeline, PolicyHolder
 from monitor.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
 from monitor.store import SqliteStore, StoreError
+from monitor.stores import open_store
 from monitor.yamlfile import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class Daemon:
         self.clock = clock if clock is not None else SystemClock()
         self._adapters = adapters
         self.metrics = Metrics()
-        self.store = SqliteStore(loaded.store_path, synchronous=self.config.sqlite.synchronous)
+        # SqliteStore or PostgresStore (monitor.stores.Store); the cast until the modules annotate with Store.
+        self.store = cast(SqliteStore, open_store(self.config, loaded.store_path))
         self.runner: JobRunner | None = None
         self._inventory: Inventory | None = None
         self._inventory_error: str | None = None

@@ -178,24 +178,26 @@ class SqliteStore:
             conn.execute(f"PRAGMA synchronous={self._sync.upper()}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            version = 1 if row is None else int(row[0])
-            if row is None:
-                conn.execute("INSERT INTO meta(key, value) VALUES ('schema', '1')")
-            if version > SCHEMA_VERSION:
-                conn.close()
-                raise StoreError(f"store schema {version} is newer than this program ({SCHEMA_VERSION})")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+            # One write transaction for the schema and its migrations: several monitors opening a new
+            # file at once take turns (busy_timeout) and each sees the version the previous one left.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '1')")
+                version = int(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"store schema {version} is newer than this program ({SCHEMA_VERSION})")
+                for target in range(version + 1, SCHEMA_VERSION + 1):
                     for sql in _MIGRATIONS[target]:
                         conn.execute(sql)
                     conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(target),))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                conn.close()
+                raise
             return conn
 
         loop = asyncio.get_running_loop()

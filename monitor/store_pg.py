@@ -1,0 +1,691 @@
+"""The PostgreSQL store: the same jobs, steps, group locks, timers, leases and values as `SqliteStore`,
+shared by several monitors through one database.
+
+Every public method has SqliteStore's signature and meaning. Each call takes a connection from an asyncpg
+pool and runs under a deadline (`timeout`); a database that cannot be reached (refused, reset, restarting,
+the pool closed under a call, the deadline passed) raises `StoreUnavailable`, so the caller retries while
+its lease holds. After such an error the pool's other connections are replaced on their next use: the
+database restarting leaves every idle connection dead, and the retry must not draw another one.
+
+Concurrency, with several monitors writing at once:
+- create_job: `INSERT … ON CONFLICT (server) WHERE active DO NOTHING` against the unique partial index;
+  the loser waits for the winner's transaction and reads the winner's job id.
+- save_job: one statement: the job row updated only `WHERE owner IS NOT DISTINCT FROM $owner` (the row
+  lock and READ COMMITTED's re-check fence it against an adoption committed meanwhile), its steps only
+  when the job row was updated.
+- lock_group: a transaction holding `pg_advisory_xact_lock(LOCK_NS, hashtext(group))`, so the decision
+  (holder, lowest waiting job, stale rows) is taken by one monitor at a time per group.
+- claim_due_timers: `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`.
+- adopt_jobs: one `UPDATE … RETURNING` (the row lock and re-check: two adopters never take one job).
+- dedupe: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expired OR ours`.
+Serialization failures and deadlocks are retried a few times inside the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from monitor.model import STEPS, Job, JobState, Step, StepState
+from monitor.store import (
+    SCHEMA_VERSION,
+    ActiveJobExists,
+    LostOwnership,
+    StoreError,
+    StoreUnavailable,
+    Timer,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+# Advisory lock namespaces (the two-int form keeps ours apart from anyone else's in the database).
+LOCK_NS = 0x666D  # "fm"
+_MIGRATION_LOCK = 1
+_GROUP_LOCK = 2
+
+_ACTIVE = "('queued', 'running')"
+
+# Versioned migrations: each takes the store from version N-1 to N, in its own transaction. The numbers
+# follow SqliteStore's (version 1: the base tables, 2: owners, timer claims, members, dedupe).
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE jobs (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            server TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            state TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            profile TEXT,
+            spare TEXT,
+            error TEXT,
+            created DOUBLE PRECISION NOT NULL,
+            finished DOUBLE PRECISION,
+            context TEXT NOT NULL DEFAULT '{}',
+            notes TEXT NOT NULL DEFAULT '[]',
+            rediscovery TEXT)""",
+        f"CREATE UNIQUE INDEX one_active_job_per_server ON jobs(server) WHERE state IN {_ACTIVE}",
+        "CREATE INDEX jobs_by_state ON jobs(state)",
+        "CREATE INDEX jobs_by_group ON jobs(grp) WHERE state IN ('queued', 'running')",
+        """CREATE TABLE steps (
+            job BIGINT NOT NULL REFERENCES jobs(id),
+            position INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            state TEXT NOT NULL,
+            started DOUBLE PRECISION,
+            finished DOUBLE PRECISION,
+            detail TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (job, position))""",
+        """CREATE TABLE group_locks (
+            grp TEXT PRIMARY KEY,
+            job BIGINT NOT NULL,
+            acquired DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE timers (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind TEXT NOT NULL,
+            job BIGINT NOT NULL,
+            server TEXT NOT NULL,
+            due DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            detail TEXT NOT NULL DEFAULT '',
+            UNIQUE (kind, job))""",
+        "CREATE INDEX timers_due ON timers(due, id) WHERE state = 'scheduled'",
+        """CREATE TABLE decisions (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            time DOUBLE PRECISION NOT NULL,
+            server TEXT,
+            action TEXT NOT NULL,
+            rule TEXT,
+            body TEXT NOT NULL)""",
+        "CREATE INDEX decisions_by_server ON decisions(server, id)",
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE inventory_state (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (kind, key))""",
+    ],
+    2: [
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "ALTER TABLE timers ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE timers ADD COLUMN claim_until DOUBLE PRECISION",
+        """CREATE TABLE members (
+            instance TEXT PRIMARY KEY, address TEXT NOT NULL DEFAULT '',
+            started DOUBLE PRECISION NOT NULL, lease_until DOUBLE PRECISION NOT NULL)""",
+        "CREATE TABLE dedupe (key TEXT PRIMARY KEY, instance TEXT NOT NULL, until DOUBLE PRECISION NOT NULL)",
+    ],
+}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1)), "a migration per schema version"
+
+_META = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now()))"""
+
+_TIMER_COLS = "id, kind, job, server, due, state, attempts, detail"
+
+# Errors that mean "the database is not reachable right now", not "the request was wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    ConnectionError,
+    asyncpg.exceptions.PostgresConnectionError,  # 08xxx: ConnectionDoesNotExistError, …
+    asyncpg.exceptions.OperatorInterventionError,  # 57xxx: admin shutdown, CannotConnectNowError, …
+    asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full
+    asyncpg.exceptions.InterfaceError,  # the connection or pool closed under the call
+    asyncpg.exceptions.InternalClientError,
+)
+# Worth doing again at once: another transaction got in the way.
+_CONFLICT = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
+_ATTEMPTS = 5
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _ts(t: datetime | None) -> float | None:
+    return t.timestamp() if t else None
+
+
+def _dt(v: float | None) -> datetime | None:
+    return datetime.fromtimestamp(v, UTC) if v is not None else None
+
+
+def _text(s: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a BMC's message with one must not stop a job."""
+    return s.replace("\x00", "\ufffd") if s and "\x00" in s else s
+
+
+def _timer(r: asyncpg.Record) -> Timer:
+    return Timer(id=int(r["id"]), kind=r["kind"], job=int(r["job"]), server=r["server"],
+                 due=float(r["due"]), state=r["state"], attempts=int(r["attempts"]), detail=r["detail"])
+
+
+class PostgresStore:
+    """The shared store on PostgreSQL. Open with `await store.open()` (which applies the migrations),
+    close with `await store.close()`. `url`: postgresql://[user[:password]@]host[:port]/database; the
+    usual PG* environment variables (PGPASSWORD, PGSSLMODE, …) fill what it leaves out."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0) -> None:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise StoreError("a PostgreSQL store URL starts with postgresql:// or postgres://")
+        if not 0 <= min_size <= max_size or max_size < 1 or timeout <= 0:
+            raise StoreError("PostgreSQL pool: need 0 <= min_size <= max_size, max_size >= 1, timeout > 0")
+        self.url = url
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r})"
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        what = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            what = f"no answer within {self.timeout:g} s"
+        return StoreUnavailable(f"store {redact(self.url)}: {what}")
+
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `fn` on a pooled connection under the deadline; map connection problems to
+        StoreUnavailable and retry serialization failures and deadlocks."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("store is not open")
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    async with pool.acquire() as conn:
+                        return await fn(conn)
+            except StoreError:
+                raise
+            except asyncpg.exceptions.DataError as exc:  # a value of the wrong type: a bug, not an outage
+                raise StoreError(f"store {redact(self.url)}: {exc}") from exc
+            except _CONFLICT as exc:
+                if attempt == _ATTEMPTS - 1:
+                    raise StoreUnavailable(f"store {redact(self.url)}: {exc}") from exc
+                await asyncio.sleep(0.005 * (attempt + 1))
+            except _UNAVAILABLE as exc:
+                # The database went away: the pool's idle connections are dead too. Replace them on
+                # their next use, so that the caller's retry gets a fresh one.
+                await pool.expire_connections()
+                raise self._unavailable(exc) from exc
+            except asyncpg.exceptions.PostgresError as exc:
+                raise StoreError(f"store {redact(self.url)}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, isolation: str = "read_committed") -> T:
+        async def _in_tx(c: Conn) -> T:
+            async with c.transaction(isolation=isolation):  # type: ignore[arg-type]
+                return await fn(c)
+
+        return await self._run(_in_tx)
+
+    async def open(self, *, upgrade: bool = True) -> None:
+        """Connect, and bring the schema up to SCHEMA_VERSION (refusing a newer one). `upgrade=False`
+        only connects (`failover-monitor db upgrade` reads the version first)."""
+        if self._pool is not None:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                pool = await asyncpg.create_pool(
+                    self.url, min_size=self.min_size, max_size=self.max_size, timeout=self.timeout,
+                    command_timeout=self.timeout, server_settings={"application_name": "failover-monitor"})
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        except asyncpg.exceptions.PostgresError as exc:  # no such database, authentication, …
+            raise StoreError(f"cannot open store {redact(self.url)}: {exc}") from exc
+        self._pool = pool
+        if not upgrade:
+            return
+        try:
+            await self.upgrade()
+        except BaseException:
+            self._pool = None
+            pool.terminate()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), self.timeout)
+        except _UNAVAILABLE:
+            pool.terminate()
+
+    async def ping(self) -> None:
+        async def _ping(c: Conn) -> None:
+            await c.fetchval("SELECT 1")
+
+        await self._run(_ping)
+
+    # --- schema --------------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        """The schema version the database is at (0: an empty database)."""
+
+        async def _v(c: Conn) -> int:
+            exists = await c.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not exists:
+                return 0
+            return int(await c.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+        return await self._run(_v)
+
+    async def upgrade(self) -> int:
+        """Apply the missing migrations, each in its own transaction under an advisory lock (monitors
+        starting together take turns; the second finds the work done). Returns the version reached."""
+        while True:
+
+            async def _step(c: Conn) -> int | None:
+                await c.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NS, _MIGRATION_LOCK)
+                await c.execute(_META)
+                version = int(await c.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"store schema {version} is newer than this program ({SCHEMA_VERSION})")
+                if version == SCHEMA_VERSION:
+                    return None
+                target = version + 1
+                for sql in MIGRATIONS[target]:
+                    await c.execute(sql)
+                await c.execute("INSERT INTO schema_migrations(version) VALUES ($1)", target)
+                return target
+
+            applied = await self._tx(_step)
+            if applied is None:
+                return SCHEMA_VERSION
+            log.info("store %s: migrated to schema %d", redact(self.url), applied)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime,
+                         owner: str | None = None) -> Job:
+        """Create a queued job owned by `owner`; ActiveJobExists when the server has an active one."""
+        trigger_json = json.dumps(trigger)
+
+        async def _create(c: Conn) -> int:
+            for _ in range(_ATTEMPTS):
+                job_id = await c.fetchval(
+                    "INSERT INTO jobs(server, grp, state, trigger, created, owner)"
+                    " VALUES ($1, $2, 'queued', $3, $4, $5)"
+                    f" ON CONFLICT (server) WHERE state IN {_ACTIVE} DO NOTHING RETURNING id",
+                    server, group, trigger_json, now.timestamp(), owner)
+                if job_id is not None:
+                    await c.execute(
+                        "INSERT INTO steps(job, position, step, state)"
+                        " SELECT $1, p - 1, s, 'pending' FROM unnest($2::text[]) WITH ORDINALITY AS u(s, p)",
+                        job_id, list(STEPS))
+                    return int(job_id)
+                holder = await c.fetchval(
+                    f"SELECT id FROM jobs WHERE server=$1 AND state IN {_ACTIVE}", server)
+                if holder is not None:
+                    raise ActiveJobExists(server, int(holder))
+                # The holder ended between the two statements: try again.
+            raise ActiveJobExists(server, 0)
+
+        job_id = await self._tx(_create)
+        return Job(
+            id=job_id, server=server, group=group, state=JobState.QUEUED, trigger=trigger, created=now,
+            steps=[Step(name) for name in STEPS], owner=owner,
+        )
+
+    async def save_job(self, job: Job) -> None:
+        """Write the job and all its steps in one committed transaction — only while `job.owner` still
+        owns it (LostOwnership otherwise: another monitor took the job over)."""
+        args = (
+            job.id, job.owner, job.state.value, _text(job.profile), _text(job.spare), _text(job.error),
+            _ts(job.finished), json.dumps(job.context), json.dumps(job.notes),
+            json.dumps(job.rediscovery) if job.rediscovery is not None else None,
+            list(range(len(job.steps))), [s.state.value for s in job.steps],
+            [_ts(s.started) for s in job.steps], [_ts(s.finished) for s in job.steps],
+            [_text(s.detail) for s in job.steps],
+        )
+
+        async def _save(c: Conn) -> None:
+            # One statement is one transaction: the steps change only if the job row did.
+            saved = await c.fetchval(
+                "WITH j AS (UPDATE jobs SET state=$3, profile=$4, spare=$5, error=$6, finished=$7,"
+                " context=$8, notes=$9, rediscovery=$10 WHERE id=$1 AND owner IS NOT DISTINCT FROM $2"
+                " RETURNING id),"
+                " s AS (UPDATE steps SET state=u.state, started=u.started, finished=u.finished,"
+                " detail=u.detail FROM j, unnest($11::int[], $12::text[], $13::float8[], $14::float8[],"
+                " $15::text[]) AS u(position, state, started, finished, detail)"
+                " WHERE steps.job = j.id AND steps.position = u.position RETURNING 1)"
+                " SELECT count(*) FROM j",
+                *args)
+            if not saved:
+                holder = await c.fetchval("SELECT owner FROM jobs WHERE id=$1", job.id)
+                raise LostOwnership(job.id, holder)
+
+        await self._run(_save)
+
+    @staticmethod
+    async def _jobs_from(c: Conn, rows: Sequence[asyncpg.Record]) -> list[Job]:
+        if not rows:
+            return []
+        steps: dict[int, list[Step]] = {int(r["id"]): [] for r in rows}
+        for s in await c.fetch("SELECT * FROM steps WHERE job = ANY($1::bigint[]) ORDER BY job, position",
+                               list(steps)):
+            steps[int(s["job"])].append(
+                Step(s["step"], StepState(s["state"]), _dt(s["started"]), _dt(s["finished"]), s["detail"]))
+        return [
+            Job(
+                id=int(r["id"]), server=r["server"], group=r["grp"], state=JobState(r["state"]),
+                trigger=json.loads(r["trigger"]), created=_dt(r["created"]) or datetime.now(UTC),
+                steps=steps[int(r["id"])], profile=r["profile"], spare=r["spare"], error=r["error"],
+                finished=_dt(r["finished"]), context=json.loads(r["context"]), notes=json.loads(r["notes"]),
+                rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None, owner=r["owner"],
+            )
+            for r in rows
+        ]
+
+    async def _select_jobs(self, sql: str, *args: Any) -> list[Job]:
+        async def _q(c: Conn) -> list[Job]:
+            # One snapshot for the jobs and their steps.
+            async with c.transaction(isolation="repeatable_read", readonly=True):
+                return await self._jobs_from(c, await c.fetch(sql, *args))
+
+        return await self._run(_q)
+
+    async def get_job(self, job_id: int) -> Job | None:
+        jobs = await self._select_jobs("SELECT * FROM jobs WHERE id=$1", job_id)
+        return jobs[0] if jobs else None
+
+    async def list_jobs(
+        self, *, state: str | None = None, server: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if state:
+            args.append(state)
+            where.append(f"state=${len(args)}")
+        if server:
+            args.append(server)
+            where.append(f"server=${len(args)}")
+        args.append(limit)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        return await self._select_jobs(sql + f" ORDER BY id DESC LIMIT ${len(args)}", *args)
+
+    async def active_jobs(self) -> list[Job]:
+        return await self._select_jobs(f"SELECT * FROM jobs WHERE state IN {_ACTIVE} ORDER BY id")
+
+    async def active_by_server(self) -> dict[str, int]:
+        async def _q(c: Conn) -> dict[str, int]:
+            rows = await c.fetch(f"SELECT server, id FROM jobs WHERE state IN {_ACTIVE}")
+            return {r[0]: int(r[1]) for r in rows}
+
+        return await self._run(_q)
+
+    async def job_counts(self) -> dict[str, int]:
+        async def _q(c: Conn) -> dict[str, int]:
+            return {r[0]: int(r[1]) for r in await c.fetch("SELECT state, count(*) FROM jobs GROUP BY state")}
+
+        return await self._run(_q)
+
+    # --- group locks ---------------------------------------------------------------------------
+
+    async def lock_group(self, group: str, job: int, now: float) -> int | None:
+        """Take `group` for `job`. Returns None on success, or the job that holds it or goes first.
+
+        Fair across monitors: the group goes to the lowest-numbered active job of the group that is
+        waiting for it (its lock_group step running). A row left by a job that is no longer active is
+        stale and replaced."""
+
+        async def _lock(c: Conn) -> int | None:
+            # Decided by one monitor at a time per group; each statement after the lock sees every
+            # commit made before it (READ COMMITTED).
+            await c.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_NS + _GROUP_LOCK, group)
+            holder = await c.fetchval(
+                "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
+                f" WHERE l.grp=$1 AND j.state IN {_ACTIVE}", group)
+            if holder is not None and int(holder) != job:
+                return int(holder)
+            if holder is None:
+                first = await c.fetchval(
+                    "SELECT min(j.id) FROM jobs j JOIN steps s ON s.job = j.id AND s.step = 'lock_group'"
+                    " WHERE j.grp=$1 AND j.state='running' AND s.state='running'", group)
+                if first is not None and int(first) < job:
+                    return int(first)
+                await c.execute(
+                    "INSERT INTO group_locks(grp, job, acquired) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
+                    group, job, now)
+            return None
+
+        return await self._tx(_lock)
+
+    async def unlock_group(self, group: str, job: int) -> bool:
+        async def _unlock(c: Conn) -> bool:
+            status = await c.execute("DELETE FROM group_locks WHERE grp=$1 AND job=$2", group, job)
+            return status != "DELETE 0"
+
+        return await self._run(_unlock)
+
+    async def group_locks(self) -> dict[str, int]:
+        async def _q(c: Conn) -> dict[str, int]:
+            return {r[0]: int(r[1]) for r in await c.fetch("SELECT grp, job FROM group_locks")}
+
+        return await self._run(_q)
+
+    # --- durable timers --------------------------------------------------------------------------
+
+    async def add_timer(self, kind: str, job: int, server: str, due: float) -> Timer:
+        """Schedule a timer once per (kind, job); scheduling it again returns the existing one."""
+
+        async def _add(c: Conn) -> Timer:
+            for _ in range(_ATTEMPTS):
+                r = await c.fetchrow(
+                    "INSERT INTO timers(kind, job, server, due, state) VALUES ($1, $2, $3, $4, 'scheduled')"
+                    f" ON CONFLICT (kind, job) DO NOTHING RETURNING {_TIMER_COLS}", kind, job, server, due)
+                if r is None:
+                    r = await c.fetchrow(f"SELECT {_TIMER_COLS} FROM timers WHERE kind=$1 AND job=$2",
+                                         kind, job)
+                if r is not None:
+                    return _timer(r)
+            raise StoreError(f"timer {kind} of job {job}: could not be scheduled")
+
+        return await self._run(_add)
+
+    async def claim_due_timers(self, instance: str, now: float, hold: float) -> list[Timer]:
+        """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor."""
+
+        async def _claim(c: Conn) -> list[Timer]:
+            rows = await c.fetch(
+                "UPDATE timers SET claimed_by=$1, claim_until=$2 WHERE id IN ("
+                " SELECT id FROM timers WHERE state='scheduled' AND due<=$3"
+                " AND (claim_until IS NULL OR claim_until<$3) ORDER BY due, id FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_TIMER_COLS}", instance, now + hold, now)
+            return sorted((_timer(r) for r in rows), key=lambda t: (t.due, t.id))
+
+        return await self._run(_claim)
+
+    async def scheduled_timers(self) -> list[Timer]:
+        async def _q(c: Conn) -> list[Timer]:
+            rows = await c.fetch(f"SELECT {_TIMER_COLS} FROM timers WHERE state='scheduled' ORDER BY due, id")
+            return [_timer(r) for r in rows]
+
+        return await self._run(_q)
+
+    async def update_timer(
+        self, timer_id: int, *, state: str, due: float | None = None, attempts: int | None = None,
+        detail: str = "",
+    ) -> None:
+        async def _u(c: Conn) -> None:
+            await c.execute(
+                "UPDATE timers SET state=$1, due=coalesce($2, due), attempts=coalesce($3, attempts),"
+                " detail=$4, claimed_by=NULL, claim_until=NULL WHERE id=$5",
+                state, due, attempts, _text(detail), timer_id)
+
+        await self._run(_u)
+
+    # --- several monitors: membership, adoption, de-duplication ------------------------------------
+
+    async def heartbeat(self, instance: str, address: str, now: float, lease: float) -> None:
+        """Renew this monitor's membership lease (its jobs are its own while the lease holds)."""
+
+        async def _hb(c: Conn) -> None:
+            await c.execute(
+                "INSERT INTO members(instance, address, started, lease_until) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (instance) DO UPDATE SET address=excluded.address,"
+                " lease_until=excluded.lease_until", instance, address, now, now + lease)
+
+        await self._run(_hb)
+
+    async def leave(self, instance: str) -> None:
+        """A clean stop: the lease ends now, so the others adopt what is left at once."""
+
+        async def _leave(c: Conn) -> None:
+            await c.execute("UPDATE members SET lease_until=0 WHERE instance=$1", instance)
+
+        await self._run(_leave)
+
+    async def members(self) -> list[dict[str, Any]]:
+        async def _q(c: Conn) -> list[dict[str, Any]]:
+            rows = await c.fetch(
+                "SELECT instance, address, started, lease_until FROM members ORDER BY instance")
+            return [dict(r) for r in rows]
+
+        return await self._run(_q)
+
+    async def adopt_jobs(self, instance: str, now: float) -> list[Job]:
+        """Take over the active jobs of monitors whose lease ran out (and this monitor's own, after a
+        restart under the same name). Returns the jobs now owned by `instance` that it must run."""
+
+        async def _adopt(c: Conn) -> list[Job]:
+            # The row locks of the UPDATE and READ COMMITTED's re-check of a row another adopter just
+            # changed: each job goes to one monitor.
+            rows = await c.fetch(
+                f"UPDATE jobs SET owner=$1 WHERE state IN {_ACTIVE} AND (owner IS NULL OR owner=$1"
+                " OR owner NOT IN (SELECT instance FROM members WHERE lease_until>$2)) RETURNING *",
+                instance, now)
+            return await self._jobs_from(c, sorted(rows, key=lambda r: int(r["id"])))
+
+        return await self._tx(_adopt)
+
+    async def dedupe(self, key: str, instance: str, now: float, ttl: float) -> str | None:
+        """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first."""
+
+        async def _d(c: Conn) -> str | None:
+            for _ in range(_ATTEMPTS):
+                mine = await c.fetchval(
+                    "WITH gone AS (DELETE FROM dedupe WHERE until<=$3 AND key<>$1)"
+                    " INSERT INTO dedupe(key, instance, until) VALUES ($1, $2, $4) ON CONFLICT (key)"
+                    " DO UPDATE SET instance=excluded.instance, until=excluded.until"
+                    " WHERE dedupe.until<=$3 OR dedupe.instance=excluded.instance RETURNING 1",
+                    key, instance, now, now + ttl)
+                if mine is not None:
+                    return None
+                holder = await c.fetchval("SELECT instance FROM dedupe WHERE key=$1 AND until>$2", key, now)
+                if holder is not None:
+                    return str(holder)
+            raise StoreUnavailable(f"dedupe {key}: contended")
+
+        return await self._run(_d)
+
+    # --- decisions -----------------------------------------------------------------------------
+
+    async def add_decisions(self, rows: list[tuple[float, str | None, str, str | None, dict[str, Any]]],
+                            keep: int = 100_000) -> list[int]:
+        """Store decisions (time, server, action, rule, body) in one transaction; return their ids.
+        Only the newest `keep` are kept."""
+        if not rows:
+            return []
+        cols: list[list[Any]] = [[], [], [], [], []]
+        for t, server, action, rule, body in rows:
+            for col, v in zip(cols, (t, _text(server), _text(action), _text(rule), json.dumps(body)),
+                              strict=True):
+                col.append(v)
+
+        async def _add(c: Conn) -> list[int]:
+            got = await c.fetch(
+                "INSERT INTO decisions(time, server, action, rule, body)"
+                " SELECT * FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[])"
+                " RETURNING id", *cols)
+            ids = sorted(int(r[0]) for r in got)  # one statement: ids follow the rows' order
+            if ids and ids[-1] % 1000 < len(ids):
+                await c.execute("DELETE FROM decisions WHERE id <= $1", ids[-1] - keep)
+            return ids
+
+        return await self._tx(_add)
+
+    async def list_decisions(self, *, server: str | None = None, action: str | None = None,
+                             limit: int = 100) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if server:
+            args.append(server)
+            where.append(f"server=${len(args)}")
+        if action:
+            args.append(action)
+            where.append(f"action=${len(args)}")
+        args.append(limit)
+        sql = "SELECT id, body FROM decisions" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY id DESC LIMIT ${len(args)}"
+
+        async def _q(c: Conn) -> list[dict[str, Any]]:
+            return [{**json.loads(r[1]), "id": int(r[0])} for r in await c.fetch(sql, *args)]
+
+        return await self._run(_q)
+
+    # --- small durable values (rule state snapshot, pause switch) --------------------------------
+
+    async def get_value(self, key: str) -> Any:
+        async def _q(c: Conn) -> Any:
+            v = await c.fetchval("SELECT value FROM kv WHERE key=$1", key)
+            return json.loads(v) if v is not None else None
+
+        return await self._run(_q)
+
+    async def set_value(self, key: str, value: Any) -> None:
+        async def _s(c: Conn) -> None:
+            if value is None:
+                await c.execute("DELETE FROM kv WHERE key=$1", key)
+            else:
+                await c.execute("INSERT INTO kv(key, value) VALUES ($1, $2)"
+                                " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                                key, json.dumps(value))
+
+        await self._run(_s)
+
+    # --- state of the static inventory ---------------------------------------------------------
+
+    async def get_state(self, kind: str) -> dict[str, Any]:
+        async def _q(c: Conn) -> dict[str, Any]:
+            rows = await c.fetch("SELECT key, value FROM inventory_state WHERE kind=$1", kind)
+            return {r[0]: json.loads(r[1]) for r in rows}
+
+        return await self._run(_q)
+
+    async def set_state(self, kind: str, key: str, value: Any) -> None:
+        await self.set_states([(kind, key, value)])
+
+    async def set_states(self, changes: list[tuple[str, str, Any]]) -> None:
+        """Several state changes in one transaction (all or none)."""
+        if not changes:
+            return
+
+        async def _s(c: Conn) -> None:
+            for kind, key, value in changes:
+                if value is None:
+                    await c.execute("DELETE FROM inventory_state WHERE kind=$1 AND key=$2", kind, key)
+                else:
+                    await c.execute(
+                        "INSERT INTO inventory_state(kind, key, value) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value",
+                        kind, key, json.dumps(value))
+
+        await self._tx(_s)
