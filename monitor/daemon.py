@@ -291,7 +291,12 @@ class Daemon:
         locks = GroupLocks(self.store, self.clock)
         deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
                         self.clock, self.config.failover)
-        runner = JobRunner(deps, self.metrics, instance=self.config.instance, cluster=self.config.cluster)
+        d = self.config.discovery
+        discovery_timeout = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
+                             d.command.timeout if d.kind == "command" and d.command else
+                             max(self.config.inventory.lab.timeout, self.config.redfish.timeout))
+        runner = JobRunner(deps, self.metrics, instance=self.config.instance, cluster=self.config.cluster,
+                           discovery_timeout=discovery_timeout)
         self.runner = runner
 
         async def after_job(job: Any) -> None:

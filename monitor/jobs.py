@@ -47,11 +47,14 @@ class ShuttingDown(Exception):
 
 class JobRunner:
     def __init__(self, deps: FlowDeps, metrics: Metrics, *, instance: str = "monitor-1",
-                 cluster: ClusterConfig | None = None) -> None:
+                 cluster: ClusterConfig | None = None, discovery_timeout: float = 30.0) -> None:
         self.d = deps
         self.metrics = metrics
         self.instance = instance
         self.cluster = cluster or ClusterConfig()
+        # A timer is claimed for the whole discovery: the lease plus the discovery's own time limit.
+        self.timer_hold = self.cluster.lease + discovery_timeout + self.cluster.heartbeat
+        self._adopting = asyncio.Lock()
         self._listeners: list[JobListener] = []
         self._tg: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
@@ -81,12 +84,13 @@ class JobRunner:
             server = await self.d.manager.server(server_id)
         except NotFound:
             raise UnknownServer(server_id) from None
-        job = await self.store.create_job(server.id, server.domain_group, trigger, self.d.clock.now(),
-                                          owner=self.instance)
-        self.metrics.inc("failover_jobs_created_total")
-        log.info("job %s: failover of %s (%s) queued", job.id, server.id, trigger.get("kind"))
-        await self._emit(job)
-        self._start(job)
+        async with self._adopting:  # a job created here is started here, never adopted as an orphan
+            job = await self.store.create_job(server.id, server.domain_group, trigger,
+                                              self.d.clock.now(), owner=self.instance)
+            self.metrics.inc("failover_jobs_created_total")
+            log.info("job %s: failover of %s (%s) queued", job.id, server.id, trigger.get("kind"))
+            await self._emit(job)  # "queued" goes out before the job's first step
+            self._start(job)
         return job
 
     def _start(self, job: Job, *, resumed: bool = False) -> None:
@@ -309,8 +313,9 @@ class JobRunner:
     async def _recover(self, *, adopting: bool = False) -> None:
         """Jobs left active by a crash (this monitor's, or a monitor whose lease ran out) resume from
         their last safe point, or fail safe (configured)."""
-        adopted = [j for j in await self.store.adopt_jobs(self.instance, self.d.clock.time())
-                   if j.id not in self._running]
+        async with self._adopting:
+            adopted = [j for j in await self.store.adopt_jobs(self.instance, self.d.clock.time())
+                       if j.id not in self._running]
         if not adopting:
             active_ids = {j.id for j in await self.store.active_jobs()}
             for group, job_id in (await self.store.group_locks()).items():
@@ -369,9 +374,13 @@ class JobRunner:
         while not self._stopping.is_set():
             self._timer_wakeup.clear()
             now = self.d.clock.time()
-            due = await self.store.claim_due_timers(self.instance, now, self.cluster.lease)
+            due = await self.store.claim_due_timers(self.instance, now, self.timer_hold)
             for timer in due:
-                await self._fire(timer)
+                try:  # the claim must outlast the discovery, or another monitor would fire it again
+                    async with self.d.clock.timeout(self.timer_hold - self.cluster.heartbeat):
+                        await self._fire(timer)
+                except TimeoutError:
+                    log.error("rediscovery timer %s: discovery overran its claim; it fires again", timer.id)
             if due:
                 continue  # firing may have rescheduled a retry: read the timers again
             # Another monitor may hold a due timer (or add one): look again within a heartbeat.
@@ -405,7 +414,10 @@ class JobRunner:
         else:
             state, due = "failed", None
             detail += "; no retries left: rerun discovery once the OS has booted"
-        await self.store.update_timer(timer.id, state=state, due=due, attempts=attempts, detail=detail)
+        if not await self.store.update_timer(timer.id, state=state, due=due, attempts=attempts,
+                                             detail=detail, claimed_by=self.instance):
+            log.warning("rediscovery timer %s was claimed by another monitor meanwhile", timer.id)
+            return
         self.metrics.inc(f"rediscovery_{'found' if found else 'not_found'}_total")
         job = await self.store.get_job(timer.job)
         if job is not None:

@@ -456,16 +456,17 @@ class SqliteStore:
 
     async def update_timer(
         self, timer_id: int, *, state: str, due: float | None = None, attempts: int | None = None,
-        detail: str = "",
-    ) -> None:
-        def _u(c: sqlite3.Connection) -> None:
-            c.execute(
+        detail: str = "", claimed_by: str | None = None,
+    ) -> bool:
+        def _u(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
                 "UPDATE timers SET state=?, due=coalesce(?, due), attempts=coalesce(?, attempts), detail=?,"
-                " claimed_by=NULL, claim_until=NULL WHERE id=?",
-                (state, due, attempts, detail, timer_id),
+                " claimed_by=NULL, claim_until=NULL WHERE id=? AND (? IS NULL OR claimed_by=?)",
+                (state, due, attempts, detail, timer_id, claimed_by, claimed_by),
             )
+            return cur.rowcount > 0
 
-        await self._run(_u)
+        return await self._run(_u)
 
     # --- several monitors: membership, adoption, de-duplication ------------------------------------
 

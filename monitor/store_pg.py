@@ -522,15 +522,17 @@ class PostgresStore:
 
     async def update_timer(
         self, timer_id: int, *, state: str, due: float | None = None, attempts: int | None = None,
-        detail: str = "",
-    ) -> None:
-        async def _u(c: Conn) -> None:
-            await c.execute(
+        detail: str = "", claimed_by: str | None = None,
+    ) -> bool:
+        async def _u(c: Conn) -> bool:
+            status = await c.execute(
                 "UPDATE timers SET state=$1, due=coalesce($2, due), attempts=coalesce($3, attempts),"
-                " detail=$4, claimed_by=NULL, claim_until=NULL WHERE id=$5",
-                state, due, attempts, _text(detail), timer_id)
+                " detail=$4, claimed_by=NULL, claim_until=NULL"
+                " WHERE id=$5 AND ($6::text IS NULL OR claimed_by=$6)",
+                state, due, attempts, _text(detail), timer_id, claimed_by)
+            return str(status).endswith(" 1")
 
-        await self._run(_u)
+        return await self._run(_u)
 
     # --- several monitors: membership, adoption, de-duplication ------------------------------------
 
