@@ -14,7 +14,7 @@ from pathlib import Path
 from monitor.inventory_file import load_inventory_file
 from monitor.model import Domain, HostRecord, Inventory, PowerState, Profile, Server
 from monitor.ports import DiscoveryResult, NotFound, OperationRejected, PowerControl
-from monitor.store import SqliteStore
+from monitor.stores import Store
 
 _PROFILE = "profile"  # key: profile id, value: server id or "" (unassigned)
 _SPARE = "spare"  # key: server id, value: bool
@@ -24,7 +24,7 @@ _HOST = "host"  # key: server id, value: {"name", "ip"} or {} (removed)
 class StaticInventory:
     """The inventory file plus the changes recorded in the store. `reload()` rereads the file."""
 
-    def __init__(self, path: Path, store: SqliteStore) -> None:
+    def __init__(self, path: Path, store: Store) -> None:
         self.path = path
         self._store = store
         self._base = load_inventory_file(path)
@@ -58,7 +58,7 @@ class StaticInventory:
         return Inventory(base.groups, base.domains, base.enclosures, servers, profiles)
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         return self._store
 
     @property

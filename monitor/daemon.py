@@ -11,7 +11,7 @@ import socket
 import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -26,8 +26,8 @@ from monitor.metrics import Metrics
 from monitor.model import Inventory, Server
 from monitor.pipeline import LogAlertSink, Pipeline, PolicyHolder
 from monitor.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
-from monitor.store import SqliteStore, StoreError
-from monitor.stores import open_store
+from monitor.store import StoreError
+from monitor.stores import Store, open_store
 from monitor.yamlfile import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Adapters:
     """A callable rereading the inventory file (static source), or None."""
 
 
-def build_adapters(loaded: LoadedConfig, store: SqliteStore) -> Adapters:
+def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
     from adapters.redfish_power import RedfishPower
 
     cfg = loaded.config
@@ -138,8 +138,7 @@ class Daemon:
         self.clock = clock if clock is not None else SystemClock()
         self._adapters = adapters
         self.metrics = Metrics()
-        # SqliteStore or PostgresStore (monitor.stores.Store); the cast until the modules annotate with Store.
-        self.store = cast(SqliteStore, open_store(self.config, loaded.store_path))
+        self.store: Store = open_store(self.config, loaded.store_path)
         self.runner: JobRunner | None = None
         self._inventory: Inventory | None = None
         self._inventory_error: str | None = None

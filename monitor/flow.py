@@ -26,7 +26,7 @@ from monitor.locks import GroupLocks
 from monitor.model import HostRecord, Job, PowerState, Server, identify_product, iso
 from monitor.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
 from monitor.spares import needs_power_reading, select_spare
-from monitor.store import SqliteStore
+from monitor.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class StepFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FlowDeps:
-    store: SqliteStore
+    store: Store
     manager: ProfileManager
     power: PowerControl
     discovery: DiscoveryService

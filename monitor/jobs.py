@@ -19,7 +19,8 @@ from monitor.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.metrics import Metrics
 from monitor.model import STEPS, Job, JobState, StepState, iso
 from monitor.ports import AdapterError, NotFound
-from monitor.store import LostOwnership, SqliteStore, StoreError, StoreUnavailable, Timer
+from monitor.store import LostOwnership, StoreError, StoreUnavailable, Timer
+from monitor.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class JobRunner:
         self._lease_until = 0.0
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         return self.d.store
 
     def add_listener(self, listener: JobListener) -> None:
@@ -142,10 +143,23 @@ class JobRunner:
         """Whether this monitor's lease still holds `margin` seconds from now."""
         return self.d.clock.time() + margin < self._lease_until
 
+    async def _next_look(self) -> float:
+        """Seconds until the next heartbeat, or until another monitor's lease runs out if sooner, so
+        a dead monitor's jobs are taken over when its lease ends, not up to a heartbeat later."""
+        now = self.d.clock.time()
+        wait = self.cluster.heartbeat
+        try:
+            for m in await self.store.members():
+                if m["instance"] != self.instance and m["lease_until"] > now:
+                    wait = min(wait, m["lease_until"] - now + 0.05)
+        except StoreError:
+            pass
+        return wait
+
     async def _membership_loop(self) -> None:
         """Heartbeats, and adoption of the jobs of monitors whose lease ran out."""
         while not self._stopping.is_set():
-            await self.d.clock.sleep(self.cluster.heartbeat)
+            await self.d.clock.sleep(await self._next_look())
             try:
                 await self._heartbeat()
                 await self._recover(adopting=True)
@@ -376,11 +390,9 @@ class JobRunner:
             now = self.d.clock.time()
             due = await self.store.claim_due_timers(self.instance, now, self.timer_hold)
             for timer in due:
-                try:  # the claim must outlast the discovery, or another monitor would fire it again
-                    async with self.d.clock.timeout(self.timer_hold - self.cluster.heartbeat):
-                        await self._fire(timer)
-                except TimeoutError:
-                    log.error("rediscovery timer %s: discovery overran its claim; it fires again", timer.id)
+                # The claim (timer_hold) outlasts the discovery adapter's own time limit, so no other
+                # monitor fires this timer meanwhile.
+                await self._fire(timer)
             if due:
                 continue  # firing may have rescheduled a retry: read the timers again
             # Another monitor may hold a due timer (or add one): look again within a heartbeat.

@@ -12,13 +12,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from monitor.clock import Clock
-from monitor.store import SqliteStore
+from monitor.stores import Store
 
 Waiting = Callable[[int], Awaitable[None]]
 
 
 class GroupLocks:
-    def __init__(self, store: SqliteStore, clock: Clock, *, poll: float = 0.5) -> None:
+    def __init__(self, store: Store, clock: Clock, *, poll: float = 0.5) -> None:
         self._store = store
         self._clock = clock
         self._poll = poll

@@ -24,7 +24,8 @@ from monitor.metrics import Metrics
 from monitor.model import Inventory, iso
 from monitor.ports import AdapterError, AlertSink
 from monitor.resolve import Resolver
-from monitor.store import ActiveJobExists, SqliteStore
+from monitor.store import ActiveJobExists
+from monitor.stores import Store
 from monitor.yamlfile import ConfigError
 from rules.engine import Decider, Decision, RuleState
 from rules.loader import Policy, load_policy
@@ -116,7 +117,7 @@ class PolicyHolder:
 
 
 class Pipeline:
-    def __init__(self, *, queue: asyncio.Queue[Event], holder: PolicyHolder, store: SqliteStore,
+    def __init__(self, *, queue: asyncio.Queue[Event], holder: PolicyHolder, store: Store,
                  runner: JobRunner, sinks: list[AlertSink], metrics: Metrics, clock: Clock,
                  inventory: Callable[[], Inventory | None], watch_interval: float = 2.0) -> None:
         self.queue = queue
