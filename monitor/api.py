@@ -35,7 +35,7 @@ from monitor.metrics import Metrics
 from monitor.model import Inventory, Server
 from monitor.pipeline import Pipeline
 from monitor.ports import AdapterError, NotFound
-from monitor.store import ActiveJobExists
+from monitor.store import ActiveJobExists, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,10 @@ class Api:
                 self._reject(f"http_{exc.status}")
                 return _error(exc.status, exc.reason)
             raise
+        except StoreError as exc:
+            self._reject("store_unavailable")
+            return web.json_response({"error": f"the store is not reachable: {exc}"}, status=503,
+                                     headers={"Retry-After": "5"})
         except Exception:
             log.exception("API %s %s failed", request.method, request.path)
             self._reject("internal_error")

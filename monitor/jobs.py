@@ -388,11 +388,21 @@ class JobRunner:
         while not self._stopping.is_set():
             self._timer_wakeup.clear()
             now = self.d.clock.time()
-            due = await self.store.claim_due_timers(self.instance, now, self.timer_hold)
+            try:
+                due = await self.store.claim_due_timers(self.instance, now, self.timer_hold)
+            except StoreError as exc:  # the store is away: timers wait, they are durable
+                self.metrics.inc("store_errors_total", part="timers")
+                log.warning("timers wait for the store: %s", exc)
+                await self.d.clock.sleep(self.cluster.heartbeat)
+                continue
             for timer in due:
                 # The claim (timer_hold) outlasts the discovery adapter's own time limit, so no other
                 # monitor fires this timer meanwhile.
-                await self._fire(timer)
+                try:
+                    await self._fire(timer)
+                except StoreError as exc:  # its claim runs out and it fires again
+                    self.metrics.inc("store_errors_total", part="timers")
+                    log.warning("rediscovery timer %s could not be recorded: %s", timer.id, exc)
             if due:
                 continue  # firing may have rescheduled a retry: read the timers again
             # Another monitor may hold a due timer (or add one): look again within a heartbeat.

@@ -24,7 +24,7 @@ from monitor.metrics import Metrics
 from monitor.model import Inventory, iso
 from monitor.ports import AdapterError, AlertSink
 from monitor.resolve import Resolver
-from monitor.store import ActiveJobExists
+from monitor.store import ActiveJobExists, StoreError
 from monitor.stores import Store
 from monitor.yamlfile import ConfigError
 from rules.engine import Decider, Decision, RuleState
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 STATE_KEY = "rule_state"
 PAUSE_KEY = "pause"
 SNAPSHOT_INTERVAL = 5.0
+MAX_PENDING = 100_000
+"""Decisions kept in memory while the store is away."""
 FLUSH_INTERVAL = 0.2
 
 
@@ -207,7 +209,15 @@ class Pipeline:
         if not batch:
             return
         rows = [(d.time.timestamp(), d.server, d.action, d.rule, d.public()) for d in batch]
-        ids = await self.store.add_decisions(rows)
+        try:
+            ids = await self.store.add_decisions(rows)
+        except StoreError:
+            # The store is away: keep them (the oldest go first beyond MAX_PENDING) and try again later.
+            self._pending = (batch + self._pending)[-MAX_PENDING:]
+            dropped = len(batch) + len(self._pending) - MAX_PENDING
+            if dropped > 0:
+                self.metrics.inc("decisions_dropped_total", float(dropped))
+            raise
         for d, i in zip(batch, ids, strict=True):
             d.id = i
 
@@ -233,8 +243,12 @@ class Pipeline:
                 consumer.cancel()
                 periodic.cancel()
         finally:
-            await self.flush()
-            await self.snapshot()
+            try:
+                await self.flush()
+                await self.snapshot()
+            except StoreError as exc:  # stopping while the store is away: say what is lost
+                log.error("at stop, %d decision(s) and the rule state could not be stored: %s",
+                          len(self._pending), exc)
 
     async def _consume(self) -> None:
         while True:
@@ -250,12 +264,16 @@ class Pipeline:
         since_watch = 0.0
         while not stop.is_set():
             await self.clock.sleep(FLUSH_INTERVAL)
-            await self.flush()
             since_snapshot += FLUSH_INTERVAL
             since_watch += FLUSH_INTERVAL
-            if since_snapshot >= SNAPSHOT_INTERVAL:
-                since_snapshot = 0.0
-                await self.snapshot()
+            try:
+                await self.flush()
+                if since_snapshot >= SNAPSHOT_INTERVAL:
+                    since_snapshot = 0.0
+                    await self.snapshot()
+            except StoreError as exc:
+                self.metrics.inc("store_errors_total", part="decisions")
+                log.warning("decisions wait for the store (%d pending): %s", len(self._pending), exc)
             if since_watch >= self.watch_interval:
                 since_watch = 0.0
                 if self.holder.changed():

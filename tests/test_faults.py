@@ -315,3 +315,32 @@ async def test_discovery_down_during_the_move_undoes_it(
     assert await lab_control.profile_holders("prof-enc1-bay1") == ["enc1-bay1"]
     assert (await lab_control.server(job["spare"]))["spare"] is True  # designation given back
     await assert_unlocked(h)
+
+
+# --- the database restarting mid-job ------------------------------------------------------------------
+
+
+async def test_the_database_restarting_mid_job_is_waited_for(
+        lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str) -> None:
+    """PostgreSQL restarted while the source powers off: saves are retried while the lease holds; the
+    job completes, once, with the profile on exactly one server."""
+    from tests.pg_peer import start_postgres
+
+    async with start_postgres(tmp_path) as cluster:
+        url = cluster.url()
+        await lab_control.call("PUT", "/lab/v1/latency", {"power_off_s": 2.0, "power_on_s": 0.1})
+        cfg = monitor_config(lab.manager_url, tmp_path, token)
+        cfg = cfg.model_copy(update={"store": url})
+        h = await start_daemon(cfg)
+        jid = await h.failover("enc1-bay1", "pg restart")
+        await h.wait_for(lambda: h.jobs[jid].step("power_off_source").state.value == "running"
+                         and "about to power off" in h.jobs[jid].step("power_off_source").detail)
+        await asyncio.to_thread(cluster.restart)  # the database goes away and comes back
+        job = await h.wait_job(jid, timeout=60)
+        assert job["state"] == "completed", job
+        assert await lab_control.profile_holders("prof-enc1-bay1") == [job["spare"]]
+        assert await lab_control.violations() == []
+        await assert_unlocked(h)
+        h.daemon_stop()  # before the database goes for good
+        await h.stopped()
