@@ -174,9 +174,10 @@ def _sender_allowed(address: Any, networks: tuple[_Network, ...]) -> bool:
     return any(addr in net for net in networks)
 
 
-class _Udp(udp.UdpAsyncioTransport):  # type: ignore[misc]
-    """pysnmp's UDP transport, handing each datagram to the receiver synchronously (no call_soon hop) so
-    drops can be attributed to the datagram and its sender, and exceptions never reach the loop."""
+class _Direct:
+    """Mixed into pysnmp's UDP transports: each datagram goes to the receiver synchronously (no
+    call_soon hop) so drops can be attributed to the datagram and its sender, and exceptions never
+    reach the loop; `closed` resolves when the socket is really closed."""
 
     on_datagram: Callable[[Any, bytes, Any], None]
     closed: asyncio.Future[None]
@@ -189,16 +190,12 @@ class _Udp(udp.UdpAsyncioTransport):  # type: ignore[misc]
             self.closed.set_result(None)
 
 
-class _Udp6(udp6.Udp6AsyncioTransport):  # type: ignore[misc]
-    on_datagram: Callable[[Any, bytes, Any], None]
-    closed: asyncio.Future[None]
+class _Udp(_Direct, udp.UdpAsyncioTransport):  # type: ignore[misc]
+    """pysnmp's IPv4 UDP transport, direct."""
 
-    def datagram_received(self, datagram: bytes, address: Any) -> None:
-        self.on_datagram(self, datagram, address)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+class _Udp6(_Direct, udp6.Udp6AsyncioTransport):  # type: ignore[misc]
+    """pysnmp's IPv6 UDP transport, direct."""
 
 
 class SnmpTrapReceiver:
