@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.mqtt_peer import Message, start_mosquitto, subscribe
+from tests.mqtt_peer import Message, Mosquitto, start_mosquitto, subscribe
 from tests.processes import Client, DaemonProcess, LabProcess, free_port, until
 
 pytestmark = pytest.mark.slow
@@ -84,42 +86,27 @@ def completed(msgs: list[Message]) -> bool:
                for m in msgs)
 
 
-async def test_trap_to_profile_on_spare_with_mqtt(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+@dataclass
+class Stack:
+    broker: Mosquitto
+    lab: LabProcess
+    daemon: DaemonProcess
+    api: Client
+    snmp_port: int
+
+
+@asynccontextmanager
+async def stack(tmp_path: Path, http: aiohttp.ClientSession,
+                latency: dict[str, float]) -> AsyncIterator[Stack]:
+    """mosquitto, the lab and the daemon, each its own process; the daemon's log printed on failure."""
     async with start_mosquitto(tmp_path) as broker:
-        lab = LabProcess(tmp_path, {"power_off_s": 0.3, "power_on_s": 0.3, "boot_s": 0})
+        lab = LabProcess(tmp_path, latency)
         await lab.start()
         http_port, snmp_port = free_port(), free_udp_port()
         daemon = DaemonProcess(daemon_config(tmp_path, lab.url, http_port, snmp_port, broker.url()),
                                tmp_path / "daemon.log")
-        api = Client(f"http://127.0.0.1:{http_port}", TOKEN, http)
         try:
-            async with subscribe(broker, "failover/#") as inbox:
-                await until(api.healthy, 30, "the daemon to be healthy")
-                online = await drain_until(inbox, lambda g: any(m.topic == "failover/monitor/e2e/status"
-                                                                for m in g))
-                assert online[-1].payload == "online"
-                await send_trap(snmp_port)
-                msgs = await drain_until(inbox, completed)
-            alerts = [json.loads(m.payload) for m in msgs if m.topic == "failover/alerts/enc1-bay1"]
-            assert alerts and alerts[0]["rule"] == "hpe-cpu-uncorrectable"
-            assert alerts[0]["action"] == "failover" and alerts[0]["event"]["trap_oid"] == CPU_TRAP
-            assert set(alerts[0]) >= {"server", "rule", "action", "severity", "event", "time"}
-            states = job_states(msgs)
-            assert states[0][0] == "queued" and states[-1][0] == "completed"
-            steps_done = [sum(s == "done" for s in st) for _, st in states]
-            assert steps_done == sorted(steps_done)  # progress arrives in order
-            _, inv = await Client(lab.url, "", http).call("GET", "/api/v1/inventory")
-            holders = [s["id"] for s in inv["servers"] if s["profile"] == "prof-enc1-bay1"]
-            assert holders == ["enc1-bay9"]
-            _, violations = await Client(lab.url, "", http).call("GET", "/lab/v1/violations")
-            assert violations == []
-            # The last will: killed, the daemon cannot say goodbye; the broker says it.
-            async with subscribe(broker, "failover/monitor/#") as status_inbox:
-                first = await drain_until(status_inbox, lambda g: len(g) >= 1)
-                assert first[0].payload == "online" and first[0].retain
-                daemon.kill()
-                will = await drain_until(status_inbox, lambda g: len(g) >= 1, timeout=60)
-                assert will[-1].payload == "offline"
+            yield Stack(broker, lab, daemon, Client(f"http://127.0.0.1:{http_port}", TOKEN, http), snmp_port)
         except BaseException:
             print(daemon.tail())
             raise
@@ -128,40 +115,61 @@ async def test_trap_to_profile_on_spare_with_mqtt(tmp_path: Path, http: aiohttp.
             lab.terminate()
 
 
+async def test_trap_to_profile_on_spare_with_mqtt(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with stack(tmp_path, http, {"power_off_s": 0.3, "power_on_s": 0.3, "boot_s": 0}) as st:
+        broker, lab, daemon, api, snmp_port = st.broker, st.lab, st.daemon, st.api, st.snmp_port
+        async with subscribe(broker, "failover/#") as inbox:
+            await until(api.healthy, 30, "the daemon to be healthy")
+            online = await drain_until(inbox, lambda g: any(m.topic == "failover/monitor/e2e/status"
+                                                            for m in g))
+            assert online[-1].payload == "online"
+            await send_trap(snmp_port)
+            msgs = await drain_until(inbox, completed)
+        alerts = [json.loads(m.payload) for m in msgs if m.topic == "failover/alerts/enc1-bay1"]
+        assert alerts and alerts[0]["rule"] == "hpe-cpu-uncorrectable"
+        assert alerts[0]["action"] == "failover" and alerts[0]["event"]["trap_oid"] == CPU_TRAP
+        assert set(alerts[0]) >= {"server", "rule", "action", "severity", "event", "time"}
+        states = job_states(msgs)
+        assert states[0][0] == "queued" and states[-1][0] == "completed"
+        steps_done = [sum(s == "done" for s in st) for _, st in states]
+        assert steps_done == sorted(steps_done)  # progress arrives in order
+        _, inv = await Client(lab.url, "", http).call("GET", "/api/v1/inventory")
+        holders = [s["id"] for s in inv["servers"] if s["profile"] == "prof-enc1-bay1"]
+        assert holders == ["enc1-bay9"]
+        _, violations = await Client(lab.url, "", http).call("GET", "/lab/v1/violations")
+        assert violations == []
+        # The last will: killed, the daemon cannot say goodbye; the broker says it.
+        async with subscribe(broker, "failover/monitor/#") as status_inbox:
+            first = await drain_until(status_inbox, lambda g: len(g) >= 1)
+            assert first[0].payload == "online" and first[0].retain
+            daemon.kill()
+            will = await drain_until(status_inbox, lambda g: len(g) >= 1, timeout=60)
+            assert will[-1].payload == "offline"
+
+
 async def test_broker_down_mid_job_never_delays_the_failover(tmp_path: Path,
                                                              http: aiohttp.ClientSession) -> None:
-    async with start_mosquitto(tmp_path) as broker:
-        lab = LabProcess(tmp_path, {"power_off_s": 1.5, "power_on_s": 0.3, "boot_s": 0})
-        await lab.start()
-        http_port, snmp_port = free_port(), free_udp_port()
-        daemon = DaemonProcess(daemon_config(tmp_path, lab.url, http_port, snmp_port, broker.url()),
-                               tmp_path / "daemon.log")
-        api = Client(f"http://127.0.0.1:{http_port}", TOKEN, http)
-        try:
-            async with subscribe(broker, "failover/#") as inbox:
-                await until(api.healthy, 30, "the daemon to be healthy")
-                await send_trap(snmp_port)
-                # Wait for the job to be under way (power_off_source running), then take the broker away.
-                await drain_until(inbox, lambda g: any(
-                    m.topic.startswith("failover/jobs/") and "about to power off"
-                    in m.payload for m in g))
-                await broker.stop()
+    async with stack(tmp_path, http, {"power_off_s": 1.5, "power_on_s": 0.3, "boot_s": 0}) as st:
+        broker, daemon, api, snmp_port = st.broker, st.daemon, st.api, st.snmp_port
+        async with subscribe(broker, "failover/#") as inbox:
+            await until(api.healthy, 30, "the daemon to be healthy")
+            await send_trap(snmp_port)
+            # Wait for the job to be under way (power_off_source running), then take the broker away.
+            await drain_until(inbox, lambda g: any(
+                m.topic.startswith("failover/jobs/") and "about to power off"
+                in m.payload for m in g))
+            await broker.stop()
 
-            async def job_done() -> Any:
-                status, jobs = await api.call("GET", "/api/v1/jobs")
-                return status == 200 and jobs and jobs[0]["state"] == "completed"
+        async def job_done() -> Any:
+            status, jobs = await api.call("GET", "/api/v1/jobs")
+            return status == 200 and jobs and jobs[0]["state"] == "completed"
 
-            await until(job_done, 30, "the job to complete without the broker")
-            await broker.start()
-            async with subscribe(broker, "failover/#") as inbox:
-                msgs = await drain_until(inbox, completed, timeout=60)
-            states = job_states(msgs)
-            assert states[-1][0] == "completed"
-            steps_done = [sum(s == "done" for s in st) for _, st in states]
-            assert steps_done == sorted(steps_done)  # the buffer kept the order
-        except BaseException:
-            print(daemon.tail())
-            raise
-        finally:
-            assert daemon.terminate() == 0
-            lab.terminate()
+        await until(job_done, 30, "the job to complete without the broker")
+        await broker.start()
+        async with subscribe(broker, "failover/#") as inbox:
+            msgs = await drain_until(inbox, completed, timeout=60)
+        states = job_states(msgs)
+        assert states[-1][0] == "completed"
+        steps_done = [sum(s == "done" for s in st) for _, st in states]
+        assert steps_done == sorted(steps_done)  # the buffer kept the order
+        assert daemon.terminate() == 0
