@@ -44,14 +44,13 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from monitor.clock import Clock
+from monitor.clock import Clock, sleep_unless
 from monitor.config import MqttConfig
 from monitor.metrics import Metrics
 from monitor.model import Job
@@ -295,7 +294,7 @@ class MqttPublisher:
 
     async def _backoff(self, delay: float, stop: asyncio.Event) -> None:
         """Sleep (on the injected clock) up to `delay`, with jitter; `stop` ends it early."""
-        await _first(self._clock.sleep(delay * random.uniform(0.8, 1.0)), stop.wait())
+        await sleep_unless(self._clock, delay * random.uniform(0.8, 1.0), stop)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -426,12 +425,3 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-async def _first(*aws: Awaitable[Any]) -> None:
-    """Wait until the first of `aws` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

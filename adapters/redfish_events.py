@@ -63,7 +63,7 @@ from adapters.redfish_client import (
     path_of,
     tls_context,
 )
-from monitor.clock import Clock
+from monitor.clock import Clock, sleep_unless
 from monitor.config import RedfishEventsConfig
 from monitor.events import Event, severity_rank
 from monitor.metrics import Metrics
@@ -581,21 +581,6 @@ class RedfishReader:
         return health_reading(reply.object())
 
 
-async def _wait_stop(clock: Clock, stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep on the clock until `seconds` pass or `stop` is set; True when stopping."""
-    if stop.is_set():
-        return True
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, waiter):
-            task.cancel()
-        await asyncio.gather(sleeper, waiter, return_exceptions=True)
-    return stop.is_set()
-
-
 def _members(collection: Mapping[str, Any]) -> list[object]:
     members = collection.get("Members")
     return members[:_MAX_MEMBERS] if isinstance(members, list) else []
@@ -688,7 +673,7 @@ class SubscriptionManager:
         try:
             while not stop.is_set():
                 await self.reconcile_once()
-                if await _wait_stop(self._clock, stop, self._config.check_interval):
+                if await sleep_unless(self._clock, self._config.check_interval, stop):
                     break
         finally:
             await self.close()
@@ -1003,7 +988,7 @@ class SseFollower:
                         if url not in tasks:
                             sid = servers[0].id if len(servers) == 1 else None
                             tasks[url] = tg.create_task(self.follow(bmc, stop, server_id=sid))
-                    if await _wait_stop(self._clock, stop, self._config.check_interval):
+                    if await sleep_unless(self._clock, self._config.check_interval, stop):
                         break
                 for task in tasks.values():
                     task.cancel()
@@ -1037,7 +1022,7 @@ class SseFollower:
                 log.exception("SSE stream of %s failed", bmc.url)
             finally:
                 self.connection(url).clear()
-            if await _wait_stop(self._clock, stop, delay * random.uniform(0.8, 1.0)):
+            if await sleep_unless(self._clock, delay * random.uniform(0.8, 1.0), stop):
                 return
             if delay == backoff:
                 backoff = min(backoff * 2, self._max_backoff)
@@ -1149,7 +1134,7 @@ class HealthPoller:
             return
         while not stop.is_set():
             await self.poll_once()
-            if await _wait_stop(self._clock, stop, self._config.poll_interval):
+            if await sleep_unless(self._clock, self._config.poll_interval, stop):
                 return
 
     async def poll_once(self) -> list[Event]:

@@ -30,6 +30,21 @@ class Clock(Protocol):
         """Like asyncio.timeout(seconds): raises TimeoutError when the body overruns."""
 
 
+async def sleep_unless(clock: Clock, seconds: float, *events: asyncio.Event) -> bool:
+    """Sleep `seconds` on `clock`, ending early when any of `events` is set. Returns whether an event
+    ended it (or was set already)."""
+    if any(e.is_set() for e in events):
+        return True
+    tasks = [asyncio.ensure_future(clock.sleep(seconds)), *(asyncio.ensure_future(e.wait()) for e in events)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return any(e.is_set() for e in events)
+
+
 class SystemClock:
     def time(self) -> float:
         return time.time()

@@ -9,14 +9,13 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from monitor.api import Api, RateLimiter
-from monitor.clock import Clock, SystemClock
+from monitor.clock import Clock, SystemClock, sleep_unless
 from monitor.config import LoadedConfig, parse_listen
 from monitor.events import Event
 from monitor.flow import FlowDeps
@@ -35,17 +34,6 @@ log = logging.getLogger(__name__)
 
 REFRESH_GAP = 2.0
 """Seconds: the inventory view is refreshed at most this often."""
-
-
-async def _first(stopper: Coroutine[Any, Any, Any], *others: Coroutine[Any, Any, Any]) -> bool:
-    """Wait for whichever finishes first; cancel the rest. True when it was `stopper`."""
-    tasks = [asyncio.ensure_future(c) for c in (stopper, *others)]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-    return tasks[0] in done
 
 
 class StartupError(Exception):
@@ -213,9 +201,8 @@ class Daemon:
         while not stop.is_set():
             self._refresh_now.clear()
             await self.refresh_inventory(manager)
-            if await _first(stop.wait(), self.clock.sleep(gap)) or await _first(
-                    stop.wait(), self._refresh_now.wait(), self.clock.sleep(interval - gap)):
-                return
+            if not await sleep_unless(self.clock, gap, stop):
+                await sleep_unless(self.clock, interval - gap, stop, self._refresh_now)
 
     def reload(self) -> list[str]:
         """SIGHUP: reread the rule files and the inventory file (static source). Returns the problems;

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.clock import sleep_unless
 from monitor.config import ClusterConfig
 from monitor.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.metrics import Metrics
@@ -409,13 +410,7 @@ class JobRunner:
             upcoming = [t.due for t in await self.store.scheduled_timers() if t.due > now]
             upcoming.append(now + self.cluster.heartbeat)
             wait = max(0.0, min(upcoming) - self.d.clock.time())  # time passed while reading
-            sleeper = asyncio.ensure_future(self.d.clock.sleep(wait))
-            waker = asyncio.ensure_future(self._timer_wakeup.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+            await sleep_unless(self.d.clock, wait, self._timer_wakeup)
 
     async def _fire(self, timer: Timer) -> None:
         cfg = self.d.settings.rediscovery

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from monitor.clock import Clock
+from monitor.clock import Clock, sleep_unless
 from monitor.stores import Store
 
 Waiting = Callable[[int], Awaitable[None]]
@@ -51,13 +51,7 @@ class GroupLocks:
                 if on_wait is not None and other != told:
                     told = other
                     await on_wait(other)
-                waker = asyncio.ensure_future(event.wait())
-                sleeper = asyncio.ensure_future(self._clock.sleep(self._poll))
-                try:
-                    await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waker.cancel()
-                    sleeper.cancel()
+                await sleep_unless(self._clock, self._poll, event)
         finally:
             waiters = self._waiting.get(group)
             if waiters is not None:

@@ -280,6 +280,13 @@ class Job:
     owner: str | None = None
     """The monitor (instance) running the job; another adopts it when this one's lease runs out."""
 
+    @classmethod
+    def queued(cls, job_id: int, server: str, group: str, trigger: dict[str, Any], created: datetime,
+               owner: str | None) -> Job:
+        """A job as it is just created: queued, every step pending."""
+        return cls(id=job_id, server=server, group=group, state=JobState.QUEUED, trigger=trigger,
+                   created=created, steps=[Step(name) for name in STEPS], owner=owner)
+
     def step(self, name: str) -> Step:
         for s in self.steps:
             if s.step == name:

@@ -248,10 +248,7 @@ class SqliteStore:
                 raise
 
         job_id = await self._run(_create)
-        return Job(
-            id=job_id, server=server, group=group, state=JobState.QUEUED, trigger=trigger, created=now,
-            steps=[Step(name) for name in STEPS], owner=owner,
-        )
+        return Job.queued(job_id, server, group, trigger, now, owner)
 
     async def save_job(self, job: Job) -> None:
         """Write the job and all its steps in one committed transaction — only while `job.owner` still

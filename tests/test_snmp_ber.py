@@ -19,6 +19,7 @@ from pysnmp.proto import api
 
 from adapters import snmp_ber
 from adapters.snmp_ber import BerError, BerUnsupported, Trap, decode_trap, peek_version
+from tests.packets import mutate
 
 SYS_NAME = "1.3.6.1.2.1.1.5.0"
 
@@ -281,25 +282,6 @@ def real_packets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[byte
                                env=env, check=True, timeout=30)
                 packets.append(s.recvfrom(65535)[0])
     yield packets
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.choice((1, 1, 1, 2, 3, 5))):
-        op = rng.random()
-        if op < 0.35 and out:
-            out[rng.randrange(len(out))] = rng.randrange(256)
-        elif op < 0.5 and out:
-            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
-        elif op < 0.65:
-            at = rng.randrange(len(out) + 1)
-            out[at:at] = bytes([rng.choice((0x00, 0x30, 0x80, 0x81, 0x82, 0x84, 0xFF, rng.randrange(256)))])
-        elif op < 0.8 and out:
-            at = rng.randrange(len(out))
-            del out[at:at + rng.randrange(1, 4)]
-        else:
-            out = out[:rng.randrange(len(out) + 1)]
-    return bytes(out)
 
 
 def test_mutations_of_real_packets_raise_only_ber_error(real_packets: list[bytes]) -> None:
