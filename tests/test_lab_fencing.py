@@ -203,6 +203,7 @@ async def test_a_malformed_header_is_400_and_changes_nothing(lab: Lab, value: st
     assert await lab.world() == before and await lab.power("enc1-bay1") == "On"
     assert await lab.log() == []
     assert (await lab.ok("GET", "/lab/v1/fencing"))["jobs"] == {}
+    await lab.ok("GET", "/api/v1/servers/enc1-bay9", None, {HEADER: value})  # reads ignore it
 
 
 async def test_two_headers_are_400(lab: Lab) -> None:
@@ -243,6 +244,17 @@ async def test_the_log_carries_monitor_job_epoch_and_time(lab: Lab) -> None:
         assert (e["monitor"], e["job"], e["epoch"]) == ("monitor-a", 12, 3)
         assert isinstance(e["time"], float)
     assert [e["time"] for e in entries] == sorted(e["time"] for e in entries)
+
+
+async def test_one_epoch_from_two_monitors_passes_but_is_a_violation(lab: Lab) -> None:
+    spare = "/api/v1/servers/enc1-bay9/spare"
+    await lab.ok("PUT", spare, {"spare": True}, fence(6, 2, "m1"))
+    await lab.ok("PUT", spare, {"spare": True}, fence(6, 2, "m1"))
+    assert await lab.violations() == []
+    await lab.ok("PUT", spare, {"spare": True}, fence(6, 2, "m2"))
+    [v] = await lab.violations()
+    assert (v["kind"], v["monitor"], v["job"], v["epoch"]) == ("epoch_shared", "m2", 6, 2)
+    assert "used by m2 and by m1" in v["detail"]
 
 
 # --- the `record` mode and the oracle ---------------------------------------------------------------------
