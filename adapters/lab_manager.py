@@ -11,7 +11,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from monitor.fencing import check_fence, fence_headers
+from monitor.fencing import FenceRefused, check_fence, fence_headers
 from monitor.model import (
     BmcEndpoint,
     Domain,
@@ -38,9 +38,13 @@ MUTATING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 """Methods that change the lab's world: they carry the current action's fencing token."""
 
 
-class FenceRejected(OperationRejected):
+class FenceRejected(FenceRefused):
     """The lab refused the request for a stale fencing token (409): another monitor has acted for the
     job with a newer epoch since; nothing was changed."""
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class _Lenient(BaseModel):
@@ -175,8 +179,7 @@ class LabClient:
                 if resp.status == 404:
                     raise NotFound(_message(data, text, resp.status), endpoint=endpoint)
                 if resp.status == 409 and isinstance(data, dict) and "stale_fence" in data:
-                    raise FenceRejected(_message(data, text, resp.status), endpoint=endpoint,
-                                        status=resp.status)
+                    raise FenceRejected(_message(data, text, resp.status), endpoint=endpoint)
                 if resp.status >= 400:
                     raise OperationRejected(_message(data, text, resp.status), endpoint=endpoint,
                                             status=resp.status)
