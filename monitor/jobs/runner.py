@@ -222,9 +222,10 @@ class JobRunner:
         async with self._adopting:
             adopted = await self.store.adopt_jobs(self.instance, self.membership.token, self.fence_grace)
             mono = self.d.clock.monotonic()
+            taken = {j.id for j in adopted}
             orphans = [j for j in await self.store.active_jobs()
                        if j.owner_token == self.membership.token and j.id not in self._running
-                       and mono - self._ended.get(j.id, -1e9) >= _RESTART_GAP]
+                       and j.id not in taken and mono - self._ended.get(j.id, -1e9) >= _RESTART_GAP]
         for job in adopted:
             if job.id in self._running:  # cannot be: our own task's job has our token
                 continue
