@@ -95,7 +95,7 @@ async def test_system_by_name_follows_redirect(sushy: SushyPeer, power: RedfishP
 async def test_no_system_named_on_a_multi_system_service_is_refused(sushy: SushyPeer,
                                                                     power: RedfishPower) -> None:
     # Never "the first": sushy lists four systems here.
-    with pytest.raises(AdapterError, match="lists 4 ComputerSystems .* the inventory names none"):
+    with pytest.raises(AdapterError, match=r"lists 4 ComputerSystems .* the inventory names none"):
         await power.power_state(server_for(sushy.endpoint(None)))
 
 
