@@ -370,18 +370,22 @@ class Api:
     async def get_cluster(self, request: web.Request) -> web.Response:
         """The monitors sharing the store, their leases, and who holds which job and group."""
         runner = self.runner
-        now = runner.d.clock.time()
         members = await runner.store.members()
         active = await runner.store.active_jobs()
         locks = await runner.store.group_locks()
         owner_of = {j.id: j.owner for j in active}
         return web.json_response({
             "instance": runner.instance,
-            "members": [{"instance": m["instance"], "address": m["address"],
-                         "alive": m["lease_until"] > now, "lease_left": round(m["lease_until"] - now, 1)}
+            "incarnation": runner.membership.token,
+            "lease": runner.cluster.lease,
+            "heartbeat": runner.cluster.heartbeat,
+            "fence_grace": runner.fence_grace,
+            "members": [{"instance": m["instance"], "address": m["address"], "incarnation": m["incarnation"],
+                         "alive": m["lease_left"] is not None,
+                         "lease_left": round(m["lease_left"], 1) if m["lease_left"] is not None else None}
                         for m in members],
-            "jobs": [{"job": j.id, "server": j.server, "owner": j.owner, "state": j.state.value}
-                     for j in active],
+            "jobs": [{"job": j.id, "server": j.server, "owner": j.owner, "epoch": j.epoch,
+                      "state": j.state.value} for j in active],
             "groups": [{"group": g, "job": job, "owner": owner_of.get(job)} for g, job in locks.items()],
         })
 

@@ -7,11 +7,14 @@ out new ones when the world changes.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def _parse_enum(cls: type[StrEnum], value: object, default: StrEnum) -> StrEnum:
@@ -364,17 +367,101 @@ class StepState(StrEnum):
     SKIPPED = "skipped"
 
 
-STEPS: tuple[str, ...] = (
-    "check_domain",
-    "lock_group",
-    "check_product",
-    "power_off_source",
-    "select_spare",
-    "move_profile",
-    "power_on_spare",
-    "schedule_rediscovery",
-    "unlock_group",
+class StepTimeouts(Protocol):
+    """What a step's default time limit is computed from (monitor.config.FailoverConfig)."""
+
+    power_off_timeout: float
+    power_off_attempts: int
+    power_on_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One step of the failover flow: the flow's method of the same name runs it."""
+
+    name: str
+    timeout: Callable[[StepTimeouts], float]
+    """The default time limit (failover.step_timeouts overrides it)."""
+    compensation: str | None = None
+    """The flow's method that undoes what the step did when it fails part-way (any failure: its own
+    error, a timeout, an adapter error), or None: nothing to undo (fencing is final; a profile on the
+    spare stays there)."""
+    always: bool = False
+    """Runs at the end of every job whose `lock_group` ran, also after a failure (unlock_group)."""
+    acts: bool = True
+    """Changes something outside (power, profile, spare flag, host record, lock, timer)."""
+
+
+_MINUTES_2 = 120.0
+
+STEP_TABLE: tuple[StepSpec, ...] = (
+    StepSpec("check_domain", lambda _t: _MINUTES_2, acts=False),
+    StepSpec("lock_group", lambda _t: 24 * 3600.0),  # waiting for the jobs ahead in the group
+    StepSpec("check_product", lambda _t: _MINUTES_2, acts=False),
+    StepSpec("power_off_source", lambda t: t.power_off_timeout * t.power_off_attempts + 60.0),
+    StepSpec("select_spare", lambda _t: _MINUTES_2, acts=False),
+    StepSpec("move_profile", lambda _t: _MINUTES_2, compensation="undo_move"),
+    StepSpec("power_on_spare", lambda t: t.power_on_timeout + 60.0),
+    StepSpec("schedule_rediscovery", lambda _t: _MINUTES_2),
+    StepSpec("unlock_group", lambda _t: _MINUTES_2, always=True),
 )
+"""The steps, in the contract's order, with everything the runner needs to know about each."""
+
+STEPS: tuple[str, ...] = tuple(s.name for s in STEP_TABLE)
+STEP_SPECS: dict[str, StepSpec] = {s.name: s for s in STEP_TABLE}
+
+
+# --- what a job remembers across a crash ------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class PowerOffRecord(_Record):
+    before: str = ""
+    """The source's power as first read ("On", "Off", "unknown (...)")."""
+    attempt: int = 0
+    """ForceOff requests announced so far."""
+    confirmed: bool = False
+    levels: list[str] = []
+    """What each fence level said, in order."""
+
+
+class MoveRecord(_Record):
+    """The sub-steps of move_profile, each written ahead of its action."""
+
+    spare_clearing: bool = False
+    """The spare flag's removal was announced (it may have happened)."""
+    spare_cleared: bool = False
+    host_before: dict[str, str] | None = None
+    """The source's host record as read before its removal was announced (restored on undo)."""
+    host_removing: bool = False
+    """The host record's removal was announced (it may have happened)."""
+    host_removed: bool = False
+    moving: bool = False
+    """The profile's move was announced (it may have happened: read where the profile is)."""
+    moved: bool = False
+    undone: bool = False
+
+
+class FlowContext(_Record):
+    """Write-ahead facts the flow needs to resume: intents, and what this run changed. Stored with the
+    job (`Job.context`); unknown keys of older rows are ignored."""
+
+    domain: str | None = None
+    locked: bool = False
+    family: str | None = None
+    model: str | None = None
+    span: int | None = None
+    health_check: str | None = None
+    """The BMC's health reading before fencing (rule-triggered jobs), as recorded."""
+    power_off: PowerOffRecord | None = None
+    spare: str | None = None
+    move: MoveRecord = Field(default_factory=MoveRecord)
+    power_on_announced: bool = False
+    compensating: str | None = None
+    """The failed step whose compensation is still to run (set with the failure, before it runs)."""
 
 
 @dataclass(slots=True)
@@ -399,19 +486,29 @@ class Job:
     spare: str | None = None
     error: str | None = None
     finished: datetime | None = None
-    context: dict[str, Any] = field(default_factory=dict)
+    context: FlowContext = field(default_factory=FlowContext)
     """Write-ahead facts the flow needs to resume: intents, what this run changed."""
     notes: list[str] = field(default_factory=list)
     rediscovery: dict[str, Any] | None = None
     owner: str | None = None
     """The monitor (instance) running the job; another adopts it when this one's lease runs out."""
+    epoch: int = 0
+    """Grows by one at every change of owner: the fencing token every action of the job carries. A save
+    or an action under an older epoch is refused."""
+    owner_token: str | None = None
+    """The owning process's incarnation (one per start; a restart under the same name is a new owner)."""
+    owners: list[dict[str, Any]] = field(default_factory=list)
+    """The ownership history: {"epoch", "owner", "since"} (the store's clock), oldest first."""
 
     @classmethod
     def queued(cls, job_id: int, server: str, group: str, trigger: dict[str, Any], created: datetime,
-               owner: str | None) -> Job:
-        """A job as it is just created: queued, every step pending."""
+               owner: str | None, token: str | None = None, since: float | None = None) -> Job:
+        """A job as it is just created: queued, every step pending, epoch 1 of `owner`."""
+        owners = [{"epoch": 1, "owner": owner, "since": iso(datetime.fromtimestamp(since, UTC))}] \
+            if since is not None else []
         return cls(id=job_id, server=server, group=group, state=JobState.QUEUED, trigger=trigger,
-                   created=created, steps=[Step(name) for name in STEPS], owner=owner)
+                   created=created, steps=[Step(name) for name in STEPS], owner=owner, epoch=1,
+                   owner_token=token, owners=owners)
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -444,6 +541,8 @@ class Job:
             "rediscovery": self.rediscovery,
             "notes": list(self.notes),
             "owner": self.owner,
+            "epoch": self.epoch,
+            "owners": list(self.owners),
         }
 
 

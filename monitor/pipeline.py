@@ -174,7 +174,7 @@ class Pipeline:
         if decision.action == "failover" and server is not None:
             # Every monitor hears the same trap: one of them starts the failover.
             first = await self.store.dedupe(f"failover:{server.id}:{decision.rule}", self.runner.instance,
-                                            self.clock.time(), self.runner.cluster.dedupe_window)
+                                            None, self.runner.cluster.dedupe_window)
             if first is not None:
                 decision.action, decision.guard = "none", f"already being handled by monitor {first}"
         if decision.action == "failover" and server is not None:
