@@ -13,6 +13,9 @@ credentials first show as a 401 on the next call): every response status is chec
 Every mutating request (POST, PATCH, DELETE) carries the current action's fencing header
 (`monitor.fencing.fence_headers()`; the library passes extra headers through) and is preceded,
 immediately before it is sent, by `monitor.fencing.check_fence()`, whose `FenceLost` propagates as is.
+A BMC that refuses such a request for a stale token (409 `Base.x.ResourceInUse` saying "stale fencing
+token", as the lab's BMCs answer) raises `monitor.fencing.FenceRefused`: not an adapter error, the job
+stops there.
 
 Which ComputerSystem: the one `bmc.system` names; with none named, the service must list exactly one
 (several: refused, never "the first"). `check_identity` compares a ComputerSystem's SerialNumber (or
@@ -43,7 +46,7 @@ from redfish.aio import (
     RedfishTimeoutError,
 )
 
-from monitor.fencing import check_fence, fence_headers
+from monitor.fencing import FenceRefused, check_fence, current_fence, fence_headers
 from monitor.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
 from monitor.ports import (
     AdapterError,
@@ -196,6 +199,8 @@ class RedfishConnections:
                 # The library renews an expired session only for GET; do it for the other methods too.
                 await self._call(bmc, conn.client.login(auth="session"))
                 reply = await self._send(bmc, conn.client, method, path, body)
+            if method != "GET" and current_fence() is not None and _stale_fence(reply):
+                raise FenceRefused(f"{bmc.url}: {method} {path} refused: {bmc_message(reply.body)}")
             if not self._follow_redirects or reply.status not in _REDIRECTS or not reply.location:
                 return reply
             if method != "GET" and reply.status not in _METHOD_PRESERVING_REDIRECTS:
@@ -452,6 +457,15 @@ def bmc_message(body: object) -> str:
         if not parts and isinstance(error.get("code"), str):
             parts.append(error["code"])
     return "; ".join(parts)[:500]
+
+
+def _stale_fence(reply: Reply) -> bool:
+    """A 409 refusing the request for a stale fencing token (Base.x.ResourceInUse, "stale fencing
+    token"): another monitor has acted for the job under a newer epoch."""
+    if reply.status != 409:
+        return False
+    text = bmc_message(reply.body)
+    return "ResourceInUse" in text and "stale fencing token" in text
 
 
 def _cause(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from lab.main import LabSimulator
 from monitor.cli import main
 from monitor.config import MonitorConfig
 from monitor.events import Event
-from monitor.fencing import FENCE_HEADER, Fence, FenceLost, acting
+from monitor.fencing import FENCE_HEADER, Fence, FenceLost, FenceRefused, acting
 from monitor.inventory_file import load_inventory_file
 from monitor.model import BmcEndpoint, Inventory, PowerState, Server
 from monitor.ports import AdapterError, IdentityMismatch
@@ -234,6 +234,25 @@ async def test_serial_mismatch_against_a_bmc_that_reports_one(lab: LabSimulator)
         assert f"SerialNumber {data['serial_number']!r}" in str(caught.value)
         assert "'CZJ0000000'" in str(caught.value)
         assert await power.power_state(real) is PowerState.ON
+    finally:
+        await power.close()
+
+
+async def test_a_stale_fence_refused_by_the_bmc_stops_the_action(lab: LabSimulator) -> None:
+    """The lab's BMC refuses a reset under an epoch older than one it has seen for the job (409
+    ResourceInUse): FenceRefused, not an adapter error and never the "already in that state" quirk."""
+    async with aiohttp.ClientSession() as http, http.get(lab.manager_url + "/api/v1/servers/enc1-bay1") as r:
+        data = await r.json()
+    bmc = BmcEndpoint(data["bmc"]["url"], data["bmc"]["username"], data["bmc"]["password"], verify_tls=False)
+    blade = server("enc1-bay1", bmc, serial=data["serial_number"], uuid=data["uuid"])
+    power = RedfishPower(timeout=5.0)
+    try:
+        with acting(Fence(job=9, epoch=5, monitor="adopter", valid=lambda: True)):
+            await power.power_on(blade)  # already On: the quirk, treated as done; the lab saw epoch 5
+        with acting(Fence(job=9, epoch=4, monitor="paused", valid=lambda: True)), \
+                pytest.raises(FenceRefused, match="stale fencing token: job 9 epoch 4 < 5"):
+            await power.force_off(blade)
+        assert await power.power_state(blade) is PowerState.ON
     finally:
         await power.close()
 
