@@ -70,6 +70,9 @@ SYSTEMS_PATH = "/redfish/v1/Systems"
 """The Redfish ComputerSystem collection; a BMC system is one of its members."""
 _SERVICE_PATHS = frozenset({"", "/redfish", "/redfish/v1"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_PLAIN_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([A-Za-z0-9.-]+)(?::([0-9]{1,5}))?/?$")
+"""scheme://host[:port] with no path (the common case, checked without urlsplit: inventories of
+thousands of servers)."""
 
 
 def system_member(system: str) -> str:
@@ -129,6 +132,11 @@ def split_bmc_url(url: str, system: str | None = None) -> tuple[str, str | None]
         if system is not None:
             system_member(system)
         return text.rstrip("/"), system
+    plain = _PLAIN_URL.match(text)
+    if plain and (plain.group(3) is None or int(plain.group(3)) <= 65535):
+        if system is not None:
+            system_member(system)
+        return text.rstrip("/"), system
     try:
         parts = urlsplit(text)
         _ = parts.port  # raises ValueError on a malformed port
@@ -156,6 +164,12 @@ def split_bmc_url(url: str, system: str | None = None) -> tuple[str, str | None]
 def bmc_service(url: str) -> str:
     """What identifies a BMC service: scheme://host:port, lowercased, the default port dropped
     (`HTTPS://Bmc1:443/redfish/v1` -> `https://bmc1`)."""
+    plain = _PLAIN_URL.match(url.strip())
+    if plain:
+        scheme, host, port_text = plain.group(1).lower(), plain.group(2).lower(), plain.group(3)
+        if port_text is None or _DEFAULT_PORTS.get(scheme) == int(port_text):
+            return f"{scheme}://{host}"
+        return f"{scheme}://{host}:{int(port_text)}"
     try:
         parts = urlsplit(url.strip())
         scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
