@@ -80,6 +80,7 @@ class ServerIn(_Lenient):
     management_addresses: list[str] = []
     bmc: BmcIn | None = None
     serial_number: str | None = None
+    uuid: str | None = None
 
     def to_model(self) -> Server:
         return Server(
@@ -90,7 +91,7 @@ class ServerIn(_Lenient):
             management_addresses=tuple(self.management_addresses),
             bmc=BmcEndpoint(self.bmc.url, self.bmc.username, self.bmc.password,
                             verify_tls=self.bmc.verify_tls) if self.bmc else None,
-            serial=self.serial_number,
+            serial=self.serial_number, uuid=self.uuid,
         )
 
 

@@ -525,7 +525,7 @@ def write_inventory(path: Path, enclosures: int, domains_per_group: int = 2) -> 
                         "host": {"name": f"host-{e}-{bay}.example.com", "ip": ip}}
                 else:
                     entry = {"bay": bay, "product": SPARES[bay - 13], "spare": True}
-                entry["bmc"] = f"https://127.0.{e % 250}.{bay}:1"
+                entry["bmc"] = f"https://127.{e // 250}.{e % 250}.{bay}:1"  # one BMC service each
                 bays.append(entry)
                 servers += 1
             domains.append({"id": f"vcd-enc{e}", "status": "ok",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,17 +66,151 @@ class HostRecord:
         return {"name": self.name, "ip": self.ip}
 
 
+SYSTEMS_PATH = "/redfish/v1/Systems"
+"""The Redfish ComputerSystem collection; a BMC system is one of its members."""
+_SERVICE_PATHS = frozenset({"", "/redfish", "/redfish/v1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_PLAIN_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([A-Za-z0-9.-]+)(?::([0-9]{1,5}))?/?$")
+"""scheme://host[:port] with no path (the common case, checked without urlsplit: inventories of
+thousands of servers)."""
+
+
+def system_member(system: str) -> str:
+    """The member Id a `system` names: an Id ("1", a UUID, a name) or a Systems member path
+    ("/redfish/v1/Systems/1"); ValueError for anything else (another resource, a full URL)."""
+    text = system.strip()
+    if not text:
+        raise ValueError("system is empty")
+    if "://" in text:
+        raise ValueError(f"system {system!r}: give the Id or the path /redfish/v1/Systems/ID, not a URL")
+    if not text.startswith("/"):
+        if "/" in text:
+            raise ValueError(f"system {system!r} is not an Id nor a path /redfish/v1/Systems/ID")
+        return text
+    member = _member_of_path(text)
+    if member is None:
+        raise ValueError(f"system {system!r} is not a Systems member (/redfish/v1/Systems/ID)")
+    return member
+
+
+def _member_of_path(path: str) -> str | None:
+    """"/redfish/v1/Systems/2" (trailing slash allowed) -> "2"; anything else -> None."""
+    path = path.rstrip("/")
+    prefix = SYSTEMS_PATH + "/"
+    if not path.startswith(prefix):
+        return None
+    member = path[len(prefix):]
+    return unquote(member) if member and "/" not in member else None
+
+
+def origin_member(origin: str | None) -> str | None:
+    """The Systems member an OriginOfCondition path lies in: "/redfish/v1/Systems/2/Processors/1" -> "2"
+    (None when it names no ComputerSystem, e.g. a Chassis or a Manager)."""
+    if not origin:
+        return None
+    path = origin.strip()
+    if "://" in path:
+        try:
+            path = urlsplit(path).path
+        except ValueError:
+            return None
+    prefix = SYSTEMS_PATH + "/"
+    if not path.startswith(prefix):
+        return None
+    member = path[len(prefix):].split("/", 1)[0].split("?", 1)[0]
+    return unquote(member) if member else None
+
+
+def split_bmc_url(url: str, system: str | None = None) -> tuple[str, str | None]:
+    """(base URL, system) of a BMC endpoint as an inventory writes it.
+
+    `https://H:P/redfish/v1/Systems/ID` names the system (returned as that path); `https://H:P`,
+    `https://H:P/redfish/v1` name only the service. ValueError when the path is anything else, when
+    the URL carries a query or fragment, or when `system` disagrees with the path."""
+    text = url.strip()
+    if "://" not in text:  # not a URL (the inventory's validation says so); kept for the error there
+        if system is not None:
+            system_member(system)
+        return text.rstrip("/"), system
+    plain = _PLAIN_URL.match(text)
+    if plain and (plain.group(3) is None or int(plain.group(3)) <= 65535):
+        if system is not None:
+            system_member(system)
+        return text.rstrip("/"), system
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"BMC URL {url!r} is malformed: {exc}") from None
+    if not parts.netloc or not parts.hostname:
+        raise ValueError(f"BMC URL {url!r} has no host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"BMC URL {url!r}: no query or fragment allowed")
+    base = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path.rstrip("/")
+    if path in _SERVICE_PATHS:
+        if system is not None:
+            system_member(system)
+        return base, system
+    member = _member_of_path(path)
+    if member is None:
+        raise ValueError(f"BMC URL path {parts.path!r} is not a Systems member (/redfish/v1/Systems/ID); "
+                         "give the service (https://HOST:PORT) or one system")
+    if system is not None and system_member(system) != member:
+        raise ValueError(f"system {system!r} disagrees with the BMC URL's system {member!r}")
+    return base, system if system is not None else path
+
+
+def bmc_service(url: str) -> str:
+    """What identifies a BMC service: scheme://host:port, lowercased, the default port dropped
+    (`HTTPS://Bmc1:443/redfish/v1` -> `https://bmc1`)."""
+    plain = _PLAIN_URL.match(url.strip())
+    if plain:
+        scheme, host, port_text = plain.group(1).lower(), plain.group(2).lower(), plain.group(3)
+        if port_text is None or _DEFAULT_PORTS.get(scheme) == int(port_text):
+            return f"{scheme}://{host}"
+        return f"{scheme}://{host}:{int(port_text)}"
+    try:
+        parts = urlsplit(url.strip())
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return url.strip().lower()
+    if not scheme or not host:
+        return url.strip().lower().rstrip("/")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port is None or _DEFAULT_PORTS.get(scheme) == port \
+        else f"{scheme}://{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class BmcEndpoint:
     url: str
+    """The service's base URL (`https://HOST:PORT`). Given with a path `/redfish/v1/Systems/ID`, the
+    path is moved to `system` (ValueError for any other path, or a `system` that disagrees)."""
     username: str = field(repr=False)
     password: str = field(repr=False)
     verify_tls: bool = True
     ca_file: str | None = None
     system: str | None = None
-    """The ComputerSystem to act on (its path or Id); None: the service's only (first) system."""
+    """The ComputerSystem to act on (its path or Id). None: the service must list exactly one."""
     auth: str = "basic"
     """"basic" or "session" (Redfish SessionService)."""
+
+    def __post_init__(self) -> None:
+        url, system = split_bmc_url(self.url, self.system)
+        object.__setattr__(self, "url", url)
+        object.__setattr__(self, "system", system)
+
+    @property
+    def service(self) -> str:
+        """scheme://host:port of the Redfish service (several servers may share one)."""
+        return bmc_service(self.url)
+
+    @property
+    def system_id(self) -> str | None:
+        """The Systems member Id named (None: none named)."""
+        return system_member(self.system) if self.system is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +258,10 @@ class Server:
     management_addresses: tuple[str, ...] = ()
     bmc: BmcEndpoint | None = None
     serial: str | None = None
-    """Serial number (Dell: the service tag), as traps carry it."""
+    """Serial number (Dell: the service tag), as traps carry it; checked against the BMC's
+    SerialNumber (or SKU) before any power action."""
+    uuid: str | None = None
+    """The ComputerSystem's UUID; checked against the BMC's before any power action."""
 
     @property
     def model(self) -> str:
@@ -149,7 +287,9 @@ class Server:
             "host": self.host.as_dict() if self.host else None,
             "management_addresses": list(self.management_addresses),
             "serial": self.serial,
+            "uuid": self.uuid,
             "bmc": self.bmc.url if self.bmc else None,
+            "bmc_system": self.bmc.system if self.bmc else None,
             "active_job": active_job,
         }
 

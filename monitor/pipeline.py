@@ -23,7 +23,7 @@ from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
 from monitor.metrics import Metrics
 from monitor.model import Inventory, iso
 from monitor.ports import AdapterError, AlertSink
-from monitor.resolve import Resolver
+from monitor.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
 from monitor.store import ActiveJobExists, StoreError
 from monitor.stores import Store
 from monitor.yamlfile import ConfigError
@@ -160,12 +160,14 @@ class Pipeline:
 
     async def handle(self, event: Event) -> Decision:
         resolver = self.resolver()
-        sid, how = resolver.resolve(event) if resolver else (None, "inventory not loaded")
+        found = (resolver.attribute(event) if resolver
+                 else Resolution(None, "inventory not loaded", NO_INVENTORY))
+        sid, how = found.server, found.how
         server = resolver.server(sid) if resolver else None
         if event.server != sid:
             event = event.model_copy(update={"server": sid})
         if sid is None:
-            self.metrics.inc("events_unresolved_total", source=event.source)
+            self.metrics.inc("events_unresolved_total", source=event.source, reason=found.reason or NO_MATCH)
         group_size = len(resolver.inventory.in_group(server.domain_group)) if resolver and server else None
         decision = self.decider.decide(event, server, group_size)
         self.metrics.inc("decisions_total", action=decision.action)

@@ -96,7 +96,7 @@ async def test_unknown_sender_is_kept_counted_and_never_fails_over(
     assert rows[0]["action"] == "alert" and "unknown server" in rows[0]["guard"]
     assert h.jobs == {}
     _, metrics = await h.api("GET", "/metrics")
-    assert 'events_unresolved_total{source="snmp"} 1' in metrics
+    assert 'events_unresolved_total{reason="no_match",source="snmp"} 1' in metrics
 
 
 async def test_near_misses_and_thresholds_are_explained(
