@@ -123,7 +123,7 @@ class FailoverConfig(_Strict):
     """Before a rule-triggered job is created, the source's BMC is read again and must confirm the
     fault (monitor/confirmation.py): `always` for every failover rule, `rule` only for rules marked
     `confirm: true`, `never` not at all (except rules whose condition is the power reading,
-    `confirm_by: off`). A confirmation that declines is recorded as `declined`."""
+    `confirm_by: powered_off`). A confirmation that declines is recorded as `declined`."""
     confirm_window: Annotated[float, Field(gt=0)] = 300.0
     """Seconds a declined failover stays open: a second failover signal for the server, or a health poll
     reading it unhealthy, within it fails the server over."""

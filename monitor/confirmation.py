@@ -8,11 +8,11 @@ trigger.
 
 What confirms (`confirm_by: unhealthy`, the default): Health Warning or Critical, HealthRollup Critical
 (a rollup Warning alone is a degraded part, a fan or a supply, not the server), the server Off, or its
-State Absent / UnavailableOffline. `confirm_by: off` (the server's own power is lost): PowerState Off
-only. An unreachable BMC confirms only for rules marked `confirm_unreachable` (the fault named takes the
-BMC's view with it: the board's power, the whole blade); otherwise it declines, since the BMC itself may
-be what hung. Within the window of a declined failover, a second signal or a health change confirms,
-except for `confirm_by: off` rules, whose condition is the power reading itself.
+State Absent / UnavailableOffline. `confirm_by: powered_off` (the server's own power is lost):
+PowerState Off only. An unreachable BMC confirms only for rules marked `confirm_unreachable` (the fault
+named takes the BMC's view with it: the board's power, the whole blade); otherwise it declines, since the
+BMC itself may be what hung. Within the window of a declined failover, a second signal or a health change
+confirms, except for `confirm_by: powered_off` rules, whose condition is the power reading itself.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Confirmation:
 
 def needs_reading(policy: Policy, rule: RuleSpec) -> bool:
     """Whether the BMC is read at all for this rule under this policy."""
-    if rule.confirm_by == "off":
+    if rule.confirm_by == "powered_off":
         return True  # the rule's condition is the server's power
     if policy == "never":
         return False
@@ -113,11 +113,11 @@ def decide(*, policy: Policy, rule_id: str, rule: RuleSpec, event: Event, readin
         if rule.confirm_unreachable:
             return Confirmation("confirmed", f"{said}: {rule_id} names a fault that takes the BMC's view "
                                              "with it", stored)
-        if again and rule.confirm_by != "off":
+        if again and rule.confirm_by != "powered_off":
             return Confirmation("confirmed", f"{said}; confirmed by {again}", stored)
         return Confirmation("declined", f"{said}: the BMC itself may be what failed, and {rule_id} "
                                         "names no fault that would take it down", stored)
-    if rule.confirm_by == "off":
+    if rule.confirm_by == "powered_off":
         if reading.power is PowerState.OFF:
             return Confirmation("confirmed", f"{said}: the server's own power is lost", stored)
         return Confirmation("declined", f"{said}: the server still has power (a failed or unplugged "
@@ -136,7 +136,7 @@ def requirement(policy: Policy, rule_id: str, rule: RuleSpec) -> str:
     if not needs_reading(policy, rule):
         return ("no confirmation (failover.confirm: never)" if policy == "never"
                 else f"no confirmation ({rule_id} does not ask for it; failover.confirm: rule)")
-    want = ("power Off (the server's own power lost)" if rule.confirm_by == "off"
+    want = ("power Off (the server's own power lost)" if rule.confirm_by == "powered_off"
             else "health Warning/Critical, rollup Critical, Off or absent")
     dead = ("an unreachable BMC confirms" if rule.confirm_unreachable
             else "an unreachable BMC declines")

@@ -17,7 +17,7 @@ rules:
     labels: {team: compute}
     cooldown: 1h                       # failover rules: one decision per server per window
     confirm: true                      # with failover.confirm: rule, this rule reads the BMC first
-    confirm_by: unhealthy              # what the BMC must read: unhealthy, or off (its power is lost)
+    confirm_by: unhealthy              # what the BMC must read: unhealthy, or powered_off
     confirm_unreachable: false         # an unreachable BMC confirms: the fault takes the BMC's view
 disable: [dell-idrac-fan-failure]      # built-in rules switched off by id
 guards: {...}                          # see GuardsSpec
@@ -104,10 +104,10 @@ class RuleSpec(_Strict):
     confirm: bool = False
     """This rule asks for confirmation: with `failover.confirm: rule` only such rules read the BMC
     before a job is created (with `always`, the default, every failover rule does)."""
-    confirm_by: Literal["unhealthy", "off"] = "unhealthy"
+    confirm_by: Literal["unhealthy", "powered_off"] = "unhealthy"
     """What the BMC must read to confirm: `unhealthy` (Health Warning or Critical, HealthRollup Critical,
-    the server Off or absent), or `off` (the server's own power is lost: PowerState Off). `off` is the
-    rule's condition, so it is read even with `failover.confirm: never`."""
+    the server Off or absent), or `powered_off` (the server's own power is lost: PowerState Off). That
+    one is the rule's condition, so it is read even with `failover.confirm: never`."""
     confirm_unreachable: bool = False
     """An unreachable BMC confirms: the fault the event names (the board's power, the whole blade)
     takes the BMC's view with it. Otherwise an unreachable BMC declines (it may be the BMC that hung)."""
