@@ -21,6 +21,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from monitor.clock import Clock
 from monitor.events import Event
 from monitor.model import Health, PowerState, Server
 from monitor.ports import AdapterError, AdapterTimeout, HealthReading, PowerControl
@@ -143,10 +144,12 @@ def requirement(policy: Policy, rule_id: str, rule: RuleSpec) -> str:
     return f"the BMC is read before a job: it must read {want}; {dead}"
 
 
-async def read(power: PowerControl, server: Server, timeout: float) -> HealthReading | AdapterError:
-    """The source's health from its BMC, at most `timeout` seconds; the error when it cannot be read."""
+async def read(power: PowerControl, server: Server, timeout: float,
+               clock: Clock | None = None) -> HealthReading | AdapterError:
+    """The source's health from its BMC, at most `timeout` seconds (on `clock`); the error when it cannot
+    be read."""
     try:
-        async with asyncio.timeout(timeout):
+        async with (clock.timeout(timeout) if clock is not None else asyncio.timeout(timeout)):
             return await power.health(server)
     except TimeoutError:
         return AdapterTimeout(f"no answer within {timeout:g} s")

@@ -192,7 +192,7 @@ class Pipeline:
         policy = self.failover.confirm
         reading: confirmation.Reading = None
         if read_bmc and self.power is not None and confirmation.needs_reading(policy, rule.spec):
-            reading = await confirmation.read(self.power, server, self.failover.confirm_timeout)
+            reading = await confirmation.read(self.power, server, self.failover.confirm_timeout, self.clock)
         verdict = confirmation.decide(policy=policy, rule_id=rule.id, rule=rule.spec, event=decision.event,
                                       reading=reading, reopened=decision.reopened)
         decision.confirmation = verdict.public()
