@@ -384,9 +384,14 @@ class Decider:
         decision.confirm = best.spec.confirm
         if decision.action == "failover":
             if open_ is not None and decision.reopened is None:
+                declined = self.ruleset.rules.get(str(open_.get("rule")))
                 if open_.get("signature") == signature(best.id, event):
                     decision.notes.append(f"the same event as the declined one at {open_.get('at')} "
                                           "(a resend): not a second signal")
+                elif not best.spec.second_signal and declined is not None and \
+                        not declined.spec.second_signal:
+                    decision.notes.append(f"{best.id} after {open_.get('rule')}: a pair known to come "
+                                          "spuriously together, not a second signal")
                 else:
                     decision.reopened = {**_public_decline(open_), "by": "second signal"}
             self._guard_failover(decision, best, server, now, group_size)

@@ -108,6 +108,10 @@ class RuleSpec(_Strict):
     """What the BMC must read to confirm: `unhealthy` (Health Warning or Critical, HealthRollup Critical,
     the server Off or absent), or `powered_off` (the server's own power is lost: PowerState Off). That
     one is the rule's condition, so it is read even with `failover.confirm: never`."""
+    second_signal: bool = True
+    """False for messages known to come spuriously together (Dell CPU0000 + MEM0001 after an iDRAC warm
+    boot): within the window of a declined failover by one such rule, another such rule is not the
+    second signal that fails the server over without the BMC's word (any other failover rule is)."""
     confirm_unreachable: bool = False
     """An unreachable BMC confirms: the fault the event names (the board's power, the whole blade)
     takes the BMC's view with it. Otherwise an unreachable BMC declines (it may be the BMC that hung)."""

@@ -523,3 +523,18 @@ def test_an_open_decline_survives_a_snapshot(tmp_path: Path) -> None:
     restored = RuleState.restore(d.state.snapshot())
     info = restored.open_decline("enc1-bay1", clock.time())
     assert info is not None and info["rule"] == "cpu" and info["reading"] == {"health": "OK"}
+
+
+def test_a_pair_known_to_come_spuriously_is_not_a_second_signal(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule(second_signal=False),
+                           {"id": "mem", "action": "failover", "second_signal": False,
+                            "match": {"trap_oid": "1.3.6.1.4.1.232.0.6096"}},
+                           {"id": "board", "action": "failover",
+                            "match": {"trap_oid": "1.3.6.1.4.1.232.0.6067"}}])
+    s = server()
+    d.decline(d.decide(trap(clock), s), clock.time() + 300, "BMC reads OK", None)
+    pair = d.decide(trap(clock, "1.3.6.1.4.1.232.0.6096"), s)
+    assert pair.reopened is None and "known to come spuriously together" in pair.notes[0]
+    other = d.decide(trap(clock, "1.3.6.1.4.1.232.0.6067"), s)
+    assert other.reopened is not None and other.reopened["rule"] == "cpu"  # a solid signal still counts

@@ -75,6 +75,8 @@ class Expect(_Strict):
     """The spare the job chose (the job is followed to its end)."""
     enclosures_faulted: list[str] | None = None
     """The enclosures marked faulted after the last event."""
+    job: Literal["completed", "failed"] | None = None
+    """How the job ends (it is followed to its end)."""
 
 
 class Step(_Strict):
@@ -272,7 +274,7 @@ async def run_scenario(scenario: Scenario, tmp_path: Path) -> Run:
                 want = (step.expect.decision, step.expect.rule)
                 assert got == want, f"step {i} (at {step.at:g} s): {got} != {want}: {decision.public()}"
         last = run.decisions[-1]
-        if last.job is not None and scenario.expect.spare is not None:
+        if last.job is not None and (scenario.expect.spare or scenario.expect.job):
             job_id = last.job
             await _until(lambda: job_id in run.jobs and not run.jobs[job_id].state.active,
                          f"job {job_id} to end")
@@ -304,6 +306,9 @@ def check(scenario: Scenario, last: Decision, run: Run, faulted: set[str]) -> No
         job = run.jobs[last.job or -1].public()
         assert job["state"] == "completed" and job["spare"] == e.spare, job
         assert job["trigger"]["confirmation"] == last.confirmation
+    if e.job is not None:
+        job = run.jobs[last.job or -1].public()
+        assert job["state"] == e.job, job
     if e.enclosures_faulted is not None:
         assert faulted == set(e.enclosures_faulted), faulted
 
