@@ -233,6 +233,17 @@ async def _until(predicate: Any, what: str, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.001)  # the job runs in other tasks: give them the loop
 
 
+async def _job_ends(run: Run, job_id: int, clock: FakeClock, timeout: float = 20.0) -> None:
+    """Wait for the job to end, moving the fake clock on while it waits (a power-off that is not
+    confirmed polls `power_off_timeout` seconds per attempt)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (job_id in run.jobs and not run.jobs[job_id].state.active):
+        assert loop.time() < deadline, f"timed out waiting for job {job_id} to end"
+        await asyncio.sleep(0.001)  # the job runs in other tasks: give them the loop
+        await clock.advance(0.5)
+
+
 async def run_scenario(scenario: Scenario, tmp_path: Path) -> Run:
     clock = FakeClock()
     loaded = LoadedConfig(_config(tmp_path, scenario), None)
@@ -274,11 +285,9 @@ async def run_scenario(scenario: Scenario, tmp_path: Path) -> Run:
                 want = (step.expect.decision, step.expect.rule)
                 assert got == want, f"step {i} (at {step.at:g} s): {got} != {want}: {decision.public()}"
         last = run.decisions[-1]
-        if last.job is not None and (scenario.expect.spare or scenario.expect.job):
-            job_id = last.job
-            await _until(lambda: job_id in run.jobs and not run.jobs[job_id].state.active,
-                         f"job {job_id} to end")
         faulted = pipeline.decider.state.faulted_enclosures(clock.time())
+        if last.job is not None and (scenario.expect.spare or scenario.expect.job):
+            await _job_ends(run, last.job, clock)
         check(scenario, last, run, faulted)
     finally:
         stop.set()
