@@ -443,14 +443,16 @@ class Api:
         pipeline = self._pipeline()
         mode = request.query.get("mode", "live")
         if mode not in ("live", "rules"):
+            self._reject("bad_request")
             return _error(400, "mode is live or rules")
         batch = await self._body(request, EventBatch)
         if isinstance(batch, web.Response):
             return batch
         now = self.runner.d.clock.now()
         items = batch.root if isinstance(batch.root, list) else [batch.root]
-        if len(items) > 1000:
-            return _error(400, "at most 1000 events at once")
+        if not items or len(items) > 1000:
+            self._reject("bad_request")
+            return _error(400, "give one event, or a list of 1 to 1000 events")
         out = await pipeline.explain([i.to_event(now) for i in items], live=mode == "live")
         return web.json_response(out if isinstance(batch.root, list) else out[0])
 
