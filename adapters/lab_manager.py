@@ -109,6 +109,8 @@ class EnclosureIn(_Lenient):
     id: str
     domain: str
     bays: int = 16
+    management_addresses: list[str] = []
+    """The enclosure manager's (Onboard Administrator's) addresses."""
 
 
 class ProfileIn(_Lenient):
@@ -216,7 +218,8 @@ class LabManager:
         return Inventory(
             groups={g.id: DomainGroup(g.id) for g in inv.domain_groups},
             domains={d.id: Domain(d.id, d.group, d.status) for d in inv.domains},
-            enclosures={e.id: Enclosure(e.id, e.domain, e.bays) for e in inv.enclosures},
+            enclosures={e.id: Enclosure(e.id, e.domain, e.bays, tuple(e.management_addresses))
+                        for e in inv.enclosures},
             servers={s.id: s.to_model() for s in inv.servers},
             profiles={p.id: p.to_model() for p in inv.profiles},
         )

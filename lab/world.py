@@ -499,6 +499,11 @@ class World:
             return None
         return f"https://{server.bmc_ip}:{server.bmc_port}"
 
+    def oa_address(self, enclosure: str) -> str:
+        """The address of enclosure `encE`'s Onboard Administrator: "bay 0" of its BMC network
+        (127.77.E.0). Nothing listens there; traps the OA sends come from it."""
+        return self.config.bmc_ip(int(enclosure.removeprefix("enc")), 0)
+
     def bmc_servers(self) -> list[Server]:
         """Servers that have hardware, hence a BMC (listening while installed)."""
         return [s for s in self.servers.values() if s.product is not None]
@@ -559,7 +564,8 @@ class World:
             "domain_groups": [{"id": g} for g in self.domain_groups],
             "domains": [self.domain_view(d) for d in self.domains],
             "enclosures": [
-                {"id": e, "domain": d, "bays": BAYS_PER_ENCLOSURE} for e, d in self.enclosures.items()
+                {"id": e, "domain": d, "bays": BAYS_PER_ENCLOSURE,
+                 "management_addresses": [self.oa_address(e)]} for e, d in self.enclosures.items()
             ],
             "servers": [self.server_view(s) for s in self.servers.values()],
             "profiles": [self.profile_view(p) for p in self.profiles.values()],

@@ -441,11 +441,24 @@ class Api:
         return web.json_response({"queued": queued}, status=202)
 
     async def post_explain(self, request: web.Request) -> web.Response:
+        """What the pipeline would decide for one event (an object) or several in order (a list), acting
+        on nothing. `?mode=live` (default): on a copy of the running state, with the confirmation read
+        from the BMC; `?mode=rules`: the rules and configured guards over these events alone."""
         pipeline = self._pipeline()
-        item = await self._body(request, EventIn)
-        if isinstance(item, web.Response):
-            return item
-        return web.json_response(pipeline.explain(item.to_event(self.runner.d.clock.now())))
+        mode = request.query.get("mode", "live")
+        if mode not in ("live", "rules"):
+            self._reject("bad_request")
+            return _error(400, "mode is live or rules")
+        batch = await self._body(request, EventBatch)
+        if isinstance(batch, web.Response):
+            return batch
+        now = self.runner.d.clock.now()
+        items = batch.root if isinstance(batch.root, list) else [batch.root]
+        if not items or len(items) > 1000:
+            self._reject("bad_request")
+            return _error(400, "give one event, or a list of 1 to 1000 events")
+        out = await pipeline.explain([i.to_event(now) for i in items], live=mode == "live")
+        return web.json_response(out if isinstance(batch.root, list) else out[0])
 
     async def get_pause(self, request: web.Request) -> web.Response:
         return web.json_response({"paused": self._pipeline().decider.paused})

@@ -120,6 +120,16 @@ class FailoverConfig(_Strict):
     """After a crash, a job that was mid-flight resumes from its last safe point or fails safe."""
     shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM, seconds a running step may take to reach a safe point before it is parked."""
+    confirm: Literal["always", "rule", "never"] = "always"
+    """Before a rule-triggered job is created, the source's BMC is read again and must confirm the
+    fault (monitor/confirmation.py): `always` for every failover rule, `rule` only for rules marked
+    `confirm: true`, `never` not at all (except rules whose condition is the power reading,
+    `confirm_by: powered_off`). A confirmation that declines is recorded as `declined`."""
+    confirm_window: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds a declined failover stays open: a second failover signal for the server, or a health poll
+    reading it unhealthy, within it fails the server over."""
+    confirm_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds the confirmation waits for the BMC's answer (an unanswered read is "unreachable")."""
 
     @field_validator("step_timeouts")
     @classmethod

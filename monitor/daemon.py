@@ -320,7 +320,8 @@ class Daemon:
         mqtt_stop = asyncio.Event()
         pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
                             sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=self.inventory,
-                            watch_interval=self.config.rules.watch_interval)
+                            watch_interval=self.config.rules.watch_interval,
+                            power=adapters.power, failover=self.config.failover)
         self.pipeline = pipeline
         deps.enclosure_faults.append(lambda: pipeline.decider.state.faulted_enclosures(self.clock.time()))
         self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},

@@ -8,6 +8,7 @@ domain_groups:
         status: ok
         enclosures:
           - id: enc1
+            management_addresses: [10.0.1.200]   # the Onboard Administrator (or Dell CMC)
             servers:
               - bay: 1
                 product: ProLiant BL460c Gen8
@@ -45,6 +46,7 @@ from monitor.model import (
     Server,
     bmc_service,
     identify_product,
+    product_rule_of_thumb,
     split_bmc_url,
     system_member,
 )
@@ -120,6 +122,8 @@ class ServerSpec(_Strict):
 class EnclosureSpec(_Strict):
     id: str
     bays: Annotated[int, Field(ge=1, le=16)] = 16
+    management_addresses: list[str] = []
+    """The enclosure manager's addresses (Onboard Administrator, Dell CMC): its traps resolve here."""
     servers: list[ServerSpec] = []
 
 
@@ -189,8 +193,9 @@ def check_inventory_file(path: Path) -> tuple[Inventory, list[ConfigIssue]]:
                     if identify_product(s.product) is None:
                         warnings.append(ConfigIssue(
                             str(path), doc.line(loc), field_path(loc),
-                            f"warning: product {s.product!r} is not a known ProLiant or Integrity blade "
-                            "(a failover of it exits at check_product)"))
+                            f"warning: product {s.product!r} is not identified: "
+                            f"{product_rule_of_thumb(s.product)} (a failover of it exits at "
+                            "check_product)"))
                     if s.bay + s.span - 1 > e.bays:
                         issues.append(ConfigIssue(
                             str(path), doc.line((*loc[:-1], "span")), field_path((*loc[:-1], "span")),
@@ -270,7 +275,7 @@ def to_inventory(spec: InventoryFile) -> Inventory:
         for d in g.domains:
             domains[d.id] = Domain(d.id, g.id, d.status)
             for e in d.enclosures:
-                enclosures[e.id] = Enclosure(e.id, d.id, e.bays)
+                enclosures[e.id] = Enclosure(e.id, d.id, e.bays, tuple(e.management_addresses))
                 for s in e.servers:
                     sid = s.id or f"{e.id}-bay{s.bay}"
                     host = HostRecord(s.host.name, s.host.ip) if s.host else None

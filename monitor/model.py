@@ -236,6 +236,9 @@ class Enclosure:
     id: str
     domain: str
     bays: int = 16
+    management_addresses: tuple[str, ...] = ()
+    """The enclosure manager's addresses (HPE Onboard Administrator, Dell CMC / OME-Modular): traps it
+    sends about the enclosure or one of its bays resolve to this enclosure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,13 +323,18 @@ class Inventory:
 
 # --- product identification ---------------------------------------------------------------------
 
-ProductFamily = Literal["proliant", "integrity"]
+ProductFamily = Literal["proliant", "integrity", "poweredge"]
 
 _GENERATION = re.compile(r"\s+(?:G\d+|Gen\s?\d+|i\d)$", re.IGNORECASE)
 _INTEGRITY = re.compile(r"\b(BL8[679]0c)\b", re.IGNORECASE)
 _PROLIANT = re.compile(r"\b((?:BL|WS)\d{3}c)\b", re.IGNORECASE)
+# Dell PowerEdge modular blades: M-series (M1000e, VRTX: M620, M630, M640, M830, ...) and MX-series
+# (MX7000: MX740c, MX750c, MX840c, ...). Rack (R), tower (T) and FX (FC) servers are not blades here.
+_POWEREDGE = re.compile(r"\b(MX\d{3}c|M\d{3})\b", re.IGNORECASE)
 # Integrity blades are built of 1, 2 or 4 conjoined blades; the bays they span are fixed per model.
 _INTEGRITY_SPAN = {"BL860C": 1, "BL870C": 2, "BL890C": 4}
+# The MX840c is a double-width sled: it spans two adjacent MX7000 slots.
+_POWEREDGE_SPAN = {"MX840C": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +343,8 @@ class ProductInfo:
     model: str
     """The model with the generation removed: "ProLiant BL465c G1" and "ProLiant BL465c G5" share it."""
     span: int | None
-    """Bays the product spans when that is fixed by the model (Integrity), else None (from inventory)."""
+    """Bays the product spans when that is fixed by the model (Integrity, MX840c), else None (from
+    inventory)."""
 
 
 def identify_product(product: str) -> ProductInfo | None:
@@ -343,20 +352,54 @@ def identify_product(product: str) -> ProductInfo | None:
 
     ProLiant: "ProLiant BL460c Gen8", "HP ProLiant BL465c G7", "BL460c Gen10".
     Integrity: "Integrity BL860c i2", "HP Integrity BL870c i4", "BL890c i2".
+    PowerEdge (Dell modular blades): "PowerEdge M640", "Dell PowerEdge MX740c", "poweredge mx750c",
+    "MX840c" (family "poweredge", model "PowerEdge MX740c"; Dell names carry no generation suffix; a
+    bare "M640" is not identified: M-series names need PowerEdge or Dell).
     """
     name = " ".join(product.split())
     if not name:
         return None
+    lower = name.lower()
     base = _GENERATION.sub("", name)
     integrity = _INTEGRITY.search(base)
-    if integrity and ("integrity" in name.lower() or "proliant" not in name.lower()):
+    if integrity and ("integrity" in lower or "proliant" not in lower):
         key = integrity.group(1).upper()
         return ProductInfo("integrity", f"Integrity {key[:-1]}c", _INTEGRITY_SPAN[key])
     proliant = _PROLIANT.search(base)
-    if proliant and "integrity" not in name.lower():
+    if proliant and "integrity" not in lower and "poweredge" not in lower:
         key = proliant.group(1)
         return ProductInfo("proliant", f"ProLiant {key[:-1].upper()}c", None)
+    dell = _POWEREDGE.search(name)
+    if dell and ("poweredge" in lower or "dell" in lower or dell.group(1).upper().startswith("MX")):
+        key = dell.group(1).upper()
+        model = f"{key[:-1]}c" if key.endswith("C") else key
+        return ProductInfo("poweredge", f"PowerEdge {model}", _POWEREDGE_SPAN.get(key))
     return None
+
+
+KNOWN_PRODUCTS = ("ProLiant BLnnnc/WSnnnc (BL460c Gen10), Integrity BL860c/BL870c/BL890c (BL870c i4), "
+                  "PowerEdge Mnnn/MXnnnc (M640, MX740c)")
+
+
+def product_rule_of_thumb(product: str) -> str:
+    """Why `product` is not identified, and the rule of thumb identification applies, for check-config."""
+    name = " ".join(product.split())
+    lower = name.lower()
+    if not name:
+        why = "the product name is empty"
+    elif "proliant" in lower or re.search(r"\b(?:DL|ML|SL|XL|BL)\d", name, re.IGNORECASE):
+        why = ("a ProLiant is a blade only as BL<3 digits>c or WS<3 digits>c (DL, ML, SL and XL are rack "
+               "or tower servers)")
+    elif "integrity" in lower or "superdome" in lower:
+        why = "an Integrity blade is a BL860c, BL870c or BL890c (rx and Superdome are not blades)"
+    elif "poweredge" in lower or "dell" in lower:
+        why = ("a PowerEdge is a blade only as M<3 digits> or MX<3 digits>c (R, T and FC models are not "
+               "modular blades)")
+    elif _POWEREDGE.search(name):
+        why = "an M-series blade needs its maker in the name (PowerEdge M640, Dell M630)"
+    else:
+        why = "no known blade model in the name"
+    return f"{why}; known: {KNOWN_PRODUCTS}"
 
 
 # --- jobs ---------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Identifying fields win over the sender's address, because enclosure managers (Onboard Administrator)
 send traps about blades from their own address:
-1. HPE Onboard Administrator traps: enclosure name + bay position varbinds (cpqRackServerBlade…);
+1. HPE Onboard Administrator traps: enclosure name + bay position varbinds (cpqRackServerBlade…), or
+   the OA's own address (an enclosure's `management_addresses`) + the bay position varbind;
 2. Dell iDRAC: service tag (alertSystemServiceTag), then FQDN (alertSystemFQDN);
 3. serial number varbinds;
 4. Redfish events from a known BMC service (`attributes.bmc_service`, set by the push listener and the
@@ -19,6 +20,11 @@ none of them: such an event resolves only by an identifying field, an OriginOfCo
 that picks one of those servers. An OriginOfCondition naming a ComputerSystem that no candidate is never
 attributed to one. Events that resolve to nothing keep `server: null`: they are kept, counted by reason
 (`Resolution.reason`) and never fail anything over.
+
+The enclosure an event is about (`Resolver.enclosure`): the resolved server's; else the enclosure an OA
+trap names (cpqRackCommonEnclosureName, cpqRackPowerSupplyEnclosureName, …, equal to an enclosure id);
+else the enclosure whose manager sent it. An enclosure-wide trap (a failed OA power supply or fan) thus
+marks its enclosure faulted although it names no bay.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ OA_BLADE_SERIAL = "1.3.6.1.4.1.232.22.2.4.1.1.1.16."
 HPE_SERVER_SERIAL = "1.3.6.1.4.1.232.2.2.2.1.0"
 IDRAC_SERVICE_TAG = "1.3.6.1.4.1.674.10892.5.3.1.4.0"
 IDRAC_FQDN = "1.3.6.1.4.1.674.10892.5.3.1.5.0"
+OA_ENCLOSURE_NAMES = (
+    OA_ENCLOSURE_NAME,  # cpqRackServerBladeEnclosureName
+    "1.3.6.1.4.1.232.22.2.3.1.1.1.9.",  # cpqRackCommonEnclosureName (enclosure temp, fan, fuse traps)
+    "1.3.6.1.4.1.232.22.2.5.1.1.1.4.",  # cpqRackPowerSupplyEnclosureName (22013 power supply failed)
+    "1.3.6.1.4.1.232.22.2.3.3.1.1.3.",  # cpqRackPowerEnclosureName (22018 power not redundant)
+    "1.3.6.1.4.1.232.22.2.6.1.1.1.4.",  # cpqRackNetConnectorEnclosureName (22046 interconnect failed)
+)
+"""CPQRACK-MIB varbinds naming the enclosure of an Onboard Administrator trap."""
 
 BMC_SERVICE_ATTRIBUTE = "bmc_service"
 """`Event.attributes` key: the BMC service (scheme://host:port) a Redfish event came from."""
@@ -117,6 +131,12 @@ class Resolver:
         self._serials: dict[str, set[str]] = {}
         self.by_bay: dict[tuple[str, int], str] = {}
         self.by_service: dict[str, list[Server]] = {}
+        self.enclosure_by_address: dict[str, str] = {}
+        self.enclosure_by_name: dict[str, str] = {}
+        for e in inventory.enclosures.values():
+            self.enclosure_by_name[e.id.lower()] = e.id
+            for addr in e.management_addresses:
+                self.enclosure_by_address[addr] = e.id
         for s in inventory.servers.values():
             for addr in s.management_addresses:
                 self._addresses[0].setdefault(addr, set()).add(s.id)
@@ -160,6 +180,11 @@ class Resolver:
                 sid = self.by_bay.get((enclosure.strip().lower(), int(position)))
                 if sid:
                     return Resolution(sid, f"enclosure {enclosure} bay {position}")
+            manager = self.enclosure_by_address.get(event.sender or "")
+            if manager and position and position.strip().isdigit():
+                sid = self.by_bay.get((manager.lower(), int(position)))
+                if sid:
+                    return Resolution(sid, f"enclosure manager of {manager} ({event.sender}) bay {position}")
             for oid, what in ((IDRAC_SERVICE_TAG, "service tag"), (HPE_SERVER_SERIAL, "serial number")):
                 tag = vb.get(oid)
                 if tag and (sid := self._serial(tag)):
@@ -236,3 +261,17 @@ class Resolver:
         if server.bmc is not None and (by_origin := self._origin_match([server], event.origin)) is not None:
             return by_origin if by_origin.server is None else Resolution(sid, how)
         return Resolution(sid, how)
+
+    def enclosure(self, event: Event, sid: str | None) -> tuple[str | None, str]:
+        """(enclosure id or None, how): the server's; else the OA trap's enclosure name; else the
+        enclosure whose manager sent the event."""
+        server = self.server(sid)
+        if server is not None:
+            return server.enclosure, f"server {server.id}"
+        for prefix in OA_ENCLOSURE_NAMES:
+            name = _by_prefix(event.varbinds, prefix) if event.varbinds else None
+            if name and (eid := self.enclosure_by_name.get(name.strip().lower())):
+                return eid, f"enclosure name {name}"
+        if event.sender and (eid := self.enclosure_by_address.get(event.sender)):
+            return eid, f"enclosure manager {event.sender}"
+        return None, "no enclosure matched"

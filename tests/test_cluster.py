@@ -415,6 +415,9 @@ async def test_same_trap_to_every_monitor_starts_one_failover(tmp_path: Path, ht
                                                               backend: str) -> None:
     async with cluster(tmp_path, http, backend, monitors=3,
                        latency={"power_off_s": 0.3, "power_on_s": 0.3, "boot_s": 0}) as c:
+        # The host has crashed: its BMC reads Critical, which each monitor's confirmation reads.
+        status, _ = await c.lab_api.call("PUT", "/lab/v1/servers/enc1-bay1", {"health": "Critical"})
+        assert status == 200
         await asyncio.gather(*(send_trap(m.snmp_port) for m in c.monitors))
 
         async def decided() -> list[dict[str, Any]] | None:

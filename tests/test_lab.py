@@ -202,7 +202,8 @@ async def test_inventory_shape(api: Api) -> None:
     assert inv["domain_groups"] == [{"id": "dg1"}, {"id": "dg2"}]
     assert inv["domains"][0] == {"id": "vcd-enc1", "group": "dg1", "status": "ok"}
     assert [d["group"] for d in inv["domains"]] == ["dg1", "dg1", "dg2", "dg2"]
-    assert inv["enclosures"][1] == {"id": "enc2", "domain": "vcd-enc2", "bays": 16}
+    assert inv["enclosures"][1] == {"id": "enc2", "domain": "vcd-enc2", "bays": 16,
+                                    "management_addresses": ["127.77.2.0"]}  # the enclosure's OA
     servers = {s["id"]: s for s in inv["servers"]}
     for s in servers.values():
         assert set(s) >= SERVER_KEYS

@@ -145,6 +145,8 @@ class FailoverFlow:
         self.ctx.span = span
         if info.family == "integrity":
             how = f"Integrity: the spare must span the same {span} bay(s); power through the monarch BMC"
+        elif info.family == "poweredge":
+            how = f"Dell PowerEdge modular: the spare must span the same {span} slot(s)"
         else:
             how = "ProLiant"
         return f"{source.product}: {how}; model {info.model} (generation ignored)"
