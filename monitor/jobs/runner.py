@@ -107,7 +107,7 @@ class JobRunner:
 
     async def submit(self, server_id: str, trigger: dict[str, Any]) -> Job:
         """Create and start a failover job. UnknownServer, ActiveJobExists or ShuttingDown otherwise."""
-        if self._tg is None or self._stopping.is_set() or not self.membership.valid():
+        if self._tg is None or self._stopping.is_set():
             raise ShuttingDown("the monitor is not accepting jobs")
         try:
             server = await self.d.manager.server(server_id)
