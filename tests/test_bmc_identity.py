@@ -374,8 +374,9 @@ async def test_an_event_for_bay_2_fences_bay_2(sushy: SushyPeer, start_daemon: D
         "redfish": {"timeout": 10},
         "redfish_events": {"secret": SECRET, "poll_interval": 0},
         "rules": {"builtin": False, "files": [str(tmp_path / "rules.yaml")]},
+        # sushy's systems always read Health OK: attribution is under test here, not confirmation.
         "failover": {"poll_interval": 0.25, "power_off_timeout": 25, "power_on_timeout": 25,
-                     "rediscovery": {"delay": 0}},
+                     "rediscovery": {"delay": 0}, "confirm": "never"},
     }))
     listener = f"/api/v1/events/redfish/{bmc_token(SECRET, sushy.url)}"
 
