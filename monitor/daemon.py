@@ -172,7 +172,8 @@ class Daemon:
         for name, task in self._tasks.items():
             parts[name] = {"ok": not task.done()}
         if self.runner is not None:
-            parts["cluster"] = {"ok": self.runner.lease_valid(), "instance": self.instance,
+            parts["cluster"] = {"ok": self.runner.ready and self.runner.lease_valid(),
+                                "instance": self.instance,
                                 "lease_left": round(max(self.runner.membership.left(), 0.0), 1)}
         parts["inventory"] = {
             "ok": self._inventory is not None,

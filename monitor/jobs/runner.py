@@ -182,6 +182,11 @@ class JobRunner:
             await asyncio.wait(pending)
         return not pending
 
+    @property
+    def ready(self) -> bool:
+        """Joined, recovered, and accepting jobs."""
+        return self._ready.is_set() and not self._stopping.is_set()
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
