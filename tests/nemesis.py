@@ -89,6 +89,8 @@ DUPLICATE_DEADLINE = 30.0
 """Seconds a monitor with a taken name may take to refuse to start."""
 FINISH_STORE_DELAY = 0.05
 """Seconds the owner's store traffic is held per chunk in `finish` rounds (widens the finish)."""
+REPLY_DELAY = 0.06
+"""Seconds the owner's store replies are held while it runs the step of a save-point attack."""
 SKEW = 30
 INSTANCES = ("alpha", "bravo", "charlie", "delta")
 """Instance names that appear nowhere else (a duplicate's message must name its instance)."""
@@ -174,6 +176,12 @@ class RoundResult:
     old_lease_end: float | None = None
     """Wall time the attacked owner's lease ended, as the store showed it right after the attack."""
     epoch_before: int | None = None
+    ended_wall: float | None = None
+    """Wall time the job was first seen ended (through the API: it had ended by then)."""
+    servers: set[str] = field(default_factory=set)
+    """The job's source and every spare it named."""
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    """The lab's log during the round."""
     expect_one_owner: bool = False
     """Skew and duplicate rounds: nobody may take the job over."""
     tails: str = ""
@@ -202,6 +210,10 @@ def describe(job: dict[str, Any] | None) -> str:
 
 def failure_recorded(job: dict[str, Any]) -> bool:
     return bool(job.get("error")) or any(s["state"] == "failed" for s in job["steps"])
+
+
+def failed_steps(job: dict[str, Any]) -> list[str]:
+    return [s["step"] for s in job["steps"] if s["state"] == "failed"]
 
 
 def ended(job: dict[str, Any]) -> bool:
@@ -239,13 +251,16 @@ class StoreProxy:
     `cut()` drops every connection and refuses new ones (accepted, then closed at once);
     `blackhole()` keeps connections open and accepts new ones, but forwards no byte (what was sent waits
     and goes through after `heal()`, as TCP retransmission would deliver it); `delay` holds each chunk
-    from the monitor that many seconds (a slow store)."""
+    from the monitor that many seconds (a slow store), `reply_delay` each chunk to it (a save is
+    committed, and seen by the others, before its owner hears so: a SIGSTOP then lands between the
+    write-ahead save and the action it announces)."""
 
     def __init__(self, url: str) -> None:
         self._url = urlsplit(url)
         self.target = (self._url.hostname or "127.0.0.1", self._url.port or 5432)
         self.mode = "open"
         self.delay = 0.0
+        self.reply_delay = 0.0
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._server: asyncio.Server | None = None
@@ -293,8 +308,8 @@ class StoreProxy:
                 return
             upstream = up_writer
             self._writers.update((writer, up_writer))
-            await asyncio.gather(self._pump(reader, up_writer, delayed=True),
-                                 self._pump(up_reader, writer, delayed=False))
+            await asyncio.gather(self._pump(reader, up_writer, to_store=True),
+                                 self._pump(up_reader, writer, to_store=False))
         except asyncio.CancelledError:
             pass
         finally:
@@ -305,7 +320,7 @@ class StoreProxy:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, delayed: bool) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, to_store: bool) -> None:
         try:
             while True:
                 data = await src.read(65536)
@@ -314,8 +329,9 @@ class StoreProxy:
                 await self._flowing.wait()
                 if self.mode == "cut":
                     break
-                if delayed and self.delay:
-                    await asyncio.sleep(self.delay)
+                delay = self.delay if to_store else self.reply_delay
+                if delay:
+                    await asyncio.sleep(delay)
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
@@ -437,6 +453,8 @@ class NemesisCluster(Cluster):
     duplicates: int = 0
     takeover_jobs: list[int] = field(default_factory=list)
     """Jobs that changed hands (the lab's fence is tried on them at the end)."""
+    points: tuple[Point, ...] = ()
+    """The points pause, kill and partition rounds choose from (empty: every point of the attack)."""
     _inventory_cache: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -617,12 +635,19 @@ class NemesisCluster(Cluster):
                      for v in violations[r.violation_mark:]]
         problems += world_problems(inv, hosts, self.baseline_spares)
         entries = log[r.log_mark:]
+        r.actions = entries
+        if r.ended_wall is not None:
+            end = r.ended_wall
+            late = [e for e in entries if e.get("server") in r.servers and not fence_refused(e)
+                    and e.get("kind") in ("reset", "move", "spare", "host") and float(e["time"]) > end]
+            problems += [Problem("action-after-end", f"job {r.job} had ended (seen at {end:.3f}) when"
+                                                     f" {_entry(e)} reached the lab") for e in late]
         jobs: dict[int, dict[str, Any]] = {}
         for j in sorted({int(e["job"]) for e in entries if e.get("job") is not None} | {r.job} - {0}):
             jobs[j] = await self.ask(f"/api/v1/jobs/{j}")
         problems += action_problems(entries, jobs)
         if final is not None:
-            problems += job_problems(final, inv)
+            problems += job_problems(final, inv, hosts)
             problems += self._round_checks(r, entries, jobs.get(r.job, final))
         state = await self.ask("/api/v1/cluster")
         for g in state["groups"]:
@@ -634,9 +659,9 @@ class NemesisCluster(Cluster):
                                                   f" owned by {j['owner']}"))
         for m in state["members"]:
             left = m.get("lease_left")
-            if not m.get("alive") and left is not None:
+            if not m.get("alive") and left is not None:  # the value left out: reported once per member
                 problems.append(Problem("api-missing", f"/api/v1/cluster: lease_left of {m['instance']},"
-                                                       f" whose lease is over, is {left} (expected null)"))
+                                                       " whose lease is over, is a number (expected null)"))
         return problems
 
     def _round_checks(self, r: RoundResult, entries: list[dict[str, Any]],
@@ -759,7 +784,7 @@ def action_problems(entries: list[dict[str, Any]], jobs: dict[int, dict[str, Any
     return problems
 
 
-def job_problems(job: dict[str, Any], inv: dict[str, Any]) -> list[Problem]:
+def job_problems(job: dict[str, Any], inv: dict[str, Any], hosts: list[dict[str, Any]]) -> list[Problem]:
     """The job's final state is true to the world."""
     servers = {s["id"]: s for s in inv["servers"]}
     holder = next((s["id"] for s in inv["servers"] if job.get("profile") and s["profile"] == job["profile"]),
@@ -783,6 +808,12 @@ def job_problems(job: dict[str, Any], inv: dict[str, Any]) -> list[Problem]:
             return [Problem("job-false", f"job {n} failed ({error[:160]}) but profile {job['profile']} is"
                                          f" on {holder}, neither on the source {source} nor where the error"
                                          " says")]
+        profile = next((p for p in inv["profiles"] if p["id"] == job.get("profile")), None)
+        if holder == source and profile is not None and profile.get("host") \
+                and not any(h["server"] == source for h in hosts):
+            return [Problem("job-false", f"job {n} failed with profile {profile['id']} on its source"
+                                         f" {source}, but {source}'s host record ({profile['host']['name']})"
+                                         " is gone")]
         return []
     return [Problem("job-active", f"job {n} is still {job['state']}")]
 
@@ -1025,6 +1056,11 @@ PAUSE_POINTS = (
     Point("inside schedule_rediscovery", "schedule_rediscovery", within=0.1),
     Point("inside unlock_group", "unlock_group", within=0.05),
 )
+FAIL_SAFE_MIX = ("pause", "partition", "pause", "kill", "pause")
+"""Rounds against adopters that fail a taken-over job safe (`failover.recovery: fail_safe`)."""
+FAIL_SAFE_POINTS = tuple(p for p in PAUSE_POINTS if p.step in ("power_off_source", "move_profile",
+                                                               "power_on_spare"))
+"""Where an undo by the adopter and a late action of the old owner can meet."""
 PARTITION_POINTS = (
     Point("right after the job was created", ""),
     Point("inside power_off_source", "power_off_source", within=1.2),
@@ -1086,12 +1122,22 @@ async def _wait_adopted(c: NemesisCluster, obs: JobObserver, r: RoundResult, vic
     return True
 
 
+async def _final(obs: JobObserver, r: RoundResult) -> Snapshot:
+    """Until the job ended; records when it was first seen ended and every server it named."""
+    await obs.wait(ended, JOB_DEADLINE, "to end")
+    first = obs.first(ended)
+    assert first is not None
+    r.ended_wall = first.wall
+    r.servers |= {str(x) for s in obs.snapshots for x in (s.job["server"], s.job.get("spare")) if x}
+    return first if first.job == obs.snapshots[-1].job else obs.snapshots[-1]
+
+
 async def owner_lost_round(c: NemesisCluster, r: RoundResult, rng: random.Random) -> dict[str, Any]:
     """pause, kill or partition: the job's owner is lost at a random point, and comes back after the
     job was adopted (past lease + fence_grace)."""
     owner = rng.choice(c.reachable())
     r.victim = owner.name
-    points = PARTITION_POINTS if r.attack == "partition" else PAUSE_POINTS
+    points = c.points or (PARTITION_POINTS if r.attack == "partition" else PAUSE_POINTS)
     point = rng.choice(points)
     mode = rng.choice(("cut", "blackhole")) if r.attack == "partition" else ""
     r.variant = f"{mode + ' ' if mode else ''}{point.label}"
@@ -1108,22 +1154,38 @@ async def owner_lost_round(c: NemesisCluster, r: RoundResult, rng: random.Random
     await _submit(c, owner, r, rng)
     async with JobObserver(c, r.job) as obs:
         obs.avoid.add(owner.name)
-        snap = await _hit_at(obs, point, hit, rng)
+        proxy = owner.proxy
+        if point.detail and r.attack != "partition" and proxy is not None:
+            # From the step's start, the owner hears of its commits late: the save is seen before the
+            # action it announces is sent.
+            def slow(_s: Snapshot) -> None:
+                proxy.reply_delay = REPLY_DELAY
+
+            await obs.on(Point(point.step, point.step).reached, slow, 60, f"to reach {point.step}")
+        try:
+            snap = await _hit_at(obs, point, hit, rng)
+        finally:
+            if proxy is not None:
+                proxy.reply_delay = 0
         t_attack, r.attack_wall = time.monotonic(), time.time()
         r.at = describe(snap.job if snap else None)
         now = await c.ask(f"/api/v1/jobs/{r.job}", avoid={owner.name})
         epoch = now.get("epoch")  # still the lost owner's: adoption takes at least the rest of its lease
         r.epoch_before = epoch if isinstance(epoch, int) and now.get("owner") == owner.name else None
         r.old_lease_end = await c.lease_end(owner.name)
-        adopted = await _wait_adopted(c, obs, r, owner.name, t_attack)
+        adopted = False
+        if snap is not None and ended(snap.job):
+            r.notes.append("the job had ended when the attack hit: lifted at once")
+        else:
+            adopted = await _wait_adopted(c, obs, r, owner.name, t_attack)
         if adopted and r.attack != "kill" and r.takeover is not None:
             view = await c.member_view(owner.name, avoid={owner.name})
             if view is not None and view.get("lease_left") is not None and not view.get("alive"):
-                r.problems.append(Problem("api-missing", f"lease_left of {owner.name} (stopped, lease over)"
-                                                         f" is {view['lease_left']} (expected null)"))
+                r.problems.append(Problem("api-missing", f"/api/v1/cluster: lease_left of {owner.name},"
+                                                         " whose lease is over, is a number (expected null)"))
         # Stay lost past lease + fence_grace, and a random while longer (the adopter at another phase).
         hold = t_attack + c.bound + rng.uniform(0, 1.5) - time.monotonic()
-        if hold > 0:
+        if hold > 0 and adopted:
             await asyncio.sleep(hold)
         if r.attack == "pause":
             owner.sigcont()
@@ -1132,7 +1194,7 @@ async def owner_lost_round(c: NemesisCluster, r: RoundResult, rng: random.Random
             owner.proxy.heal()
         else:
             await c.restart(owner, r)
-        final = await obs.wait(ended, JOB_DEADLINE, "to end")
+        final = await _final(obs, r)
         if r.attack == "partition" and not owner.running:
             # A store outage must not kill the daemon (a paused one may choose to exit: a note).
             r.problems.append(Problem("monitor-died", f"{owner.name} exited ({owner.exit_code()}) after"
@@ -1159,7 +1221,7 @@ async def skew_round(c: NemesisCluster, r: RoundResult, rng: random.Random) -> d
         await _submit(c, via, r, rng)
         r.at = "the job's whole run"
         async with JobObserver(c, r.job) as obs:
-            final = await obs.wait(ended, JOB_DEADLINE, "to end")
+            final = await _final(obs, r)
             seen = obs.owners_seen()
         if seen != [via.name]:
             r.problems.append(Problem("stolen", f"job {r.job} of healthy {via.name} changed hands: owners"
@@ -1223,7 +1285,7 @@ async def duplicate_round(c: NemesisCluster, r: RoundResult, rng: random.Random)
                                                            f" {out[-600:]!r}"))
         else:
             r.notes.append(f"duplicate refused to start: exit {rc} after {time.monotonic() - t0:.1f} s")
-        final = await obs.wait(ended, JOB_DEADLINE, "to end")
+        final = await _final(obs, r)
         seen = obs.owners_seen()
         if seen != [owner.name]:
             r.problems.append(Problem("stolen",
@@ -1265,15 +1327,15 @@ async def finish_round(c: NemesisCluster, r: RoundResult, rng: random.Random) ->
             if not ended(snap.job):
                 await _wait_adopted(c, obs, r, victim.name, t_attack)
             await c.restart(victim, r)
-            final = await obs.wait(ended, JOB_DEADLINE, "to end")
+            final = await _final(obs, r)
             seen = obs.first(failure_recorded)
         if seen is None:
             r.notes.append("killed before any failure was recorded")
         elif final.job["state"] == "completed":
             r.problems.append(Problem(
                 "resumed-after-failure",
-                f"job {r.job} was seen failed ({describe(seen.job)}; error {seen.job.get('error')!r}) and"
-                f" then ended completed"))
+                f"job {r.job} was seen failed (steps {failed_steps(seen.job)} failed, at"
+                f" {describe(seen.job)!r}, error {seen.job.get('error')!r}) and then ended completed"))
         elif seen.job.get("error") and final.job.get("error") != seen.job["error"]:
             r.problems.append(Problem("resumed-after-failure",
                                       f"job {r.job}'s recorded error changed from {seen.job['error']!r} to"
@@ -1302,7 +1364,7 @@ async def restore(c: NemesisCluster, r: RoundResult) -> None:
             m.sigcont()
         if m.proxy is not None:
             m.proxy.heal()
-            m.proxy.delay = 0
+            m.proxy.delay = m.proxy.reply_delay = 0
     for m in c.members:
         if not m.running:
             if m.exit_code() not in (None, -signal.SIGKILL):
@@ -1351,7 +1413,8 @@ async def run_round(c: NemesisCluster, n: int, attack: str, rng: random.Random) 
     if any(p.invariant in BREAKING for p in r.problems) and r.group:
         c.poisoned.add(r.group)
     if r.problems:
-        r.tails = c.tails()
+        actions = "\n".join(_entry(e) for e in r.actions[-40:])
+        r.tails = f"--- the lab's actions during round {r.n} ---\n{actions}\n{c.tails()}"
     r.wall = time.monotonic() - t0
     return r
 

@@ -59,6 +59,28 @@ async def test_nemesis_rounds_keep_the_fencing_promise(tmp_path: Path, http: aio
     assert not report, report
 
 
+FAIL_SAFE_ROUNDS = int(os.environ.get("FAILOVER_NEMESIS_FAIL_SAFE_ROUNDS", "5"))
+
+
+@pytest.mark.timeout(240 + 60 * FAIL_SAFE_ROUNDS)
+async def test_fail_safe_adopters_keep_the_fencing_promise(tmp_path: Path,
+                                                          http: aiohttp.ClientSession) -> None:
+    """Adopters that fail a taken-over job safe (undo the half-done move, restore the spare) while the
+    lost owner, paused or cut off for less than the store timeout, still has an action pending."""
+    seed = nemesis.seed_from_env()
+    print(f"FAILOVER_NEMESIS_SEED={seed}")
+    rng = random.Random(seed)
+    attacks = nemesis.plan(FAIL_SAFE_ROUNDS, rng, mix=nemesis.FAIL_SAFE_MIX)
+    async with nemesis.nemesis_cluster(tmp_path, http, monitors=3, enclosures=4,
+                                       failover={"recovery": "fail_safe"}) as c:
+        c.points = nemesis.FAIL_SAFE_POINTS
+        results = await nemesis.run_rounds(c, attacks, rng)
+        bound, api_problems = c.bound, list(c.api_problems)
+    print(nemesis.summary(results, bound))
+    report = nemesis.failure_report(results, seed, api_problems, FAIL_SAFE_ROUNDS, bound, tmp_path)
+    assert not report, report
+
+
 @pytest.mark.timeout(240)
 async def test_the_oracle_catches_a_stale_action(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """The lab set to record stale requests rather than refuse them: a request carrying a job's first
