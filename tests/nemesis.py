@@ -80,7 +80,7 @@ POLL = 0.01
 """Seconds between two reads of the attacked job (through a monitor that is not attacked)."""
 LATENCY = {"power_off_s": 1.0, "power_on_s": 0.5, "boot_s": 0.0, "manager_ms": 100}
 """manager_ms widens the moments between a write-ahead save and the manager's answer."""
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 4.0
 """redfish.timeout and the lab manager's timeout of the daemons (an action's own time limit)."""
 JOB_DEADLINE = 120.0
 """Seconds for a job to end once its round's attack is over."""
@@ -611,7 +611,7 @@ class NemesisCluster(Cluster):
 
     # --- the oracle ----------------------------------------------------------------------------------
 
-    async def settle(self, quiet: float = 1.5, timeout: float = 30.0) -> None:
+    async def settle(self, quiet: float = 1.0, timeout: float = 30.0) -> None:
         """Until the lab's log has not grown for `quiet` seconds (late actions of a lost owner land)."""
         deadline = time.monotonic() + timeout
         last, since = -1, time.monotonic()
@@ -1452,6 +1452,17 @@ async def stale_request(c: NemesisCluster, job: int) -> tuple[int, dict[str, Any
     return status, entry, j
 
 
+async def fenced_job(c: NemesisCluster, fencing: dict[str, Any]) -> int:
+    """A job that changed hands and whose newer epoch the lab has seen (the adopter acted)."""
+    highest = {str(k): v for k, v in (fencing.get("jobs") or {}).items()}
+    for job in c.takeover_jobs:
+        owners = (await c.ask(f"/api/v1/jobs/{job}")).get("owners") or []
+        if owners and isinstance(highest.get(str(job)), int) and highest[str(job)] > owners[0]["epoch"]:
+            return job
+    raise AssertionError(f"no job changed hands with its new epoch seen by the lab (jobs taken over:"
+                         f" {c.takeover_jobs}; the lab's highest epochs: {highest})")
+
+
 async def fence_round(c: NemesisCluster, n: int) -> RoundResult:
     """After the rounds, with the lab enforcing: a stale request is refused, recorded as fenced, and the
     oracle does not count it as an action."""
@@ -1459,9 +1470,8 @@ async def fence_round(c: NemesisCluster, n: int) -> RoundResult:
     r.log_mark = len(await c.lab_get("/lab/v1/log"))
     r.violation_mark = len(await c.lab_get("/lab/v1/violations"))
     try:
-        assert c.takeover_jobs, "no job changed hands during the rounds"
-        r.job = c.takeover_jobs[0]
         before = await c.lab_get("/lab/v1/fencing")
+        r.job = await fenced_job(c, before)
         status, entry, _job = await stale_request(c, r.job)
         after = await c.lab_get("/lab/v1/fencing")
         r.final = f"HTTP {status}"
