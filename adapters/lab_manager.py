@@ -11,6 +11,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from monitor.fencing import FenceRefused, check_fence, fence_headers
 from monitor.model import (
     BmcEndpoint,
     Domain,
@@ -32,6 +33,18 @@ from monitor.ports import (
     NotFound,
     OperationRejected,
 )
+
+MUTATING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+"""Methods that change the lab's world: they carry the current action's fencing token."""
+
+
+class FenceRejected(FenceRefused):
+    """The lab refused the request for a stale fencing token (409): another monitor has acted for the
+    job with a newer epoch since; nothing was changed."""
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class _Lenient(BaseModel):
@@ -67,6 +80,7 @@ class ServerIn(_Lenient):
     management_addresses: list[str] = []
     bmc: BmcIn | None = None
     serial_number: str | None = None
+    uuid: str | None = None
 
     def to_model(self) -> Server:
         return Server(
@@ -77,7 +91,7 @@ class ServerIn(_Lenient):
             management_addresses=tuple(self.management_addresses),
             bmc=BmcEndpoint(self.bmc.url, self.bmc.username, self.bmc.password,
                             verify_tls=self.bmc.verify_tls) if self.bmc else None,
-            serial=self.serial_number,
+            serial=self.serial_number, uuid=self.uuid,
         )
 
 
@@ -95,6 +109,8 @@ class EnclosureIn(_Lenient):
     id: str
     domain: str
     bays: int = 16
+    management_addresses: list[str] = []
+    """The enclosure manager's (Onboard Administrator's) addresses."""
 
 
 class ProfileIn(_Lenient):
@@ -143,11 +159,19 @@ class LabClient:
             self._session = None
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One request; a mutating one carries the current action's fencing header and is not sent
+        once the action may no longer act (FenceLost, raised unchanged)."""
         endpoint = f"{self.url}{path}"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        mutating = method.upper() in MUTATING
+        if mutating:
+            headers.update(fence_headers())
+        http = self._http()
         try:
-            async with self._http().request(method, endpoint, json=body, headers=headers,
-                                            timeout=self._timeout) as resp:
+            if mutating:
+                check_fence()  # the last moment before the request leaves
+            async with http.request(method, endpoint, json=body, headers=headers,
+                                    timeout=self._timeout) as resp:
                 text = await resp.text()
                 try:
                     data = await resp.json(content_type=None) if text else None
@@ -157,6 +181,8 @@ class LabClient:
                     raise AuthenticationFailed(f"{method} {path}: {resp.status}", endpoint=endpoint)
                 if resp.status == 404:
                     raise NotFound(_message(data, text, resp.status), endpoint=endpoint)
+                if resp.status == 409 and isinstance(data, dict) and "stale_fence" in data:
+                    raise FenceRejected(_message(data, text, resp.status), endpoint=endpoint)
                 if resp.status >= 400:
                     raise OperationRejected(_message(data, text, resp.status), endpoint=endpoint,
                                             status=resp.status)
@@ -192,7 +218,8 @@ class LabManager:
         return Inventory(
             groups={g.id: DomainGroup(g.id) for g in inv.domain_groups},
             domains={d.id: Domain(d.id, d.group, d.status) for d in inv.domains},
-            enclosures={e.id: Enclosure(e.id, e.domain, e.bays) for e in inv.enclosures},
+            enclosures={e.id: Enclosure(e.id, e.domain, e.bays, tuple(e.management_addresses))
+                        for e in inv.enclosures},
             servers={s.id: s.to_model() for s in inv.servers},
             profiles={p.id: p.to_model() for p in inv.profiles},
         )

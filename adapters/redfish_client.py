@@ -9,6 +9,17 @@ adapters/redfish_power.py (`RedfishPower`) and adapters/redfish_events.py (`Redf
 
 The library does not raise on HTTP error statuses (and `login(auth="basic")` sends nothing, so wrong
 credentials first show as a 401 on the next call): every response status is checked by the callers.
+
+Every mutating request (POST, PATCH, DELETE) carries the current action's fencing header
+(`monitor.fencing.fence_headers()`; the library passes extra headers through) and is preceded,
+immediately before it is sent, by `monitor.fencing.check_fence()`, whose `FenceLost` propagates as is.
+A BMC that refuses such a request for a stale token (409 `Base.x.ResourceInUse` saying "stale fencing
+token", as the lab's BMCs answer) raises `monitor.fencing.FenceRefused`: not an adapter error, the job
+stops there.
+
+Which ComputerSystem: the one `bmc.system` names; with none named, the service must list exactly one
+(several: refused, never "the first"). `check_identity` compares a ComputerSystem's SerialNumber (or
+SKU, where Dell keeps the service tag) and UUID with the inventory's `serial` and `uuid`.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import uuid
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -34,20 +46,21 @@ from redfish.aio import (
     RedfishTimeoutError,
 )
 
-from monitor.model import BmcEndpoint, Health, PowerState, Server
+from monitor.fencing import FenceRefused, check_fence, current_fence, fence_headers
+from monitor.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
 from monitor.ports import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,
     AuthenticationFailed,
     HealthReading,
+    IdentityMismatch,
     NotFound,
     OperationRejected,
 )
 
 log = logging.getLogger(__name__)
 
-SYSTEMS_PATH = "/redfish/v1/Systems"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _METHOD_PRESERVING_REDIRECTS = frozenset({307, 308})
 _MAX_REDIRECTS = 5
@@ -186,6 +199,8 @@ class RedfishConnections:
                 # The library renews an expired session only for GET; do it for the other methods too.
                 await self._call(bmc, conn.client.login(auth="session"))
                 reply = await self._send(bmc, conn.client, method, path, body)
+            if method != "GET" and current_fence() is not None and _stale_fence(reply):
+                raise FenceRefused(f"{bmc.url}: {method} {path} refused: {bmc_message(reply.body)}")
             if not self._follow_redirects or reply.status not in _REDIRECTS or not reply.location:
                 return reply
             if method != "GET" and reply.status not in _METHOD_PRESERVING_REDIRECTS:
@@ -194,27 +209,41 @@ class RedfishConnections:
         raise AdapterError(f"too many redirects for {method} {path}", endpoint=bmc.url)
 
     async def system_path(self, bmc: BmcEndpoint) -> str:
-        """The ComputerSystem's path: `bmc.system`, else the first member of the Systems collection."""
+        """The ComputerSystem's path: `bmc.system`, else the only member of the Systems collection.
+
+        A service listing several systems with none named is refused: acting on "the first" could power
+        off a bystander."""
         if bmc.system:
             return system_path(bmc.system)
         reply = await self.get(bmc, SYSTEMS_PATH)
         check_reply(bmc, reply, f"GET {SYSTEMS_PATH} failed")
         members = reply.object().get("Members")
+        paths: list[str] = []
         for member in members if isinstance(members, list) else []:
             target = member.get("@odata.id") if isinstance(member, dict) else None
             if isinstance(target, str) and target.strip():
-                return path_of(target)
-        raise NotFound("the BMC lists no ComputerSystem", endpoint=bmc.url)
+                paths.append(path_of(target).rstrip("/"))
+        if not paths:
+            raise NotFound("the BMC lists no ComputerSystem", endpoint=bmc.url)
+        if len(paths) > 1:
+            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+            raise AdapterError(
+                f"the BMC lists {len(paths)} ComputerSystems ({shown}) and the inventory names none: "
+                f"refusing to guess (give url {bmc.url}{SYSTEMS_PATH}/ID or system: ID)", endpoint=bmc.url)
+        return paths[0]
 
     async def _send(self, bmc: BmcEndpoint, client: Any, method: str, path: str, body: object) -> Reply:
         if method == "GET":
             raw = await self._call(bmc, client.get(path))
-        elif method == "POST":
-            raw = await self._call(bmc, client.post(path, body=body))
-        elif method == "PATCH":
-            raw = await self._call(bmc, client.patch(path, body=body))
-        elif method == "DELETE":
-            raw = await self._call(bmc, client.delete(path))
+        elif method in ("POST", "PATCH", "DELETE"):
+            headers = fence_headers() or None
+            check_fence()  # FenceLost (not an AdapterError) propagates: the request is not sent
+            if method == "POST":
+                raw = await self._call(bmc, client.post(path, body=body, headers=headers))
+            elif method == "PATCH":
+                raw = await self._call(bmc, client.patch(path, body=body, headers=headers))
+            else:
+                raw = await self._call(bmc, client.delete(path, headers=headers))
         else:
             raise ValueError(f"unsupported method {method}")
         try:
@@ -346,6 +375,46 @@ def system_path(system: str) -> str:
     return f"{SYSTEMS_PATH}/{quote(system, safe='')}"
 
 
+def _text_field(system: Mapping[str, Any], key: str) -> str | None:
+    value = system.get(key)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _uuid_key(value: str) -> str:
+    text = value.strip().strip("{}").strip()
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return text.casefold()
+
+
+def check_identity(server: Server, system: Mapping[str, Any], *, endpoint: str, path: str) -> None:
+    """Raise IdentityMismatch unless the ComputerSystem read at `path` is the inventory's `server`.
+
+    Checked when the inventory gives them, case-insensitively: `serial` against SerialNumber or SKU
+    (Dell keeps the service tag in SKU), `uuid` against UUID. A BMC that reports none of a given value
+    does not confirm the identity: refused too."""
+    if server.serial and server.serial.strip():
+        expected = server.serial.strip()
+        reported = [v for v in (_text_field(system, "SerialNumber"), _text_field(system, "SKU")) if v]
+        if not any(v.casefold() == expected.casefold() for v in reported):
+            actual = (f"SerialNumber {reported[0]!r}" + (f" (SKU {reported[1]!r})" if len(reported) > 1
+                                                          else "")) if reported else "no SerialNumber"
+            raise IdentityMismatch(
+                f"{server.id}: {path} reports {actual}, the inventory says serial {expected!r}: "
+                "not the inventory's machine, nothing sent", endpoint=endpoint, field="serial",
+                expected=expected, actual=reported[0] if reported else None)
+    if server.uuid and server.uuid.strip():
+        expected = server.uuid.strip()
+        got = _text_field(system, "UUID")
+        if got is None or _uuid_key(got) != _uuid_key(expected):
+            actual = f"UUID {got!r}" if got is not None else "no UUID"
+            raise IdentityMismatch(
+                f"{server.id}: {path} reports {actual}, the inventory says uuid {expected!r}: "
+                "not the inventory's machine, nothing sent", endpoint=endpoint, field="uuid",
+                expected=expected, actual=got)
+
+
 def health_reading(system: Mapping[str, Any]) -> HealthReading:
     """A ComputerSystem's Status as a HealthReading (`HealthRollUp`, sushy's and some firmware's spelling,
     tolerated)."""
@@ -390,6 +459,15 @@ def bmc_message(body: object) -> str:
     return "; ".join(parts)[:500]
 
 
+def _stale_fence(reply: Reply) -> bool:
+    """A 409 refusing the request for a stale fencing token (Base.x.ResourceInUse, "stale fencing
+    token"): another monitor has acted for the job under a newer epoch."""
+    if reply.status != 409:
+        return False
+    text = bmc_message(reply.body)
+    return "ResourceInUse" in text and "stale fencing token" in text
+
+
 def _cause(exc: BaseException) -> str:
     inner = exc.__cause__
     return f"{type(inner).__name__}: {inner}" if inner is not None else str(exc)
@@ -403,6 +481,7 @@ __all__ = [
     "TlsSession",
     "bmc_message",
     "bmc_of",
+    "check_identity",
     "check_reply",
     "conn_key",
     "health_reading",

@@ -6,7 +6,10 @@ Four independent parts, each producing normalized `monitor.events.Event`s on one
   (source `redfish`). Every BMC has its own token, `bmc_token(secret, bmc_url)` (HMAC-SHA256 of the
   master secret and the BMC URL, urlsafe base64), sent back to us in an `Authorization: Bearer` header
   (or as a Basic password), in the Event's `Context` ("failover-monitor:<token>"), or in the path. The
-  token identifies the BMC, so the Event's `sender` is that BMC's host address.
+  token identifies the BMC, so the Event's `sender` is that BMC's host address and
+  `attributes.bmc_service` its service (scheme://host:port): on a service several inventory servers
+  share, the resolver attributes each event by its OriginOfCondition (monitor/resolve.py), never by the
+  sender alone.
 - `SubscriptionManager`: makes sure each BMC's EventService holds exactly one correct subscription of
   ours (created, repaired, our stale ones removed) and never touches another consumer's.
 - `SseFollower`: follows each BMC's `ServerSentEventUri` (source `redfish-sse`).
@@ -57,6 +60,7 @@ from adapters.redfish_client import (
     RedfishConnections,
     Reply,
     bmc_of,
+    check_identity,
     check_reply,
     health_reading,
     normalize_bmc_url,
@@ -67,8 +71,9 @@ from monitor.clock import Clock, sleep_unless
 from monitor.config import RedfishEventsConfig
 from monitor.events import Event, severity_rank
 from monitor.metrics import Metrics
-from monitor.model import BmcEndpoint, Health, Server
+from monitor.model import BmcEndpoint, Health, Server, bmc_service
 from monitor.ports import AdapterError, HealthReading
+from monitor.resolve import BMC_SERVICE_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +268,7 @@ _RECORD_ATTRIBUTES = ("EventTimestamp", "MemberId", "EventGroupId", "Resolution"
 
 def _record_event(
     record: Mapping[str, Any], root: Mapping[str, Any], *, sender: str | None, source: str,
-    received: datetime,
+    received: datetime, service: str | None,
 ) -> Event | None:
     message_id = _get(record, "MessageId")
     if not isinstance(message_id, str) or not message_id.strip():
@@ -285,6 +290,8 @@ def _record_event(
         value = _get(root, key)
         if value is not None:
             attributes[name] = _bounded(value)
+    if service is not None:
+        attributes[BMC_SERVICE_ATTRIBUTE] = service
     event = Event(
         source=source,  # type: ignore[arg-type]  # checked by pydantic
         time=received,
@@ -302,7 +309,7 @@ def _record_event(
 
 
 def parse_event_payload(
-    body: object, *, sender: str | None, source: str, received: datetime
+    body: object, *, sender: str | None, source: str, received: datetime, service: str | None = None
 ) -> list[Event]:
     """A Redfish `#Event` payload (as pushed, or an SSE `data:` frame) -> one Event per EventRecord.
 
@@ -310,7 +317,8 @@ def parse_event_payload(
     (`iLOEvents.2.3.X`, `IDRAC.2.8.TMP0110`) MessageIds; `MessageID` (any case); `MessageSeverity`
     before the deprecated `Severity`; a bare EventRecord without the `Events` wrapper. `EventTimestamp`,
     `Oem` and the other record properties go to `attributes` (bounded in depth and size; our Context is
-    redacted). Records without a MessageId are skipped. Raises `NotAnEvent` when nothing in the body is
+    redacted). Records without a MessageId are skipped. `service` (the BMC service the payload came
+    from, when known) goes to `attributes.bmc_service`. Raises `NotAnEvent` when nothing in the body is
     an event record."""
     if not isinstance(body, dict):
         raise NotAnEvent(f"expected a JSON object (a Redfish Event), got {_kind(body)}")
@@ -330,7 +338,8 @@ def parse_event_payload(
     events: list[Event] = []
     for record in records[:_MAX_RECORDS]:
         if isinstance(record, dict):
-            event = _record_event(record, root, sender=sender, source=source, received=received)
+            event = _record_event(record, root, sender=sender, source=source, received=received,
+                                  service=service)
             if event is not None:
                 events.append(event)
     if not events:
@@ -496,7 +505,8 @@ class RedfishEventListener:
         assert bmc_url is not None
         try:
             events = parse_event_payload(
-                body, sender=_host(bmc_url), source="redfish", received=self._clock.now()
+                body, sender=_host(bmc_url), source="redfish", received=self._clock.now(),
+                service=bmc_service(bmc_url),
             )
         except NotAnEvent as exc:
             raise _Refused(400, "not_event", str(exc)) from None
@@ -573,12 +583,15 @@ class RedfishReader:
         return reply.object()
 
     async def health(self, server: Server) -> HealthReading:
-        """Status of the server's ComputerSystem (`bmc.system`, else the first member of Systems)."""
+        """Status of the server's ComputerSystem (`bmc.system`, else the only member of Systems),
+        after its identity check (`check_identity`)."""
         bmc = bmc_of(server)
         path = await self._conns.system_path(bmc)
         reply = await self.get(bmc, path)
         check_reply(bmc, reply, f"GET {path}")
-        return health_reading(reply.object())
+        system = reply.object()
+        check_identity(server, system, endpoint=bmc.url, path=path)
+        return health_reading(system)
 
 
 def _members(collection: Mapping[str, Any]) -> list[object]:
@@ -1064,7 +1077,7 @@ class SseFollower:
         try:
             body = json.loads(data)
             events = parse_event_payload(body, sender=_host(bmc.url), source="redfish-sse",
-                                         received=self._clock.now())
+                                         received=self._clock.now(), service=bmc.service)
         except (ValueError, RecursionError) as exc:  # JSON errors and NotAnEvent
             self._metrics.inc("redfish_events_dropped_total", reason="sse_bad_frame")
             log.info("SSE frame from %s ignored: %s", bmc.url, str(exc)[:200])

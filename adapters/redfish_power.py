@@ -2,8 +2,14 @@
 
 BMC connections (shared aiohttp session, one client per BMC connection, login/logout, TLS, errors) are
 `adapters.redfish_client.RedfishConnections`; here redirects are followed (sushy sends /Systems/<name>
-to the UUID URL with a 307). The ComputerSystem path and its Reset action target are resolved once per
-endpoint and cached.
+to the UUID URL with a 307). The ComputerSystem path is resolved once per endpoint and cached (with no
+system named, the service must list exactly one).
+
+Identity: every read of the ComputerSystem (the first contact included) is checked against the
+inventory's `serial` and `uuid` (`check_identity`), and every power action (ForceOff, On) reads the
+system afresh right before its POST, so a reset goes out only to a system that has just proved to be
+the inventory's machine; on a mismatch `IdentityMismatch` is raised and nothing is sent. The Reset
+target is taken from that fresh read.
 """
 
 from __future__ import annotations
@@ -20,14 +26,15 @@ from adapters.redfish_client import (
     RedfishConnections,
     bmc_message,
     bmc_of,
+    check_identity,
     check_reply,
     conn_key,
     health_reading,
     path_of,
     reply_error,
 )
-from monitor.model import BmcEndpoint, PowerState, Server
-from monitor.ports import HealthReading
+from monitor.model import PowerState, Server
+from monitor.ports import HealthReading, IdentityMismatch
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,7 @@ class RedfishPower:
     # --- PowerControl ---------------------------------------------------------------------------
 
     async def power_state(self, server: Server) -> PowerState:
-        system = await self._get_system(bmc_of(server))
+        _, system = await self._read(server)
         return PowerState.parse(system.get("PowerState"))
 
     async def force_off(self, server: Server) -> None:
@@ -63,7 +70,8 @@ class RedfishPower:
         await self._reset(server, "On", PowerState.ON)
 
     async def health(self, server: Server) -> HealthReading:
-        return health_reading(await self._get_system(bmc_of(server)))
+        _, system = await self._read(server)
+        return health_reading(system)
 
     async def close(self) -> None:
         self._systems.clear()
@@ -73,7 +81,7 @@ class RedfishPower:
 
     async def _reset(self, server: Server, reset_type: str, goal: PowerState) -> None:
         bmc = bmc_of(server)
-        ref = await self._system_ref(bmc)
+        ref, _ = await self._read(server)  # fresh, right before the POST: identity checked, current target
         reply = await self._conns.request(bmc, "POST", ref.reset_target, {"ResetType": reset_type})
         if reply.ok:
             # 200/202/204. iLO wraps even success in an `error` object (Base.x.Success): ignore the body.
@@ -98,28 +106,29 @@ class RedfishPower:
 
     # --- system resolution ----------------------------------------------------------------------
 
-    async def _system_ref(self, bmc: BmcEndpoint) -> _SystemRef:
-        ref = self._systems.get((conn_key(bmc), bmc.system))
-        if ref is None:
-            await self._get_system(bmc)
-            ref = self._systems[(conn_key(bmc), bmc.system)]
-        return ref
-
-    async def _get_system(self, bmc: BmcEndpoint) -> dict[str, Any]:
-        """GET the ComputerSystem (resolving and caching its path and Reset target on first use)."""
+    async def _read(self, server: Server) -> tuple[_SystemRef, dict[str, Any]]:
+        """GET the server's ComputerSystem and check its identity (resolving and caching its path on
+        first use; a 404 or a mismatch forgets the cached path, so it is resolved again next time)."""
+        bmc = bmc_of(server)
         cache_key = (conn_key(bmc), bmc.system)
-        ref = self._systems.get(cache_key)
-        path = ref.path if ref is not None else await self._conns.system_path(bmc)
+        cached = self._systems.get(cache_key)
+        path = cached.path if cached is not None else await self._conns.system_path(bmc)
         reply = await self._conns.get(bmc, path)
         if not reply.ok:
             if reply.status == 404:
-                self._systems.pop(cache_key, None)  # resolve again next time
+                self._systems.pop(cache_key, None)
             check_reply(bmc, reply, f"GET {path} failed")
         system = reply.object()
-        if ref is None:
-            final = reply.path.rstrip("/") or path
-            self._systems[cache_key] = _SystemRef(final, _reset_target(system, final))
-        return system
+        final = reply.path.rstrip("/") or path
+        try:
+            check_identity(server, system, endpoint=bmc.url, path=final)
+        except IdentityMismatch:
+            self._systems.pop(cache_key, None)
+            log.error("Redfish identity check of %s on %s failed", server.id, bmc.url)
+            raise
+        ref = _SystemRef(final, _reset_target(system, final))
+        self._systems[cache_key] = ref
+        return ref, system
 
 
 def _reset_target(system: Mapping[str, Any], path: str) -> str:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from monitor.model import JobState, StepState  # noqa: E402
 from monitor.store import SqliteStore  # noqa: E402
 from tests.test_cluster import (  # noqa: E402
+    GRACE,
     SLACK,
     BackendMissing,
     Round,
@@ -93,7 +94,7 @@ async def kill_rounds(backend: str, rounds: int, lease: float, heartbeat: float,
                     f"{'-' if r.takeover is None else f'{r.takeover:.2f} s'} by {r.adopter or r.victim},"
                     f" {r.final}{' PROBLEMS ' + repr(r.problems) if r.problems else ''}")
     takeovers = [r.takeover for r in done if r.takeover is not None]
-    bound = lease + 2 * heartbeat + SLACK
+    bound = lease + GRACE + 2 * heartbeat + SLACK
     return {
         "backend": backend, "lease": lease, "heartbeat": heartbeat, "seed": seed,
         "rounds": rounds, "rounds_run": len(done),

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -51,10 +51,10 @@ from lab.main import LabSimulator  # noqa: E402
 from monitor.clock import SystemClock  # noqa: E402
 from monitor.config import LoadedConfig, MonitorConfig  # noqa: E402
 from monitor.daemon import Adapters, Daemon, build_adapters  # noqa: E402
-from monitor.flow import FailoverFlow, FlowDeps  # noqa: E402
 from monitor.inventory_file import load_inventory_file  # noqa: E402
 from monitor.jobs import JobRunner  # noqa: E402
-from monitor.locks import GroupLocks  # noqa: E402
+from monitor.jobs.flow import FailoverFlow, FlowDeps  # noqa: E402
+from monitor.jobs.locks import GroupLocks  # noqa: E402
 from monitor.model import STEPS, Job, JobState, Step, identify_product  # noqa: E402
 from monitor.store import SqliteStore  # noqa: E402
 
@@ -274,6 +274,16 @@ async def _noop_note(_text: str) -> None:
     return None
 
 
+T = TypeVar("T")
+
+
+class _Unfenced:
+    """The baseline's actor: runs each action directly (no lease, no fencing token)."""
+
+    async def act(self, what: str, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        return await op()
+
+
 @contextlib.asynccontextmanager
 async def direct_deps(config: MonitorConfig) -> AsyncIterator[FlowDeps]:
     """The FlowDeps the daemon would build (same adapters, GroupLocks, store), without a JobRunner."""
@@ -299,7 +309,7 @@ async def direct_failover(deps: FlowDeps, job_id: int, pair: Pair) -> float:
     t0 = time.perf_counter()
     job = Job(id=job_id, server=pair.source, group=pair.group, state=JobState.RUNNING,
               trigger={"kind": "bench"}, created=deps.clock.now(), steps=[Step(n) for n in STEPS])
-    flow = FailoverFlow(job, deps)
+    flow = FailoverFlow(job, deps, _Unfenced())
     for name in STEPS:
         step: Callable[[Callable[[str], Awaitable[None]]], Awaitable[str]] = getattr(flow, name)
         await step(_noop_note)
@@ -515,7 +525,7 @@ def write_inventory(path: Path, enclosures: int, domains_per_group: int = 2) -> 
                         "host": {"name": f"host-{e}-{bay}.example.com", "ip": ip}}
                 else:
                     entry = {"bay": bay, "product": SPARES[bay - 13], "spare": True}
-                entry["bmc"] = f"https://127.0.{e % 250}.{bay}:1"
+                entry["bmc"] = f"https://127.{e // 250}.{e % 250}.{bay}:1"  # one BMC service each
                 bays.append(entry)
                 servers += 1
             domains.append({"id": f"vcd-enc{e}", "status": "ok",

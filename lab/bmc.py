@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from lab.config import Credentials
+from lab.fencing import FENCE_HEADER, MalformedFence, parse_fence
 from lab.world import (
     DELIVERY_RETRY_ATTEMPTS,
     EVENT_TYPES,
@@ -30,6 +31,7 @@ from lab.world import (
     LabError,
     RedfishBadRequest,
     Server,
+    StaleFence,
     Subscription,
     UnknownResetType,
     World,
@@ -53,6 +55,10 @@ DELIVERY_TIMEOUT_S = 5.0
 PUBLIC = frozenset({"/redfish", "/redfish/", ROOT, f"{ROOT}/", f"{ROOT}/odata", f"{ROOT}/$metadata"})
 
 ILO_CODE = "iLO.0.10.ExtendedInfo"
+HEADER_INVALID = "Base.1.16.HeaderInvalid"
+"""A malformed X-Failover-Fence header (400)."""
+RESOURCE_IN_USE = "Base.1.16.ResourceInUse"
+"""A request refused for a stale fencing token (409): another owner of the job has acted since."""
 SEE_EXTENDED = "See @Message.ExtendedInfo for more information."
 
 
@@ -418,6 +424,10 @@ async def get_system(request: web.Request) -> web.Response:
 async def post_reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
+        token = parse_fence(request.headers.getall(FENCE_HEADER, []))
+    except MalformedFence as exc:
+        return redfish_error(400, HEADER_INVALID, str(exc))
+    try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return redfish_error(400, "Base.1.4.MalformedJSON", "The request body submitted was malformed JSON.")
@@ -431,7 +441,9 @@ async def post_reset(request: web.Request) -> web.Response:
     if not isinstance(reset_type, str):
         return redfish_error(400, "Base.1.4.PropertyValueTypeError", "ResetType must be a string.")
     try:
-        state.world.reset(state.server_id, reset_type)
+        state.world.reset(state.server_id, reset_type, token)
+    except StaleFence as exc:
+        return redfish_error(409, RESOURCE_IN_USE, exc.message)
     except InvalidPowerState as exc:
         return redfish_error(400, "iLO.2.14.InvalidOperationForSystemState", exc.message)
     except UnknownResetType:

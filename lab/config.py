@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lab.fencing import FenceMode
+
 __all__ = [
     "ConfigError",
     "Credentials",
@@ -70,6 +72,9 @@ class LabConfig(_Model):
     seed: int = 7
     latency: Latency = Field(default_factory=Latency)
     ready_file: str | None = None
+    fencing: FenceMode = "enforce"
+    """`enforce`: a request with a fencing token older than the newest seen for its job is refused (409);
+    `record`: it is let through and recorded as a violation (to show the oracle catches it)."""
 
     @field_validator("listen")
     @classmethod

@@ -13,7 +13,8 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from lab.world import LabError, World
+from lab.fencing import FENCE_HEADER, FenceMode, FenceToken, MalformedFence, parse_fence
+from lab.world import LabError, StaleFence, World
 
 __all__ = ["create_manager_app"]
 
@@ -81,6 +82,10 @@ class EventBody(_Body):
     origin: str | None = Field(default=None, max_length=500)
 
 
+class FencingBody(_Body):
+    mode: FenceMode
+
+
 class EventServiceBody(_Body):
     enabled: StrictBool | None = None
     http_headers: Literal["any", "array", "object", "none"] | None = None
@@ -118,6 +123,14 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status=status)
 
 
+def _token(request: web.Request) -> FenceToken | None:
+    """The request's fencing token (None without the header); a malformed header is a 400."""
+    try:
+        return parse_fence(request.headers.getall(FENCE_HEADER, []))
+    except MalformedFence as exc:
+        raise _HttpError(400, str(exc)) from None
+
+
 @dataclass
 class ManagerState:
     world: World
@@ -135,6 +148,8 @@ STATE = web.AppKey("manager_state", ManagerState)
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except StaleFence as exc:
+        return _json({"error": exc.message, "stale_fence": exc.view()}, status=exc.status)
     except LabError as exc:
         return _error(exc.status, exc.message)
     except _HttpError as exc:
@@ -219,15 +234,17 @@ async def get_profile(request: web.Request) -> web.Response:
 
 async def post_move(request: web.Request) -> web.Response:
     world = _world(request)
+    token = _token(request)
     body = await _body(request, MoveBody)
-    profile = world.move(request.match_info["id"], body.from_, body.to)
+    profile = world.move(request.match_info["id"], body.from_, body.to, token)
     return _json({"id": profile.id, "server": profile.server})
 
 
 async def put_spare(request: web.Request) -> web.Response:
     world = _world(request)
+    token = _token(request)
     body = await _body(request, SpareBody)
-    return _json(world.server_view(world.set_spare(request.match_info["id"], body.spare)))
+    return _json(world.server_view(world.set_spare(request.match_info["id"], body.spare, token)))
 
 
 async def get_hosts(request: web.Request) -> web.Response:
@@ -244,16 +261,17 @@ async def get_host(request: web.Request) -> web.Response:
 
 
 async def delete_host(request: web.Request) -> web.Response:
-    return _json(_world(request).delete_host(request.match_info["server"]))
+    return _json(_world(request).delete_host(request.match_info["server"], _token(request)))
 
 
 async def put_host(request: web.Request) -> web.Response:
+    token = _token(request)
     body = await _body(request, HostBody)
-    return _json(_world(request).put_host(request.match_info["server"], body.name, body.ip))
+    return _json(_world(request).put_host(request.match_info["server"], body.name, body.ip, token))
 
 
 async def post_discover(request: web.Request) -> web.Response:
-    return _json(_world(request).discover(request.match_info["server"]))
+    return _json(_world(request).discover(request.match_info["server"], _token(request)))
 
 
 # --- control API -----------------------------------------------------------------------------------------
@@ -355,8 +373,31 @@ async def get_violations(request: web.Request) -> web.Response:
     return _json(_world(request).violations)
 
 
+async def delete_violations(request: web.Request) -> web.Response:
+    return _json({"cleared": _world(request).clear_violations()})
+
+
 async def get_log(request: web.Request) -> web.Response:
     return _json(_world(request).log)
+
+
+async def delete_log(request: web.Request) -> web.Response:
+    return _json({"cleared": _world(request).clear_log()})
+
+
+async def get_fencing(request: web.Request) -> web.Response:
+    return _json(_world(request).fencing_view())
+
+
+async def put_fencing(request: web.Request) -> web.Response:
+    body = await _body(request, FencingBody)
+    world = _world(request)
+    world.set_fencing_mode(body.mode)
+    return _json(world.fencing_view())
+
+
+async def delete_fencing(request: web.Request) -> web.Response:
+    return _json({"cleared": _world(request).clear_fencing()})
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -396,6 +437,11 @@ def create_manager_app(
     r.add_get("/lab/v1/servers/{id}/eventservice", get_event_service)
     r.add_put("/lab/v1/servers/{id}/eventservice", put_event_service)
     r.add_get("/lab/v1/violations", get_violations)
+    r.add_delete("/lab/v1/violations", delete_violations)
     r.add_get("/lab/v1/log", get_log)
+    r.add_delete("/lab/v1/log", delete_log)
+    r.add_get("/lab/v1/fencing", get_fencing)
+    r.add_put("/lab/v1/fencing", put_fencing)
+    r.add_delete("/lab/v1/fencing", delete_fencing)
     r.add_get("/lab/v1/health", get_health)
     return app

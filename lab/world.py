@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from lab.config import LabConfig, Latency
+from lab.fencing import FenceMode, FenceToken, token_fields
 
 __all__ = [
     "DOMAIN_FAULTS",
@@ -41,6 +42,7 @@ __all__ = [
     "Profile",
     "RedfishBadRequest",
     "Server",
+    "StaleFence",
     "Subscription",
     "UnknownResetType",
     "World",
@@ -113,6 +115,21 @@ class Conflict(LabError):
 
 class InjectedFailure(LabError):
     status = 500
+
+
+class StaleFence(Conflict):
+    """A request whose fencing token is older than the newest seen for its job (refused, 409)."""
+
+    def __init__(self, token: FenceToken, highest: int, highest_monitor: str) -> None:
+        super().__init__(
+            f"stale fencing token: job {token.job} epoch {token.epoch} < {highest} (monitor {token.monitor})"
+        )
+        self.token = token
+        self.highest = highest
+        self.highest_monitor = highest_monitor
+
+    def view(self) -> dict[str, Any]:
+        return {**self.token.fields(), "highest": self.highest, "highest_monitor": self.highest_monitor}
 
 
 class InvalidPowerState(LabError):
@@ -291,6 +308,8 @@ class Server:
     profile: str | None = None
     booted_identity: str | None = None
     on_since: float | None = None
+    powered_on_by: FenceToken | None = None
+    """The token of the last power-on request accepted for this server (None: no header, or by hand)."""
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -302,6 +321,8 @@ class Profile:
     host_ip: str
     macs: list[str]
     wwns: list[str]
+    previous_server: str | None = None
+    """The server the profile was last moved from (None: never moved)."""
 
 
 @dataclass(frozen=True)
@@ -414,6 +435,11 @@ class World:
         self.faults: dict[str, Fault] = {}
         self.violations: list[dict[str, Any]] = []
         self.log: list[dict[str, Any]] = []
+        self.fencing_mode: FenceMode = config.fencing
+        self.fence_jobs: dict[int, tuple[int, str]] = {}
+        """job -> (the highest epoch seen for it, the monitor that sent it first)."""
+        self.fenced: list[dict[str, Any]] = []
+        """The requests refused for a stale fencing token."""
         self._fault_seq = 0
         self._closed = False
         self.event_services: dict[str, EventServiceState] = {}
@@ -472,6 +498,11 @@ class World:
         if server.bmc_port is None:
             return None
         return f"https://{server.bmc_ip}:{server.bmc_port}"
+
+    def oa_address(self, enclosure: str) -> str:
+        """The address of enclosure `encE`'s Onboard Administrator: "bay 0" of its BMC network
+        (127.77.E.0). Nothing listens there; traps the OA sends come from it."""
+        return self.config.bmc_ip(int(enclosure.removeprefix("enc")), 0)
 
     def bmc_servers(self) -> list[Server]:
         """Servers that have hardware, hence a BMC (listening while installed)."""
@@ -533,7 +564,8 @@ class World:
             "domain_groups": [{"id": g} for g in self.domain_groups],
             "domains": [self.domain_view(d) for d in self.domains],
             "enclosures": [
-                {"id": e, "domain": d, "bays": BAYS_PER_ENCLOSURE} for e, d in self.enclosures.items()
+                {"id": e, "domain": d, "bays": BAYS_PER_ENCLOSURE,
+                 "management_addresses": [self.oa_address(e)]} for e, d in self.enclosures.items()
             ],
             "servers": [self.server_view(s) for s in self.servers.values()],
             "profiles": [self.profile_view(p) for p in self.profiles.values()],
@@ -544,8 +576,39 @@ class World:
 
     # --- the action log and the oracle ------------------------------------------------------------------
 
-    def record(self, kind: str, server: str | None, detail: str) -> None:
-        self.log.append({"time": time.time(), "kind": kind, "server": server, "detail": detail})
+    def record(
+        self,
+        kind: str,
+        server: str | None,
+        detail: str,
+        token: FenceToken | None = None,
+        *,
+        accepted: bool = True,
+    ) -> None:
+        """Log one action (accepted or refused) with the monitor, job and epoch of its fencing token.
+
+        The guard of the oracle: an accepted action whose epoch is below the highest seen for its job
+        is a violation (`stale_epoch`; only possible with `fencing: record`)."""
+        self.log.append(
+            {"time": time.time(), "kind": kind, "server": server, "detail": detail, "accepted": accepted,
+             **token_fields(token)}
+        )
+        if accepted and token is not None:
+            seen = self.fence_jobs.get(token.job)
+            if seen is not None and token.epoch < seen[0]:
+                self._violation(
+                    "stale_epoch", [server] if server else [], None, token,
+                    f"{kind} on {server}: {detail}, accepted for job {token.job} at epoch {token.epoch} "
+                    f"from {token.monitor} after epoch {seen[0]} ({seen[1]})",
+                )
+
+    def _violation(
+        self, kind: str, servers: list[str], profile: str | None, token: FenceToken | None, detail: str
+    ) -> None:
+        self.violations.append(
+            {"time": time.time(), "kind": kind, "servers": sorted(servers), "profile": profile,
+             **token_fields(token), "detail": detail}
+        )
 
     def _check_identity(self, server: Server) -> None:
         identity = server.booted_identity
@@ -554,16 +617,81 @@ class World:
         others = [s.id for s in self.servers.values() if s is not server and s.booted_identity == identity]
         if not others:
             return
-        servers = sorted([server.id, *others])
-        self.violations.append(
-            {
-                "time": time.time(),
-                "profile": identity,
-                "servers": servers,
-                "detail": f"{server.id} powered on with the identity of {identity} while "
-                f"{', '.join(others)} still runs it",
-            }
+        self._violation(
+            "shared_identity", [server.id, *others], identity, server.powered_on_by,
+            f"{server.id} powered on with the identity of {identity} while {', '.join(others)} still runs it",
         )
+
+    def _check_previous_holder(self, server: Server, token: FenceToken | None, reset_type: str) -> None:
+        """A power-on accepted for a server whose profile's previous server does not read Off."""
+        if server.profile is None:
+            return
+        profile = self.profiles[server.profile]
+        previous = self.servers.get(profile.previous_server or "")
+        if previous is None or previous is server or previous.power == "Off":
+            return
+        self._violation(
+            "power_on_while_previous_runs", [server.id, previous.id], profile.id, token,
+            f"{reset_type} accepted for {server.id} holding {profile.id} while {previous.id}, where it was "
+            f"moved from, is {previous.power}",
+        )
+
+    # --- fencing -----------------------------------------------------------------------------------------
+
+    def _admit(self, token: FenceToken | None, kind: str, server: str | None, action: str) -> None:
+        """The fence, checked before a request acts: a token older than the newest seen for its job is
+        refused (StaleFence, recorded in `fenced` and the log; `fencing: record` lets it through). A token
+        that passes raises the job's highest epoch, even when the request itself then fails."""
+        if token is None:
+            return
+        seen = self.fence_jobs.get(token.job)
+        if seen is None or token.epoch > seen[0]:
+            self.fence_jobs[token.job] = (token.epoch, token.monitor)
+            return
+        if token.epoch == seen[0]:
+            if token.monitor != seen[1]:
+                self._violation(
+                    "epoch_shared", [server] if server else [], None, token,
+                    f"job {token.job} epoch {token.epoch} used by {token.monitor} and by {seen[1]}",
+                )
+            return
+        if self.fencing_mode == "record":
+            return  # let through: `record` flags it (`stale_epoch`) once it has taken effect
+        refusal = StaleFence(token, *seen)
+        self.fenced.append(
+            {"time": time.time(), "kind": kind, "server": server, "action": action, **refusal.view(),
+             "detail": refusal.message}
+        )
+        self.record(kind, server, f"{action}: rejected ({refusal.message})", token, accepted=False)
+        raise refusal
+
+    def fencing_view(self) -> dict[str, Any]:
+        return {
+            "mode": self.fencing_mode,
+            "jobs": {str(job): epoch for job, (epoch, _) in sorted(self.fence_jobs.items())},
+            "monitors": {str(job): monitor for job, (_, monitor) in sorted(self.fence_jobs.items())},
+            "fenced": list(self.fenced),
+        }
+
+    def set_fencing_mode(self, mode: FenceMode) -> None:
+        self.fencing_mode = mode
+
+    def clear_fencing(self) -> int:
+        """Forget every job's highest epoch and the refusals (between rounds whose job ids restart)."""
+        count = len(self.fence_jobs)
+        self.fence_jobs.clear()
+        self.fenced.clear()
+        return count
+
+    def clear_log(self) -> int:
+        count = len(self.log)
+        self.log.clear()
+        return count
+
+    def clear_violations(self) -> int:
+        count = len(self.violations)
+        self.violations.clear()
+        return count
 
     # --- power state machine ----------------------------------------------------------------------------
 
@@ -616,15 +744,22 @@ class World:
         server.power = "PoweringOn"
         self._schedule(server, self.latency.power_on_s, lambda: self._reach_on(server))
 
-    def reset(self, server_id: str, reset_type: str) -> None:
-        """A Redfish ComputerSystem.Reset on the server's BMC; raises on the iLO quirks."""
+    def reset(self, server_id: str, reset_type: str, token: FenceToken | None = None) -> None:
+        """A Redfish ComputerSystem.Reset on the server's BMC; raises on a stale token and the iLO quirks."""
         server = self.server(server_id)
+        self._admit(token, "reset", server.id, reset_type)
+        powers_on = reset_type in ("On", "ForceOn", "ForceRestart") or (
+            reset_type == "PushPowerButton" and server.power == "Off"
+        )
         try:
             self._reset(server, reset_type)
         except LabError as exc:
-            self.record("reset", server.id, f"{reset_type}: rejected ({exc.message})")
+            self.record("reset", server.id, f"{reset_type}: rejected ({exc.message})", token, accepted=False)
             raise
-        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})")
+        if powers_on:
+            server.powered_on_by = token
+            self._check_previous_holder(server, token, reset_type)
+        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token)
 
     def _reset(self, server: Server, reset_type: str) -> None:
         power = server.power
@@ -652,22 +787,32 @@ class World:
 
     # --- the manager (VCEM role) ------------------------------------------------------------------------
 
-    def move(self, profile_id: str, from_id: str, to_id: str) -> Profile:
-        """Move a profile between servers, atomically; every refusal leaves the world unchanged."""
+    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+        """Move a profile between servers, atomically; every refusal leaves the world unchanged.
+
+        The source's power is not checked (as a manager that does not check); moving off a server that
+        is not Off is recorded as a violation (`move_off_running`)."""
+        action = f"{profile_id} {from_id} -> {to_id}"
+        self._admit(token, "move", from_id, action)
         try:
             profile = self.profile(profile_id)
             src = self.server(from_id)
             dst = self.server(to_id)
             self._check_move(profile, src, dst)
         except LabError as exc:
-            self.record(
-                "move", from_id, f"{profile_id} {from_id} -> {to_id}: refused {exc.status} ({exc.message})"
-            )
+            self.record("move", from_id, f"{action}: refused {exc.status} ({exc.message})", token,
+                        accepted=False)
             raise
         src.profile = None
         dst.profile = profile.id
         profile.server = dst.id
-        self.record("move", src.id, f"{profile.id} {src.id} -> {dst.id}: ok")
+        profile.previous_server = src.id
+        if src.power != "Off":
+            self._violation(
+                "move_off_running", [src.id, dst.id], profile.id, token,
+                f"{profile.id} moved off {src.id} to {dst.id} while {src.id} is {src.power}",
+            )
+        self.record("move", src.id, f"{action}: ok", token)
         return profile
 
     def _check_move(self, profile: Profile, src: Server, dst: Server) -> None:
@@ -694,31 +839,36 @@ class World:
             if self.has_fault(s, "move_error"):
                 raise InjectedFailure(f"VCEM job failed for {s.id} (injected move_error)")
 
-    def set_spare(self, server_id: str, spare: bool) -> Server:
+    def set_spare(self, server_id: str, spare: bool, token: FenceToken | None = None) -> Server:
+        action = f"spare={str(spare).lower()}"
+        self._admit(token, "spare", server_id, action)
         server = self.server(server_id)
         if server.product is None and spare:
             raise Conflict(f"bay {server.id} is empty")
         server.spare = spare
-        self.record("spare", server.id, f"spare={str(spare).lower()}")
+        self.record("spare", server.id, action, token)
         return server
 
     # --- Systems Insight Manager role --------------------------------------------------------------------
 
-    def delete_host(self, server_id: str) -> dict[str, Any]:
+    def delete_host(self, server_id: str, token: FenceToken | None = None) -> dict[str, Any]:
+        self._admit(token, "host", server_id, "delete")
         self.server(server_id)
         record = self.hosts.pop(server_id, None)
         if record is None:
             raise NotFound(f"server {server_id} has no host record")
-        self.record("host", server_id, f"deleted {record.name} {record.ip}")
+        self.record("host", server_id, f"deleted {record.name} {record.ip}", token)
         return {"server": server_id, "name": record.name, "ip": record.ip}
 
-    def put_host(self, server_id: str, name: str, ip: str) -> dict[str, Any]:
+    def put_host(self, server_id: str, name: str, ip: str, token: FenceToken | None = None) -> dict[str, Any]:
+        self._admit(token, "host", server_id, f"set {name} {ip}")
         self.server(server_id)
         self.hosts[server_id] = HostRecord(name, ip)
-        self.record("host", server_id, f"set {name} {ip}")
+        self.record("host", server_id, f"set {name} {ip}", token)
         return {"server": server_id, "name": name, "ip": ip}
 
-    def discover(self, server_id: str) -> dict[str, Any]:
+    def discover(self, server_id: str, token: FenceToken | None = None) -> dict[str, Any]:
+        self._admit(token, "discover", server_id, "discover")
         server = self.server(server_id)
         host: dict[str, str] | None = None
         found = False
@@ -738,7 +888,7 @@ class World:
                 host = {"name": profile.host_name, "ip": profile.host_ip}
                 self.hosts[server.id] = HostRecord(profile.host_name, profile.host_ip)
                 detail = f"{profile.host_name} ({profile.host_ip}) answered"
-        self.record("discover", server.id, f"found={str(found).lower()}: {detail}")
+        self.record("discover", server.id, f"found={str(found).lower()}: {detail}", token)
         return {"server": server.id, "found": found, "host": host, "detail": detail}
 
     # --- lab control --------------------------------------------------------------------------------------
@@ -811,6 +961,7 @@ class World:
             server.installed = True
         if power == "On":
             if server.power != "On":
+                server.powered_on_by = None  # by hand
                 self._reach_on(server)
         elif power == "Off":
             self._reach_off(server)

@@ -370,18 +370,22 @@ class Api:
     async def get_cluster(self, request: web.Request) -> web.Response:
         """The monitors sharing the store, their leases, and who holds which job and group."""
         runner = self.runner
-        now = runner.d.clock.time()
         members = await runner.store.members()
         active = await runner.store.active_jobs()
         locks = await runner.store.group_locks()
         owner_of = {j.id: j.owner for j in active}
         return web.json_response({
             "instance": runner.instance,
-            "members": [{"instance": m["instance"], "address": m["address"],
-                         "alive": m["lease_until"] > now, "lease_left": round(m["lease_until"] - now, 1)}
+            "incarnation": runner.membership.token,
+            "lease": runner.cluster.lease,
+            "heartbeat": runner.cluster.heartbeat,
+            "fence_grace": runner.fence_grace,
+            "members": [{"instance": m["instance"], "address": m["address"], "incarnation": m["incarnation"],
+                         "alive": m["lease_left"] is not None,
+                         "lease_left": round(m["lease_left"], 1) if m["lease_left"] is not None else None}
                         for m in members],
-            "jobs": [{"job": j.id, "server": j.server, "owner": j.owner, "state": j.state.value}
-                     for j in active],
+            "jobs": [{"job": j.id, "server": j.server, "owner": j.owner, "epoch": j.epoch,
+                      "state": j.state.value} for j in active],
             "groups": [{"group": g, "job": job, "owner": owner_of.get(job)} for g, job in locks.items()],
         })
 
@@ -437,11 +441,24 @@ class Api:
         return web.json_response({"queued": queued}, status=202)
 
     async def post_explain(self, request: web.Request) -> web.Response:
+        """What the pipeline would decide for one event (an object) or several in order (a list), acting
+        on nothing. `?mode=live` (default): on a copy of the running state, with the confirmation read
+        from the BMC; `?mode=rules`: the rules and configured guards over these events alone."""
         pipeline = self._pipeline()
-        item = await self._body(request, EventIn)
-        if isinstance(item, web.Response):
-            return item
-        return web.json_response(pipeline.explain(item.to_event(self.runner.d.clock.now())))
+        mode = request.query.get("mode", "live")
+        if mode not in ("live", "rules"):
+            self._reject("bad_request")
+            return _error(400, "mode is live or rules")
+        batch = await self._body(request, EventBatch)
+        if isinstance(batch, web.Response):
+            return batch
+        now = self.runner.d.clock.now()
+        items = batch.root if isinstance(batch.root, list) else [batch.root]
+        if not items or len(items) > 1000:
+            self._reject("bad_request")
+            return _error(400, "give one event, or a list of 1 to 1000 events")
+        out = await pipeline.explain([i.to_event(now) for i in items], live=mode == "live")
+        return web.json_response(out if isinstance(batch.root, list) else out[0])
 
     async def get_pause(self, request: web.Request) -> web.Response:
         return web.json_response({"paused": self._pipeline().decider.paused})

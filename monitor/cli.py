@@ -57,7 +57,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("event_file", type=Path, help="a JSON event, or a list of events evaluated in order")
     e.add_argument("--json", action="store_true", help="print the decisions as JSON")
     e.add_argument("--all", action="store_true", help="list every rule that did not match")
-    _config_arg(e)
+    e.add_argument("--live", action="store_true",
+                   help="ask the running monitor (its API): its pause, silences, cooldowns, rate-limit and "
+                        "storm windows, and the confirmation read from the BMC; nothing is acted on")
+    _api_args(e)
 
     p = sub.add_parser("pause", help="pause automatic failover everywhere (decisions alert instead)")
     p.add_argument("reason")
@@ -295,21 +298,46 @@ async def _load_inventory(loaded: LoadedConfig) -> tuple[Any, str]:
         await manager.close()
 
 
+def _print_explained(n: int, d: dict[str, Any], show_all: bool) -> None:
+    event = d.get("event", {})
+    what = event.get("trap_oid") or event.get("message_id") or event.get("health") or "event"
+    print(f"\nevent {n}: {event.get('source')} {what} from {event.get('sender') or '?'} -> "
+          f"server {d.get('server') or 'unknown'} ({d.get('resolved_by')})")
+    for m in d.get("matched", []):
+        print(f"  matched      {m['rule']} ({m['action']}){': ' + m['note'] if m.get('note') else ''}")
+    near = d.get("near_misses", [])
+    shown = near if show_all else near[:10]
+    for m in shown:
+        print(f"  not matched  {m['rule']}: {m['why']}")
+    if len(near) > len(shown):
+        print(f"  ... and {len(near) - len(shown)} more (--all lists them)")
+    for note in d.get("notes", []):
+        print(f"  note: {note}")
+    conf = d.get("confirmation")
+    if conf:
+        if "verdict" in conf:
+            print(f"  confirmation: {conf['verdict']}: {conf['reason']}")
+        else:
+            print(f"  confirmation: {conf['requirement']}")
+    verdict = f"{d['action']}" + (f" by {d['rule']}" if d.get("rule") else " (no rule fired)")
+    print(f"  decision: {verdict}" + (f"; guard: {d['guard']}" if d.get("guard") else ""))
+
+
 def _explain(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from monitor import confirmation
     from monitor.api import EventBatch
     from monitor.clock import SystemClock
+    from monitor.pipeline import explain_mode
     from monitor.resolve import Resolver
     from rules.engine import Decider
     from rules.loader import load_policy
 
     loaded = _load(args.config)
-    rules_cfg = loaded.config.rules
-    policy = load_policy([loaded.resolve(f) for f in rules_cfg.files], builtin=rules_cfg.builtin,
-                         packs=rules_cfg.packs)
     try:
-        batch = EventBatch.model_validate_json(args.event_file.read_bytes())
+        raw = args.event_file.read_bytes()
+        batch = EventBatch.model_validate_json(raw)
     except OSError as exc:
         print(f"{args.event_file}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -318,36 +346,47 @@ def _explain(args: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in err["loc"])
             print(f"{args.event_file}:1: {where}: {err['msg']}", file=sys.stderr)
         return 1
-    inventory, where_from = asyncio.run(_load_inventory(loaded))
-    resolver = Resolver(inventory) if inventory is not None else None
-    decider = Decider(policy.ruleset, policy.guards, policy.silences)
-    now = SystemClock().now()
     items = batch.root if isinstance(batch.root, list) else [batch.root]
     out: list[dict[str, Any]] = []
-    if not args.json:
-        print(f"{policy.summary()}; {where_from}")
-    for n, item in enumerate(items, start=1):
-        event = item.to_event(now)
-        sid, how = resolver.resolve(event) if resolver else (None, "no inventory")
-        server = resolver.server(sid) if resolver else None
-        d = decider.decide(event.model_copy(update={"server": sid}), server)
-        out.append({**d.public(), "resolved_by": how})
-        if args.json:
-            continue
-        what = event.trap_oid or event.message_id or event.health or "event"
-        print(f"\nevent {n}: {event.source} {what} from {event.sender or '?'} -> "
-              f"server {sid or 'unknown'} ({how})")
-        for rule, action, note in d.matched:
-            print(f"  matched      {rule} ({action}){': ' + note if note else ''}")
-        near = d.near if args.all else d.near[:10]
-        for rule, why in near:
-            print(f"  not matched  {rule}: {why}")
-        if len(d.near) > len(near):
-            print(f"  ... and {len(d.near) - len(near)} more (--all lists them)")
-        verdict = f"{d.action}" + (f" by {d.rule}" if d.rule else " (no rule fired)")
-        print(f"  decision: {verdict}" + (f"; guard: {d.guard}" if d.guard else ""))
+    if args.live:
+        base, token = api_base(loaded, args.api), api_token(loaded)
+        body = [i.event for i in items]
+        status, data = asyncio.run(api_call(base, "POST", "/api/v1/rules/explain?mode=live", token=token,
+                                            body=body, timeout=60.0))
+        if status != 200 or not isinstance(data, list):
+            error = data.get("error", data) if isinstance(data, dict) else data
+            print(f"failover-monitor: {error} (HTTP {status})", file=sys.stderr)
+            return 1
+        out = list(data)
+        header = f"the monitor at {base}"
+        mode = explain_mode(True)
+    else:
+        rules_cfg = loaded.config.rules
+        policy = load_policy([loaded.resolve(f) for f in rules_cfg.files], builtin=rules_cfg.builtin,
+                             packs=rules_cfg.packs)
+        inventory, where_from = asyncio.run(_load_inventory(loaded))
+        resolver = Resolver(inventory) if inventory is not None else None
+        decider = Decider(policy.ruleset, policy.guards, policy.silences)
+        now = SystemClock().now()
+        header = f"{policy.summary()}; {where_from}"
+        mode = ("offline: " + explain_mode(False) + " (--live asks the running monitor)")
+        for item in items:
+            event = item.to_event(now)
+            sid, how = resolver.resolve(event) if resolver else (None, "no inventory")
+            server = resolver.server(sid) if resolver else None
+            enclosure = resolver.enclosure(event, sid)[0] if resolver else None
+            d = decider.decide(event.model_copy(update={"server": sid, "enclosure": enclosure}), server)
+            row = {**d.public(), "resolved_by": how, "mode": mode}
+            if d.action == "failover" and d.rule is not None:
+                row["confirmation"] = {"requirement": confirmation.requirement(
+                    loaded.config.failover.confirm, d.rule, policy.ruleset.rules[d.rule].spec)}
+            out.append(row)
     if args.json:
         print(json.dumps(out, indent=2))
+        return 0
+    print(f"{header}\nmode: {mode}")
+    for n, row in enumerate(out, start=1):
+        _print_explained(n, row, args.all)
     return 0
 
 
@@ -383,6 +422,14 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_command_sync(fn: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(fn(args))
+    except ApiError as exc:
+        print(f"failover-monitor: {exc}", file=sys.stderr)
+        return 1
+
+
 def _api_command(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))
@@ -403,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "jobs":
             return _api_command(_jobs(args))
         if args.command == "rules":
-            return _explain(args)
+            return _api_command_sync(_explain, args)
         if args.command == "pause":
             return _api_command(_pause(args, args.reason))
         if args.command == "resume":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from monitor.model import STEPS
+from monitor.model import STEP_SPECS, STEPS
 from monitor.yamlfile import ConfigError, ConfigIssue, load_model
 
 DEFAULT_CONFIG = Path("config/monitor.yaml")
@@ -119,6 +120,16 @@ class FailoverConfig(_Strict):
     """After a crash, a job that was mid-flight resumes from its last safe point or fails safe."""
     shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM, seconds a running step may take to reach a safe point before it is parked."""
+    confirm: Literal["always", "rule", "never"] = "always"
+    """Before a rule-triggered job is created, the source's BMC is read again and must confirm the
+    fault (monitor/confirmation.py): `always` for every failover rule, `rule` only for rules marked
+    `confirm: true`, `never` not at all (except rules whose condition is the power reading,
+    `confirm_by: powered_off`). A confirmation that declines is recorded as `declined`."""
+    confirm_window: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds a declined failover stays open: a second failover signal for the server, or a health poll
+    reading it unhealthy, within it fails the server over."""
+    confirm_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds the confirmation waits for the BMC's answer (an unanswered read is "unreachable")."""
 
     @field_validator("step_timeouts")
     @classmethod
@@ -131,13 +142,7 @@ class FailoverConfig(_Strict):
     def step_timeout(self, step: str) -> float:
         if step in self.step_timeouts:
             return self.step_timeouts[step]
-        if step == "power_off_source":
-            return self.power_off_timeout * self.power_off_attempts + 60.0
-        if step == "power_on_spare":
-            return self.power_on_timeout + 60.0
-        if step == "lock_group":
-            return 24 * 3600.0  # waiting for the jobs ahead in the group
-        return 120.0
+        return STEP_SPECS[step].timeout(self)
 
 
 class SnmpUser(_Strict):
@@ -299,6 +304,10 @@ class ClusterConfig(_Strict):
     same trap reaches every monitor)."""
     address: str = ""
     """How the others can reach this monitor (shown in /api/v1/cluster)."""
+    fence_grace: Annotated[float, Field(ge=0)] | None = None
+    """Seconds another monitor waits after this one's lease ran out before it takes its jobs over: room
+    for a request still in flight, or executed late by a BMC or manager. None: the longest action
+    deadline (the Redfish, manager and discovery time limits, plus a second)."""
 
     @model_validator(mode="after")
     def _heartbeat_under_lease(self) -> ClusterConfig:
@@ -331,7 +340,10 @@ class StorePostgres(_Strict):
 
 
 class MonitorConfig(_Strict):
-    instance: str = "monitor-1"
+    instance: str | None = None
+    """This monitor's name in the cluster (unique among the monitors sharing a store; two live monitors
+    with one name refuse to start). None: the host name, plus the config file's folder when a config
+    file is given (`web1-config`), so that two monitors on one host differ."""
     http: HttpConfig = HttpConfig()
     store: str = "failover-monitor.db"
     """A SQLite file path (relative to the config file), `:memory:`, or a PostgreSQL URL
@@ -359,13 +371,29 @@ class MonitorConfig(_Strict):
         return v
 
 
+def default_instance(path: Path | None) -> str:
+    """The host name, plus the config file's folder name when there is a config file."""
+    host = socket.gethostname().split(".")[0] or "monitor"
+    if path is None:
+        return host
+    folder = path.resolve().parent.name
+    return f"{host}-{folder}" if folder else host
+
+
 class LoadedConfig:
     """A validated config and the folder its relative paths are resolved against."""
 
     def __init__(self, config: MonitorConfig, path: Path | None) -> None:
+        if config.instance is None:
+            config = config.model_copy(update={"instance": default_instance(path)})
         self.config = config
         self.path = path
         self.base = path.parent if path else Path.cwd()
+
+    @property
+    def instance(self) -> str:
+        assert self.config.instance is not None
+        return self.config.instance
 
     def resolve(self, value: str) -> Path:
         p = Path(value)

@@ -18,14 +18,12 @@ from monitor.api import Api, RateLimiter
 from monitor.clock import Clock, SystemClock, sleep_unless
 from monitor.config import LoadedConfig, parse_listen
 from monitor.events import Event
-from monitor.flow import FlowDeps
-from monitor.jobs import JobRunner
-from monitor.locks import GroupLocks
+from monitor.jobs import DuplicateInstance, FlowDeps, GroupLocks, JobRunner
 from monitor.metrics import Metrics
 from monitor.model import Inventory, Server
 from monitor.pipeline import LogAlertSink, Pipeline, PolicyHolder
 from monitor.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
-from monitor.store import StoreError
+from monitor.store import MembershipLost, StoreError
 from monitor.stores import Store, open_store
 from monitor.yamlfile import ConfigError
 
@@ -126,7 +124,8 @@ class Daemon:
         self.clock = clock if clock is not None else SystemClock()
         self._adapters = adapters
         self.metrics = Metrics()
-        self.store: Store = open_store(self.config, loaded.store_path)
+        self.instance = loaded.instance
+        self.store: Store = open_store(self.config, loaded.store_path, self.clock.time)
         self.runner: JobRunner | None = None
         self._inventory: Inventory | None = None
         self._inventory_error: str | None = None
@@ -148,6 +147,8 @@ class Daemon:
         self.ready = asyncio.Event()
         self._refresh_now = asyncio.Event()
         self._tls: ssl.SSLContext | None = None
+        self._fatal: str | None = None
+        """Why the daemon must stop (another live monitor has its name), once known."""
 
     # --- what the API asks -------------------------------------------------------------------------
 
@@ -171,14 +172,15 @@ class Daemon:
         for name, task in self._tasks.items():
             parts[name] = {"ok": not task.done()}
         if self.runner is not None:
-            parts["cluster"] = {"ok": self.runner.lease_valid(), "instance": self.config.instance}
+            parts["cluster"] = {"ok": self.runner.lease_valid(), "instance": self.instance,
+                                "lease_left": round(max(self.runner.membership.left(), 0.0), 1)}
         parts["inventory"] = {
             "ok": self._inventory is not None,
             "servers": len(self._inventory.servers) if self._inventory else 0,
             "error": self._inventory_error,
         }
         ok = all(p["ok"] for p in parts.values())
-        return {"ok": ok, "instance": self.config.instance, **parts}
+        return {"ok": ok, "instance": self.instance, **parts}
 
     # --- inventory refresh ---------------------------------------------------------------------
 
@@ -281,8 +283,12 @@ class Daemon:
         discovery_timeout = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
                              d.command.timeout if d.kind == "command" and d.command else
                              max(self.config.inventory.lab.timeout, self.config.redfish.timeout))
-        runner = JobRunner(deps, self.metrics, instance=self.config.instance, cluster=self.config.cluster,
-                           discovery_timeout=discovery_timeout)
+        # The longest one outside action of a job may take: the adapters' own time limits (a Redfish
+        # request, a manager call, a discovery hook), plus a second.
+        action_timeout = max(self.config.redfish.timeout, self.config.inventory.lab.timeout,
+                             discovery_timeout) + 1.0
+        runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=self.config.cluster,
+                           discovery_timeout=discovery_timeout, action_timeout=action_timeout)
         self.runner = runner
 
         async def after_job(job: Any) -> None:
@@ -300,7 +306,7 @@ class Daemon:
             from adapters.mqtt import MqttAdapterError, MqttPublisher
 
             try:
-                mqtt = MqttPublisher(config=self.config.mqtt, instance=self.config.instance,
+                mqtt = MqttPublisher(config=self.config.mqtt, instance=self.instance,
                                      metrics=self.metrics, clock=self.clock)
             except MqttAdapterError as exc:
                 raise StartupError(f"mqtt: {exc}") from exc
@@ -314,7 +320,8 @@ class Daemon:
         mqtt_stop = asyncio.Event()
         pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
                             sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=self.inventory,
-                            watch_interval=self.config.rules.watch_interval)
+                            watch_interval=self.config.rules.watch_interval,
+                            power=adapters.power, failover=self.config.failover)
         self.pipeline = pipeline
         deps.enclosure_faults.append(lambda: pipeline.decider.state.faulted_enclosures(self.clock.time()))
         self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
@@ -341,12 +348,16 @@ class Daemon:
             site = web.SockSite(web_runner, sock, ssl_context=self._tls)
             await site.start()
             self.http_address = sock.getsockname()[:2]
-            log.info("%s listening on %s://%s:%s", self.config.instance,
+            log.info("%s listening on %s://%s:%s", self.instance,
                      "https" if self._tls else "http", *self.http_address)
             async with asyncio.TaskGroup() as tg:
                 async def jobs_then_mqtt() -> None:
                     try:  # MQTT stops after the jobs: their last states still go out
                         await runner.run(stop)
+                    except (DuplicateInstance, MembershipLost) as exc:
+                        self._fatal = str(exc)
+                        log.critical("%s", exc)
+                        stop.set()
                     finally:
                         mqtt_stop.set()
 
@@ -379,4 +390,6 @@ class Daemon:
             for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
                 with contextlib.suppress(Exception):
                     await closer()
-        log.info("%s stopped", self.config.instance)
+        if self._fatal is not None:
+            raise StartupError(self._fatal)
+        log.info("%s stopped", self.instance)

@@ -10,6 +10,7 @@ Field names (documented in the README, used by rule files):
 | `time` | when the monitor received it (UTC) |
 | `sender` | the address it came from: UDP source, SNMPv1 agent address, or the BMC's address |
 | `server` | the resolved server id, or null when no server matched (never fails over anything) |
+| `enclosure` | the resolved enclosure: the server's, or the enclosure manager's (OA, CMC) that sent it |
 | `trap_oid` | SNMP: the notification OID (v1 traps mapped per RFC 3584: enterprise.0.specific) |
 | `varbinds` | SNMP: {OID: value} |
 | `snmp_version`, `security_name` | SNMP: `1`, `2c` or `3`; community name index or v3 user |
@@ -66,6 +67,7 @@ class Event(BaseModel):
     time: datetime
     sender: str | None = None
     server: str | None = None
+    enclosure: str | None = None
     trap_oid: str | None = None
     varbinds: dict[str, str] = {}
     snmp_version: Literal["1", "2c", "3"] | None = None

@@ -32,6 +32,11 @@ class FenceLost(Exception):
     another monitor took the job over): the action was not sent."""
 
 
+class FenceRefused(FenceLost):
+    """The outside system refused the request for a stale fencing token: another monitor has acted for
+    the job under a newer epoch; nothing was changed. Not an adapter error: the job stops here."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
     job: int

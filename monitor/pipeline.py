@@ -1,4 +1,11 @@
-"""The event pipeline: normalized events → server resolution → rules → decision → alert or job.
+"""The event pipeline: normalized events → server resolution → rules → guards → confirmation → decision
+→ alert or job.
+
+A failover decision is confirmed before a job is created (monitor/confirmation.py, `failover.confirm`):
+the source's BMC is read again (with a timeout) and must read the server down or unhealthy. A decline is
+its own outcome, `declined`: it gives back the cooldown and the rate-limit slot, and stays open for
+`failover.confirm_window`: a second failover signal, or a health poll reading the server unhealthy, within
+it fails the server over. The verdict and the reading go into the decision and the job's trigger.
 
 One consumer task takes events from a bounded queue (sources put into it and count what overflows),
 so the rule state is only ever touched from one task. Decisions are stored in batches; the rule state is
@@ -14,16 +21,19 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from monitor import confirmation
 from monitor.clock import Clock
+from monitor.config import FailoverConfig
 from monitor.events import Event
 from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
 from monitor.metrics import Metrics
-from monitor.model import Inventory, iso
-from monitor.ports import AdapterError, AlertSink
-from monitor.resolve import Resolver
+from monitor.model import Inventory, Server, iso
+from monitor.ports import AdapterError, AlertSink, PowerControl
+from monitor.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
 from monitor.store import ActiveJobExists, StoreError
 from monitor.stores import Store
 from monitor.yamlfile import ConfigError
@@ -121,7 +131,11 @@ class PolicyHolder:
 class Pipeline:
     def __init__(self, *, queue: asyncio.Queue[Event], holder: PolicyHolder, store: Store,
                  runner: JobRunner, sinks: list[AlertSink], metrics: Metrics, clock: Clock,
-                 inventory: Callable[[], Inventory | None], watch_interval: float = 2.0) -> None:
+                 inventory: Callable[[], Inventory | None], watch_interval: float = 2.0,
+                 power: PowerControl | None = None, failover: FailoverConfig | None = None) -> None:
+        self.power = power
+        """Where the confirmation reads the source's health (None: nothing can confirm)."""
+        self.failover = failover or FailoverConfig()
         self.queue = queue
         self.holder = holder
         self.store = store
@@ -158,26 +172,68 @@ class Pipeline:
 
     # --- one event ---------------------------------------------------------------------------------
 
-    async def handle(self, event: Event) -> Decision:
+    def _resolve(self, event: Event) -> tuple[Event, Server | None, Resolution, int | None]:
+        """The event with its server and enclosure filled in, the server, how it was resolved (or why
+        not), and its group's size."""
         resolver = self.resolver()
-        sid, how = resolver.resolve(event) if resolver else (None, "inventory not loaded")
+        found = (resolver.attribute(event) if resolver
+                 else Resolution(None, "inventory not loaded", NO_INVENTORY))
+        sid = found.server
         server = resolver.server(sid) if resolver else None
-        if event.server != sid:
-            event = event.model_copy(update={"server": sid})
-        if sid is None:
-            self.metrics.inc("events_unresolved_total", source=event.source)
+        enclosure = resolver.enclosure(event, sid)[0] if resolver else None
+        if event.server != sid or event.enclosure != enclosure:
+            event = event.model_copy(update={"server": sid, "enclosure": enclosure})
         group_size = len(resolver.inventory.in_group(server.domain_group)) if resolver and server else None
+        return event, server, found, group_size
+
+    async def _confirm(self, decider: Decider, decision: Decision, server: Server,
+                       read_bmc: bool = True) -> confirmation.Confirmation:
+        """Confirm a failover decision with the BMC; a decline is recorded in `decider`'s state (the
+        cooldown given back, the window opened) and turns the decision into `declined`."""
+        assert decision.rule is not None
+        rule = decider.ruleset.rules[decision.rule]
+        policy = self.failover.confirm
+        reading: confirmation.Reading = None
+        if read_bmc and self.power is not None and confirmation.needs_reading(policy, rule.spec):
+            reading = await confirmation.read(self.power, server, self.failover.confirm_timeout, self.clock)
+        verdict = confirmation.decide(policy=policy, rule_id=rule.id, rule=rule.spec, event=decision.event,
+                                      reading=reading, reopened=decision.reopened)
+        decision.confirmation = verdict.public()
+        if verdict.confirmed:
+            decider.close_decline(server.id)
+            return verdict
+        until = decision.time.timestamp() + self.failover.confirm_window
+        decider.decline(decision, until, verdict.reason, verdict.reading)
+        open_ = decider.state.open_decline(server.id, decision.time.timestamp())
+        decision.confirmation["open_until"] = iso(datetime.fromtimestamp(
+            float(open_["until"]) if open_ else until, UTC))
+        decision.action = "declined"
+        decision.guard = f"confirmation declined: {verdict.reason}"
+        return verdict
+
+    async def handle(self, event: Event) -> Decision:
+        event, server, found, group_size = self._resolve(event)
+        how = found.how
+        if server is None:
+            self.metrics.inc("events_unresolved_total", source=event.source, reason=found.reason or NO_MATCH)
         decision = self.decider.decide(event, server, group_size)
+        if decision.action == "failover" and server is not None:
+            await self._confirm(self.decider, decision, server)
         self.metrics.inc("decisions_total", action=decision.action)
         if decision.action == "failover" and server is not None:
             # Every monitor hears the same trap: one of them starts the failover.
             first = await self.store.dedupe(f"failover:{server.id}:{decision.rule}", self.runner.instance,
-                                            self.clock.time(), self.runner.cluster.dedupe_window)
+                                            None, self.runner.cluster.dedupe_window)
             if first is not None:
                 decision.action, decision.guard = "none", f"already being handled by monitor {first}"
         if decision.action == "failover" and server is not None:
-            trigger = {"kind": "rule", "rule": decision.rule, "confirm": decision.confirm,
-                       "resolved_by": how, "event": event.model_dump(mode="json", exclude_defaults=True)}
+            # The pipeline has confirmed (or the policy said not to): the flow only records the health
+            # it reads before fencing ("confirm": False).
+            trigger = {"kind": "rule", "rule": decision.rule, "confirm": False,
+                       "confirmation": decision.confirmation, "resolved_by": how,
+                       "event": event.model_dump(mode="json", exclude_defaults=True)}
+            if decision.reopened is not None:
+                trigger["reopened"] = decision.reopened
             try:
                 job = await self.runner.submit(server.id, trigger)
                 decision.job = job.id
@@ -186,7 +242,7 @@ class Pipeline:
             except (UnknownServer, ShuttingDown, AdapterError) as exc:
                 # e.g. the manager is down: the decision is kept and alerted, nothing is touched
                 decision.action, decision.guard = "alert", f"failover not started: {exc}"
-        if decision.action in ("failover", "alert") or decision.storm_alert:
+        if decision.action in ("failover", "alert", "declined") or decision.storm_alert:
             payload = self.alert_payload(decision)
             for sink in self.sinks:
                 sink.alert(decision.server, payload)
@@ -199,7 +255,8 @@ class Pipeline:
         return {"server": d.server, "rule": d.rule, "action": d.action, "severity": d.severity,
                 "event": d.event.model_dump(mode="json", exclude_defaults=True), "time": iso(d.time),
                 "guard": d.guard, "job": d.job, "labels": d.labels,
-                **({"storm": d.storm_alert} if d.storm_alert else {})}
+                **({"storm": d.storm_alert} if d.storm_alert else {}),
+                **({"confirmation": d.confirmation} if d.confirmation else {})}
 
     # --- background work ----------------------------------------------------------------------------
 
@@ -279,14 +336,42 @@ class Pipeline:
                 if self.holder.changed():
                     self.holder.reload()
 
-    def explain(self, event: Event) -> dict[str, Any]:
-        """What the rules would decide (on a copy of the state; nothing is acted on or stored)."""
-        resolver = self.resolver()
-        sid, how = resolver.resolve(event) if resolver else (None, "inventory not loaded")
-        server = resolver.server(sid) if resolver else None
-        decider = Decider(self.decider.ruleset, self.decider.guards, [],
-                          RuleState.restore(self.decider.state.snapshot()))
-        decider.silences = self.decider.silences
-        decider.paused = self.decider.paused
-        d = decider.decide(event.model_copy(update={"server": sid}), server)
-        return {**d.public(), "resolved_by": how}
+    async def explain(self, events: list[Event], *, live: bool = True) -> list[dict[str, Any]]:
+        """What the pipeline would decide for these events, in order, acting on nothing.
+
+        live: on a copy of the running state (pause, silences, cooldowns, rate-limit and storm windows,
+        open declined failovers) and with the confirmation the pipeline would make, reading the BMC's
+        health (read only). Otherwise (`rules`): the rules and the configured guards over these events
+        alone, from a fresh state, and the confirmation each failover would need (no BMC read)."""
+        if live:
+            decider = Decider(self.decider.ruleset, self.decider.guards, [],
+                              RuleState.restore(self.decider.state.snapshot()))
+            decider.silences = self.decider.silences
+            decider.paused = self.decider.paused
+        else:
+            decider = Decider(self.decider.ruleset, self.decider.guards, [])
+            decider.silences = self.decider.silences
+        out: list[dict[str, Any]] = []
+        for raw in events:
+            event, server, found, group_size = self._resolve(raw)
+            how = found.how
+            d = decider.decide(event, server, group_size)
+            extra: dict[str, Any] = {}
+            if d.action == "failover" and server is not None and d.rule is not None:
+                spec = decider.ruleset.rules[d.rule].spec
+                if live:
+                    await self._confirm(decider, d, server)
+                else:
+                    extra["confirmation"] = {"requirement": confirmation.requirement(
+                        self.failover.confirm, d.rule, spec)}
+            out.append({**d.public(), **extra, "resolved_by": how, "mode": explain_mode(live)})
+        return out
+
+
+def explain_mode(live: bool) -> str:
+    """How an explanation was made, said with every one of them."""
+    if live:
+        return ("live: the running monitor's pause, silences, cooldowns, rate-limit and storm windows and "
+                "open declines, and the confirmation read from the BMC; nothing acted on")
+    return ("rules: the rules and configured guards over these events alone (no pause, cooldowns or "
+            "windows of a running monitor); the BMC is not read")

@@ -43,6 +43,18 @@ class NotFound(AdapterError):
     """The outside system does not know the object."""
 
 
+class IdentityMismatch(AdapterError):
+    """The machine the endpoint leads to is not the one the inventory describes (its serial number or
+    UUID differs, or it does not report one the inventory gives): nothing was sent to it."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None, field: str = "",
+                 expected: str = "", actual: str | None = None) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.field = field
+        self.expected = expected
+        self.actual = actual
+
+
 @dataclass(frozen=True, slots=True)
 class HealthReading:
     power: PowerState

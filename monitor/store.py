@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from monitor.model import STEPS, Job, JobState, Step, StepState
+from monitor.model import STEPS, FlowContext, Job, JobState, Step, StepState, iso
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Versioned migrations: each takes the store from version N-1 to N. Version 1 is _SCHEMA itself.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -33,6 +34,14 @@ _MIGRATIONS: dict[int, list[str]] = {
             lease_until REAL NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS dedupe (
             key TEXT PRIMARY KEY, instance TEXT NOT NULL, until REAL NOT NULL)""",
+    ],
+    3: [
+        "ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN owner_token TEXT",
+        "ALTER TABLE members ADD COLUMN incarnation TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE IF NOT EXISTS job_owners (
+            job INTEGER NOT NULL, epoch INTEGER NOT NULL, owner TEXT, token TEXT, since REAL NOT NULL,
+            PRIMARY KEY (job, epoch))""",
     ],
 }
 
@@ -122,11 +131,28 @@ class LostOwnership(StoreError):
         self.owner = owner
 
 
+class MembershipLost(StoreError):
+    """Another process holds this monitor's name in the cluster (it joined after this one's lease and
+    fence grace ran out): this process must stop acting and exit."""
+
+
 class ActiveJobExists(StoreError):
     def __init__(self, server: str, job: int) -> None:
         super().__init__(f"server {server} already has active job {job}")
         self.server = server
         self.job = job
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    """The answer to `join`: joined, or the live holder of the name and when its lease (plus the fence
+    grace) runs out, in seconds of the store's clock from now."""
+
+    joined: bool
+    holder: str = ""
+    """The incarnation holding the name (when not joined)."""
+    lease_until: float = 0.0
+    wait: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +167,17 @@ class Timer:
     detail: str
 
 
+def owner_entry(epoch: int, owner: str | None, since: float) -> dict[str, Any]:
+    """One entry of a job's ownership history, as the job JSON shows it."""
+    return {"epoch": int(epoch), "owner": owner, "since": iso(datetime.fromtimestamp(float(since), UTC))}
+
+
+def member_row(row: dict[str, Any], now: float) -> dict[str, Any]:
+    """A members row as `members()` answers it: `lease_left` in seconds, None once the lease is over."""
+    delta = float(row["lease_until"]) - now
+    return {**row, "lease_left": round(delta, 3) if delta > 0 else None, "lease_delta": delta}
+
+
 def _ts(t: datetime | None) -> float | None:
     return t.timestamp() if t else None
 
@@ -152,9 +189,12 @@ def _dt(v: float | None) -> datetime | None:
 class SqliteStore:
     """The embedded store. Open with `await store.open()`, close with `await store.close()`."""
 
-    def __init__(self, path: str, *, synchronous: Literal["full", "normal"] = "full") -> None:
+    def __init__(self, path: str, *, synchronous: Literal["full", "normal"] = "full",
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._sync = synchronous
+        self._clock = clock
+        """The store's clock (one host: the monitors sharing a SQLite file share its clock)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 
@@ -215,25 +255,36 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
+    async def clock(self) -> float:
+        """The store's clock (seconds since the epoch): leases, claims and due times are in it."""
+        return self._clock()
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
     # --- jobs ---------------------------------------------------------------------------------
 
     async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime,
-                         owner: str | None = None) -> Job:
-        """Create a queued job owned by `owner`; ActiveJobExists when the server has an active one."""
+                         owner: str | None = None, token: str | None = None) -> Job:
+        """Create a queued job owned by `owner` (incarnation `token`) at epoch 1; ActiveJobExists when
+        the server has an active one."""
+        since = self._clock()
 
         def _create(c: sqlite3.Connection) -> int:
             try:
                 c.execute("BEGIN IMMEDIATE")
                 cur = c.execute(
-                    "INSERT INTO jobs(server, grp, state, trigger, created, owner)"
-                    " VALUES (?, ?, 'queued', ?, ?, ?)",
-                    (server, group, json.dumps(trigger), now.timestamp(), owner),
+                    "INSERT INTO jobs(server, grp, state, trigger, created, owner, epoch, owner_token)"
+                    " VALUES (?, ?, 'queued', ?, ?, ?, 1, ?)",
+                    (server, group, json.dumps(trigger), now.timestamp(), owner, token),
                 )
                 job_id = int(cur.lastrowid or 0)
                 c.executemany(
                     "INSERT INTO steps(job, position, step, state) VALUES (?, ?, ?, 'pending')",
                     [(job_id, i, name) for i, name in enumerate(STEPS)],
                 )
+                c.execute("INSERT INTO job_owners(job, epoch, owner, token, since) VALUES (?, 1, ?, ?, ?)",
+                          (job_id, owner, token, since))
                 c.execute("COMMIT")
                 return job_id
             except sqlite3.IntegrityError:
@@ -248,14 +299,15 @@ class SqliteStore:
                 raise
 
         job_id = await self._run(_create)
-        return Job.queued(job_id, server, group, trigger, now, owner)
+        return Job.queued(job_id, server, group, trigger, now, owner, token, since)
 
     async def save_job(self, job: Job) -> None:
-        """Write the job and all its steps in one committed transaction — only while `job.owner` still
-        owns it (LostOwnership otherwise: another monitor took the job over)."""
+        """Write the job and all its steps in one committed transaction — only while `job.epoch` is still
+        the job's epoch (LostOwnership otherwise: another monitor, or a later start of this one, took the
+        job over)."""
         row = (
             job.state.value, job.profile, job.spare, job.error, _ts(job.finished),
-            json.dumps(job.context), json.dumps(job.notes),
+            job.context.model_dump_json(), json.dumps(job.notes),
             json.dumps(job.rediscovery) if job.rediscovery is not None else None, job.id,
         )
         steps = [
@@ -268,8 +320,8 @@ class SqliteStore:
             try:
                 cur = c.execute(
                     "UPDATE jobs SET state=?, profile=?, spare=?, error=?, finished=?, context=?, notes=?,"
-                    " rediscovery=? WHERE id=? AND owner IS ?",
-                    (*row, job.owner),
+                    " rediscovery=? WHERE id=? AND owner IS ? AND epoch=?",
+                    (*row, job.owner, job.epoch),
                 )
                 if cur.rowcount == 0:
                     holder = c.execute("SELECT owner FROM jobs WHERE id=?", (job.id,)).fetchone()
@@ -294,12 +346,19 @@ class SqliteStore:
             Step(s["step"], StepState(s["state"]), _dt(s["started"]), _dt(s["finished"]), s["detail"])
             for s in c.execute("SELECT * FROM steps WHERE job=? ORDER BY position", (r["id"],))
         ]
+        owners = [
+            owner_entry(o["epoch"], o["owner"], o["since"])
+            for o in c.execute("SELECT epoch, owner, since FROM job_owners WHERE job=? ORDER BY epoch",
+                               (r["id"],))
+        ]
         return Job(
             id=r["id"], server=r["server"], group=r["grp"], state=JobState(r["state"]),
             trigger=json.loads(r["trigger"]), created=_dt(r["created"]) or datetime.now(UTC),
             steps=steps, profile=r["profile"], spare=r["spare"], error=r["error"],
-            finished=_dt(r["finished"]), context=json.loads(r["context"]), notes=json.loads(r["notes"]),
+            finished=_dt(r["finished"]), context=FlowContext.model_validate_json(r["context"]),
+            notes=json.loads(r["notes"]),
             rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None, owner=r["owner"],
+            epoch=int(r["epoch"]), owner_token=r["owner_token"], owners=owners,
         )
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -350,7 +409,7 @@ class SqliteStore:
 
     # --- group locks ---------------------------------------------------------------------------
 
-    async def lock_group(self, group: str, job: int, now: float) -> int | None:
+    async def lock_group(self, group: str, job: int, now: float | None = None) -> int | None:
         """Take `group` for `job`. Returns None on success, or the job that holds it or goes first.
 
         Fair across monitors: the group goes to the lowest-numbered active job of the group that is
@@ -376,7 +435,7 @@ class SqliteStore:
                     c.execute(
                         "INSERT INTO group_locks(grp, job, acquired) VALUES (?, ?, ?)"
                         " ON CONFLICT(grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
-                        (group, job, now),
+                        (group, job, self._now(now)),
                     )
                 c.execute("COMMIT")
                 return None
@@ -399,6 +458,25 @@ class SqliteStore:
 
         return await self._run(_q)
 
+    async def release_stale_locks(self) -> dict[str, int]:
+        """Release, in one transaction, every group lock held by a job that is no longer active (left
+        by a crash in a job's finish); returns them. A lock of an active job, this monitor's or
+        another's, is never touched."""
+
+        def _release(c: sqlite3.Connection) -> dict[str, int]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                rows = c.execute("SELECT grp, job FROM group_locks WHERE job NOT IN"
+                                 " (SELECT id FROM jobs WHERE state IN ('queued','running'))").fetchall()
+                c.executemany("DELETE FROM group_locks WHERE grp=? AND job=?", [(r[0], r[1]) for r in rows])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return {r[0]: int(r[1]) for r in rows}
+
+        return await self._run(_release)
+
     # --- durable timers --------------------------------------------------------------------------
 
     async def add_timer(self, kind: str, job: int, server: str, due: float) -> Timer:
@@ -417,8 +495,10 @@ class SqliteStore:
 
         return await self._run(_add)
 
-    async def claim_due_timers(self, instance: str, now: float, hold: float) -> list[Timer]:
-        """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor."""
+    async def claim_due_timers(self, instance: str, now: float | None, hold: float) -> list[Timer]:
+        """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor.
+        `now`: None for the store's clock."""
+        now = self._now(now)
 
         def _claim(c: sqlite3.Connection) -> list[Timer]:
             c.execute("BEGIN IMMEDIATE")
@@ -467,55 +547,104 @@ class SqliteStore:
 
     # --- several monitors: membership, adoption, de-duplication ------------------------------------
 
-    async def heartbeat(self, instance: str, address: str, now: float, lease: float) -> None:
-        """Renew this monitor's membership lease (its jobs are its own while the lease holds)."""
+    async def join(self, instance: str, token: str, address: str, lease: float, grace: float,
+                   now: float | None = None) -> JoinResult:
+        """Take the name `instance` for the process `token`: when nobody has it, it is `token`'s
+        already, or its holder's lease plus `grace` ran out (a crashed predecessor). Otherwise the
+        answer says who holds it and for how long; the caller waits and asks again (a holder that keeps
+        renewing is a second live monitor with the same name)."""
+        now = self._now(now)
+
+        def _join(c: sqlite3.Connection) -> JoinResult:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT incarnation, lease_until FROM members WHERE instance=?",
+                                (instance,)).fetchone()
+                if row is not None and row[0] != token and float(row[1]) + grace > now:
+                    c.execute("COMMIT")
+                    return JoinResult(False, str(row[0]), float(row[1]), float(row[1]) + grace - now)
+                c.execute("INSERT INTO members(instance, address, started, lease_until, incarnation)"
+                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET"
+                          " address=excluded.address,"
+                          " started=excluded.started, lease_until=excluded.lease_until,"
+                          " incarnation=excluded.incarnation", (instance, address, now, now + lease, token))
+                c.execute("COMMIT")
+                return JoinResult(True)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        return await self._run(_join)
+
+    async def heartbeat(self, instance: str, token: str, address: str, lease: float,
+                        now: float | None = None) -> None:
+        """Renew this process's membership lease (its jobs are its own while the lease holds).
+        MembershipLost when another process holds the name now."""
+        now = self._now(now)
 
         def _hb(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO members(instance, address, started, lease_until) VALUES (?, ?, ?, ?)"
-                      " ON CONFLICT(instance) DO UPDATE SET address=excluded.address,"
-                      " lease_until=excluded.lease_until", (instance, address, now, now + lease))
+            cur = c.execute("UPDATE members SET address=?, lease_until=? WHERE instance=? AND incarnation=?",
+                            (address, now + lease, instance, token))
+            if cur.rowcount == 0:
+                raise MembershipLost(f"instance name {instance} is held by another process")
 
         await self._run(_hb)
 
-    async def leave(self, instance: str) -> None:
-        """A clean stop: the lease ends now, so the others adopt what is left at once."""
-        await self._run(lambda c: c.execute("UPDATE members SET lease_until=0 WHERE instance=?",
-                                            (instance,)))
+    async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
+        """A stop: the lease ends now. `grace`: how far back to date it, so that the others need not
+        wait the fence grace (a clean stop has no action in flight)."""
+        now = self._now(now)
+        await self._run(lambda c: c.execute(
+            "UPDATE members SET lease_until=? WHERE instance=? AND incarnation=?",
+            (now - grace, instance, token)))
 
-    async def members(self) -> list[dict[str, Any]]:
+    async def members(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The monitors that joined, with `lease_left` (seconds of the store's clock; None when over)."""
+        now = self._now(now)
+
         def _q(c: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = c.execute("SELECT instance, address, started, lease_until FROM members ORDER BY instance")
-            return [dict(r) for r in rows]
+            rows = c.execute("SELECT instance, address, incarnation, started, lease_until FROM members"
+                             " ORDER BY instance")
+            return [member_row(dict(r), now) for r in rows]
 
         return await self._run(_q)
 
-    async def adopt_jobs(self, instance: str, now: float) -> list[Job]:
-        """Take over the active jobs of monitors whose lease ran out (and this monitor's own, after a
-        restart under the same name). Returns the jobs now owned by `instance` that it must run."""
+    async def adopt_jobs(self, instance: str, token: str, grace: float,
+                         now: float | None = None) -> list[Job]:
+        """Take over the active jobs whose owning process's lease ended more than `grace` seconds ago
+        (or that name no live process): each job's epoch grows by one and the new ownership is recorded.
+        Returns the jobs now owned by `token`, which it must run (or fail safe)."""
+        now = self._now(now)
 
         def _adopt(c: sqlite3.Connection) -> list[Job]:
             c.execute("BEGIN IMMEDIATE")
             try:
                 rows = c.execute(
-                    "SELECT id FROM jobs WHERE state IN ('queued','running') AND (owner IS NULL OR owner=?"
-                    " OR owner NOT IN (SELECT instance FROM members WHERE lease_until>?)) ORDER BY id",
-                    (instance, now)).fetchall()
-                ids = [int(r[0]) for r in rows]
-                c.executemany("UPDATE jobs SET owner=? WHERE id=?", [(instance, i) for i in ids])
+                    "SELECT id, epoch FROM jobs WHERE state IN ('queued','running')"
+                    " AND (owner_token IS NULL OR owner_token <> ?) AND (owner_token IS NULL OR owner_token"
+                    " NOT IN (SELECT incarnation FROM members WHERE lease_until + ? > ?)) ORDER BY id",
+                    (token, grace, now)).fetchall()
+                grants = [(int(r[0]), int(r[1]) + 1) for r in rows]
+                c.executemany("UPDATE jobs SET owner=?, owner_token=?, epoch=? WHERE id=?",
+                              [(instance, token, e, i) for i, e in grants])
+                c.executemany("INSERT OR REPLACE INTO job_owners(job, epoch, owner, token, since)"
+                              " VALUES (?, ?, ?, ?, ?)", [(i, e, instance, token, now) for i, e in grants])
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
             jobs = []
-            for i in ids:
+            for i, _e in grants:
                 r = c.execute("SELECT * FROM jobs WHERE id=?", (i,)).fetchone()
                 jobs.append(self._job_from(c, r))
             return jobs
 
         return await self._run(_adopt)
 
-    async def dedupe(self, key: str, instance: str, now: float, ttl: float) -> str | None:
-        """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first."""
+    async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
+        """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first.
+        `now`: None for the store's clock."""
+        now = self._now(now)
 
         def _d(c: sqlite3.Connection) -> str | None:
             c.execute("BEGIN IMMEDIATE")

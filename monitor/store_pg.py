@@ -34,14 +34,18 @@ from typing import Any, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from monitor.model import STEPS, Job, JobState, Step, StepState
+from monitor.model import STEPS, FlowContext, Job, JobState, Step, StepState
 from monitor.store import (
     SCHEMA_VERSION,
     ActiveJobExists,
+    JoinResult,
     LostOwnership,
+    MembershipLost,
     StoreError,
     StoreUnavailable,
     Timer,
+    member_row,
+    owner_entry,
 )
 
 log = logging.getLogger(__name__)
@@ -125,6 +129,14 @@ MIGRATIONS: dict[int, list[str]] = {
             started DOUBLE PRECISION NOT NULL, lease_until DOUBLE PRECISION NOT NULL)""",
         "CREATE TABLE dedupe (key TEXT PRIMARY KEY, instance TEXT NOT NULL, until DOUBLE PRECISION NOT NULL)",
     ],
+    3: [
+        "ALTER TABLE jobs ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN owner_token TEXT",
+        "ALTER TABLE members ADD COLUMN incarnation TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE job_owners (
+            job BIGINT NOT NULL, epoch BIGINT NOT NULL, owner TEXT, token TEXT,
+            since DOUBLE PRECISION NOT NULL, PRIMARY KEY (job, epoch))""",
+    ],
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1)), "a migration per schema version"
 
@@ -132,6 +144,15 @@ _META = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now()))"""
 
 _TIMER_COLS = "id, kind, job, server, due, state, attempts, detail"
+
+_CLOCK = "extract(epoch FROM clock_timestamp())"
+"""The database's clock: every lease, claim and due time is in it, so monitors whose own clocks are
+skewed still agree."""
+
+
+def _now(param: str) -> str:
+    """SQL for "the caller's `now` when given (tests), else the database's clock"."""
+    return f"coalesce({param}::float8, {_CLOCK})"
 
 # Errors that mean "the database is not reachable right now", not "the request was wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -273,6 +294,14 @@ class PostgresStore:
 
         await self._run(_ping)
 
+    async def clock(self) -> float:
+        """The database's clock (seconds since the epoch): leases, claims and due times are in it."""
+
+        async def _q(c: Conn) -> float:
+            return float(await c.fetchval(f"SELECT {_CLOCK}"))
+
+        return await self._run(_q)
+
     # --- schema --------------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
@@ -313,18 +342,24 @@ class PostgresStore:
     # --- jobs ---------------------------------------------------------------------------------
 
     async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime,
-                         owner: str | None = None) -> Job:
-        """Create a queued job owned by `owner`; ActiveJobExists when the server has an active one."""
+                         owner: str | None = None, token: str | None = None) -> Job:
+        """Create a queued job owned by `owner` (incarnation `token`) at epoch 1; ActiveJobExists when
+        the server has an active one."""
         trigger_json = json.dumps(trigger)
+        since = 0.0
 
         async def _create(c: Conn) -> int:
+            nonlocal since
             for _ in range(_ATTEMPTS):
                 job_id = await c.fetchval(
-                    "INSERT INTO jobs(server, grp, state, trigger, created, owner)"
-                    " VALUES ($1, $2, 'queued', $3, $4, $5)"
+                    "INSERT INTO jobs(server, grp, state, trigger, created, owner, epoch, owner_token)"
+                    " VALUES ($1, $2, 'queued', $3, $4, $5, 1, $6)"
                     f" ON CONFLICT (server) WHERE state IN {_ACTIVE} DO NOTHING RETURNING id",
-                    server, group, trigger_json, now.timestamp(), owner)
+                    server, group, trigger_json, now.timestamp(), owner, token)
                 if job_id is not None:
+                    since = float(await c.fetchval(
+                        "INSERT INTO job_owners(job, epoch, owner, token, since)"
+                        f" VALUES ($1, 1, $2, $3, {_CLOCK}) RETURNING since", job_id, owner, token))
                     await c.execute(
                         "INSERT INTO steps(job, position, step, state)"
                         " SELECT $1, p - 1, s, 'pending' FROM unnest($2::text[]) WITH ORDINALITY AS u(s, p)",
@@ -338,18 +373,19 @@ class PostgresStore:
             raise ActiveJobExists(server, 0)
 
         job_id = await self._tx(_create)
-        return Job.queued(job_id, server, group, trigger, now, owner)
+        return Job.queued(job_id, server, group, trigger, now, owner, token, since)
 
     async def save_job(self, job: Job) -> None:
-        """Write the job and all its steps in one committed transaction — only while `job.owner` still
-        owns it (LostOwnership otherwise: another monitor took the job over)."""
+        """Write the job and all its steps in one committed transaction — only while `job.epoch` is still
+        the job's epoch (LostOwnership otherwise: another monitor, or a later start of this one, took the
+        job over)."""
         args = (
             job.id, job.owner, job.state.value, _text(job.profile), _text(job.spare), _text(job.error),
-            _ts(job.finished), json.dumps(job.context), json.dumps(job.notes),
+            _ts(job.finished), _text(job.context.model_dump_json()), json.dumps(job.notes),
             json.dumps(job.rediscovery) if job.rediscovery is not None else None,
             list(range(len(job.steps))), [s.state.value for s in job.steps],
             [_ts(s.started) for s in job.steps], [_ts(s.finished) for s in job.steps],
-            [_text(s.detail) for s in job.steps],
+            [_text(s.detail) for s in job.steps], job.epoch,
         )
 
         async def _save(c: Conn) -> None:
@@ -357,6 +393,7 @@ class PostgresStore:
             saved = await c.fetchval(
                 "WITH j AS (UPDATE jobs SET state=$3, profile=$4, spare=$5, error=$6, finished=$7,"
                 " context=$8, notes=$9, rediscovery=$10 WHERE id=$1 AND owner IS NOT DISTINCT FROM $2"
+                " AND epoch=$16"
                 " RETURNING id),"
                 " s AS (UPDATE steps SET state=u.state, started=u.started, finished=u.finished,"
                 " detail=u.detail FROM j, unnest($11::int[], $12::text[], $13::float8[], $14::float8[],"
@@ -379,13 +416,19 @@ class PostgresStore:
                                list(steps)):
             steps[int(s["job"])].append(
                 Step(s["step"], StepState(s["state"]), _dt(s["started"]), _dt(s["finished"]), s["detail"]))
+        owners: dict[int, list[dict[str, Any]]] = {i: [] for i in steps}
+        for o in await c.fetch("SELECT job, epoch, owner, since FROM job_owners WHERE job = ANY($1::bigint[])"
+                               " ORDER BY job, epoch", list(steps)):
+            owners[int(o["job"])].append(owner_entry(o["epoch"], o["owner"], o["since"]))
         return [
             Job(
                 id=int(r["id"]), server=r["server"], group=r["grp"], state=JobState(r["state"]),
                 trigger=json.loads(r["trigger"]), created=_dt(r["created"]) or datetime.now(UTC),
                 steps=steps[int(r["id"])], profile=r["profile"], spare=r["spare"], error=r["error"],
-                finished=_dt(r["finished"]), context=json.loads(r["context"]), notes=json.loads(r["notes"]),
+                finished=_dt(r["finished"]), context=FlowContext.model_validate_json(r["context"]),
+                notes=json.loads(r["notes"]),
                 rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None, owner=r["owner"],
+                epoch=int(r["epoch"]), owner_token=r["owner_token"], owners=owners[int(r["id"])],
             )
             for r in rows
         ]
@@ -435,7 +478,7 @@ class PostgresStore:
 
     # --- group locks ---------------------------------------------------------------------------
 
-    async def lock_group(self, group: str, job: int, now: float) -> int | None:
+    async def lock_group(self, group: str, job: int, now: float | None = None) -> int | None:
         """Take `group` for `job`. Returns None on success, or the job that holds it or goes first.
 
         Fair across monitors: the group goes to the lowest-numbered active job of the group that is
@@ -458,7 +501,7 @@ class PostgresStore:
                 if first is not None and int(first) < job:
                     return int(first)
                 await c.execute(
-                    "INSERT INTO group_locks(grp, job, acquired) VALUES ($1, $2, $3)"
+                    f"INSERT INTO group_locks(grp, job, acquired) VALUES ($1, $2, {_now('$3')})"
                     " ON CONFLICT (grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
                     group, job, now)
             return None
@@ -477,6 +520,18 @@ class PostgresStore:
             return {r[0]: int(r[1]) for r in await c.fetch("SELECT grp, job FROM group_locks")}
 
         return await self._run(_q)
+
+    async def release_stale_locks(self) -> dict[str, int]:
+        """Release, in one statement, every group lock held by a job that is no longer active; returns
+        them. A lock of an active job, this monitor's or another's, is never touched."""
+
+        async def _release(c: Conn) -> dict[str, int]:
+            rows = await c.fetch(
+                "DELETE FROM group_locks l WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = l.job"
+                f" AND j.state IN {_ACTIVE}) RETURNING grp, job")
+            return {r[0]: int(r[1]) for r in rows}
+
+        return await self._run(_release)
 
     # --- durable timers --------------------------------------------------------------------------
 
@@ -497,15 +552,18 @@ class PostgresStore:
 
         return await self._run(_add)
 
-    async def claim_due_timers(self, instance: str, now: float, hold: float) -> list[Timer]:
-        """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor."""
+    async def claim_due_timers(self, instance: str, now: float | None, hold: float) -> list[Timer]:
+        """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor.
+        `now`: None for the database's clock."""
 
         async def _claim(c: Conn) -> list[Timer]:
             rows = await c.fetch(
-                "UPDATE timers SET claimed_by=$1, claim_until=$2 WHERE id IN ("
-                " SELECT id FROM timers WHERE state='scheduled' AND due<=$3"
-                " AND (claim_until IS NULL OR claim_until<$3) ORDER BY due, id FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {_TIMER_COLS}", instance, now + hold, now)
+                f"WITH t AS (SELECT {_now('$3')} AS now)"
+                " UPDATE timers SET claimed_by=$1, claim_until=(SELECT now FROM t) + $2 WHERE id IN ("
+                " SELECT id FROM timers WHERE state='scheduled' AND due<=(SELECT now FROM t)"
+                " AND (claim_until IS NULL OR claim_until<(SELECT now FROM t))"
+                " ORDER BY due, id FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_TIMER_COLS}", instance, hold, now)
             return sorted((_timer(r) for r in rows), key=lambda t: (t.due, t.id))
 
         return await self._run(_claim)
@@ -533,62 +591,107 @@ class PostgresStore:
 
     # --- several monitors: membership, adoption, de-duplication ------------------------------------
 
-    async def heartbeat(self, instance: str, address: str, now: float, lease: float) -> None:
-        """Renew this monitor's membership lease (its jobs are its own while the lease holds)."""
+    async def join(self, instance: str, token: str, address: str, lease: float, grace: float,
+                   now: float | None = None) -> JoinResult:
+        """Take the name `instance` for the process `token` (see SqliteStore.join), on the database's
+        clock."""
+
+        async def _join(c: Conn) -> JoinResult:
+            t = float(await c.fetchval(f"SELECT {_now('$1')}", now))
+            # One statement decides: two processes joining under one name at once cannot both win.
+            won = await c.fetchval(
+                "INSERT INTO members(instance, address, started, lease_until, incarnation)"
+                " VALUES ($1, $2, $3::float8, $3::float8 + $4::float8, $5)"
+                " ON CONFLICT (instance) DO UPDATE SET"
+                " address=excluded.address, started=excluded.started, lease_until=excluded.lease_until,"
+                " incarnation=excluded.incarnation"
+                " WHERE members.incarnation = excluded.incarnation OR members.lease_until + $6::float8 <= $3"
+                " RETURNING 1", instance, address, t, lease, token, grace)
+            if won is not None:
+                return JoinResult(True)
+            row = await c.fetchrow("SELECT incarnation, lease_until FROM members WHERE instance=$1", instance)
+            if row is None:  # left between the two statements: try again
+                return JoinResult(False, "", 0.0, 0.0)
+            return JoinResult(False, str(row[0]), float(row[1]), float(row[1]) + grace - t)
+
+        return await self._tx(_join)
+
+    async def heartbeat(self, instance: str, token: str, address: str, lease: float,
+                        now: float | None = None) -> None:
+        """Renew this process's membership lease on the database's clock; MembershipLost when another
+        process holds the name now."""
 
         async def _hb(c: Conn) -> None:
-            await c.execute(
-                "INSERT INTO members(instance, address, started, lease_until) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (instance) DO UPDATE SET address=excluded.address,"
-                " lease_until=excluded.lease_until", instance, address, now, now + lease)
+            status = await c.execute(
+                f"UPDATE members SET address=$3, lease_until={_now('$5')} + $4"
+                " WHERE instance=$1 AND incarnation=$2", instance, token, address, lease, now)
+            if status == "UPDATE 0":
+                raise MembershipLost(f"instance name {instance} is held by another process")
 
         await self._run(_hb)
 
-    async def leave(self, instance: str) -> None:
-        """A clean stop: the lease ends now, so the others adopt what is left at once."""
+    async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
+        """A stop: the lease ends now (dated back `grace` seconds after a clean stop)."""
 
         async def _leave(c: Conn) -> None:
-            await c.execute("UPDATE members SET lease_until=0 WHERE instance=$1", instance)
+            await c.execute(f"UPDATE members SET lease_until={_now('$4')} - $3"
+                            " WHERE instance=$1 AND incarnation=$2", instance, token, grace, now)
 
         await self._run(_leave)
 
-    async def members(self) -> list[dict[str, Any]]:
+    async def members(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The monitors that joined, with `lease_left` (seconds of the database's clock; None when over)."""
+
         async def _q(c: Conn) -> list[dict[str, Any]]:
-            rows = await c.fetch(
-                "SELECT instance, address, started, lease_until FROM members ORDER BY instance")
-            return [dict(r) for r in rows]
+            async with c.transaction(isolation="repeatable_read", readonly=True):
+                t = float(await c.fetchval(f"SELECT {_now('$1')}", now))
+                rows = await c.fetch("SELECT instance, address, incarnation, started, lease_until"
+                                     " FROM members ORDER BY instance")
+            return [member_row(dict(r), t) for r in rows]
 
         return await self._run(_q)
 
-    async def adopt_jobs(self, instance: str, now: float) -> list[Job]:
-        """Take over the active jobs of monitors whose lease ran out (and this monitor's own, after a
-        restart under the same name). Returns the jobs now owned by `instance` that it must run."""
+    async def adopt_jobs(self, instance: str, token: str, grace: float,
+                         now: float | None = None) -> list[Job]:
+        """Take over the active jobs whose owning process's lease ended more than `grace` seconds ago
+        on the database's clock (see SqliteStore.adopt_jobs); each job's epoch grows by one."""
 
         async def _adopt(c: Conn) -> list[Job]:
             # The row locks of the UPDATE and READ COMMITTED's re-check of a row another adopter just
-            # changed: each job goes to one monitor.
+            # changed: each job goes to one monitor, and its epoch grows once.
+            t = float(await c.fetchval(f"SELECT {_now('$1')}", now))
             rows = await c.fetch(
-                f"UPDATE jobs SET owner=$1 WHERE state IN {_ACTIVE} AND (owner IS NULL OR owner=$1"
-                " OR owner NOT IN (SELECT instance FROM members WHERE lease_until>$2)) RETURNING *",
-                instance, now)
+                f"UPDATE jobs SET owner=$1, owner_token=$2, epoch=epoch + 1 WHERE state IN {_ACTIVE}"
+                " AND owner_token IS DISTINCT FROM $2 AND (owner_token IS NULL OR owner_token NOT IN"
+                " (SELECT incarnation FROM members WHERE lease_until + $3 > $4)) RETURNING *",
+                instance, token, grace, t)
+            if rows:
+                await c.execute(
+                    "INSERT INTO job_owners(job, epoch, owner, token, since)"
+                    " SELECT j, e, $3, $4, $5 FROM unnest($1::bigint[], $2::bigint[]) AS u(j, e)"
+                    " ON CONFLICT (job, epoch) DO UPDATE SET owner=excluded.owner, token=excluded.token,"
+                    " since=excluded.since",
+                    [int(r["id"]) for r in rows], [int(r["epoch"]) for r in rows], instance, token, t)
             return await self._jobs_from(c, sorted(rows, key=lambda r: int(r["id"])))
 
         return await self._tx(_adopt)
 
-    async def dedupe(self, key: str, instance: str, now: float, ttl: float) -> str | None:
-        """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first."""
+    async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
+        """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first.
+        `now`: None for the database's clock."""
 
         async def _d(c: Conn) -> str | None:
             for _ in range(_ATTEMPTS):
+                t = float(await c.fetchval(f"SELECT {_now('$1')}", now))
                 mine = await c.fetchval(
                     "WITH gone AS (DELETE FROM dedupe WHERE until<=$3 AND key<>$1)"
                     " INSERT INTO dedupe(key, instance, until) VALUES ($1, $2, $4) ON CONFLICT (key)"
                     " DO UPDATE SET instance=excluded.instance, until=excluded.until"
                     " WHERE dedupe.until<=$3 OR dedupe.instance=excluded.instance RETURNING 1",
-                    key, instance, now, now + ttl)
+                    key, instance, t, t + ttl)
                 if mine is not None:
                     return None
-                holder = await c.fetchval("SELECT instance FROM dedupe WHERE key=$1 AND until>$2", key, now)
+                holder = await c.fetchval("SELECT instance FROM dedupe WHERE key=$1 AND until>$2", key, t)
                 if holder is not None:
                     return str(holder)
             raise StoreUnavailable(f"dedupe {key}: contended")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from monitor.store import SCHEMA_VERSION, SqliteStore, Timer
+from monitor.store import SCHEMA_VERSION, JoinResult, SqliteStore, Timer
 from monitor.store_pg import PostgresStore
 
 if TYPE_CHECKING:
@@ -24,41 +25,66 @@ def is_postgres(store: str) -> bool:
 
 
 class Store(Protocol):
-    """The durable store, as SqliteStore and PostgresStore both implement it (see SqliteStore for the
-    meaning of each method)."""
+    """The durable store, as SqliteStore and PostgresStore both implement it.
+
+    Times that decide between monitors (leases, claims, de-duplication) are on the store's clock: a
+    `now` argument of None means "the store's clock" (PostgreSQL's `clock_timestamp()`; for SQLite,
+    one host, the clock the store was built with); tests may pass their own."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
+    async def clock(self) -> float:
+        """The store's clock, seconds since the epoch."""
 
     async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime,
-                         owner: str | None = None) -> Job: ...
-    async def save_job(self, job: Job) -> None: ...
+                         owner: str | None = None, token: str | None = None) -> Job:
+        """A new queued job at epoch 1 of `owner`/`token`; ActiveJobExists when the server has one."""
+    async def save_job(self, job: Job) -> None:
+        """Write the job and its steps atomically while `job.epoch` is current; LostOwnership else."""
     async def get_job(self, job_id: int) -> Job | None: ...
     async def list_jobs(
         self, *, state: str | None = None, server: str | None = None, limit: int = 100
-    ) -> list[Job]: ...
+    ) -> list[Job]:
+        """Newest first."""
     async def active_jobs(self) -> list[Job]: ...
     async def active_by_server(self) -> dict[str, int]: ...
     async def job_counts(self) -> dict[str, int]: ...
 
-    async def lock_group(self, group: str, job: int, now: float) -> int | None: ...
-    async def unlock_group(self, group: str, job: int) -> bool: ...
+    async def lock_group(self, group: str, job: int, now: float | None = None) -> int | None:
+        """Take the group for the job: None when it holds it, else the job that holds it or goes first."""
+    async def unlock_group(self, group: str, job: int) -> bool:
+        """Release the group if the job holds it; whether it did."""
     async def group_locks(self) -> dict[str, int]: ...
+    async def release_stale_locks(self) -> dict[str, int]:
+        """Release, atomically, the locks of jobs that are no longer active; returns them."""
 
-    async def add_timer(self, kind: str, job: int, server: str, due: float) -> Timer: ...
-    async def claim_due_timers(self, instance: str, now: float, hold: float) -> list[Timer]: ...
+    async def add_timer(self, kind: str, job: int, server: str, due: float) -> Timer:
+        """Schedule a timer once per (kind, job), due at `due` on the store's clock."""
+    async def claim_due_timers(self, instance: str, now: float | None, hold: float) -> list[Timer]:
+        """Claim, for `hold` seconds, the due timers nobody holds: each fires on one monitor."""
     async def scheduled_timers(self) -> list[Timer]: ...
     async def update_timer(
         self, timer_id: int, *, state: str, due: float | None = None, attempts: int | None = None,
         detail: str = "", claimed_by: str | None = None,
-    ) -> bool: ...
+    ) -> bool:
+        """Record a timer's outcome (only while `claimed_by` holds it); whether it was recorded."""
 
-    async def heartbeat(self, instance: str, address: str, now: float, lease: float) -> None: ...
-    async def leave(self, instance: str) -> None: ...
-    async def members(self) -> list[dict[str, Any]]: ...
-    async def adopt_jobs(self, instance: str, now: float) -> list[Job]: ...
-    async def dedupe(self, key: str, instance: str, now: float, ttl: float) -> str | None: ...
+    async def join(self, instance: str, token: str, address: str, lease: float, grace: float,
+                   now: float | None = None) -> JoinResult:
+        """Take the name for the process `token`, unless a live process holds it (see JoinResult)."""
+    async def heartbeat(self, instance: str, token: str, address: str, lease: float,
+                        now: float | None = None) -> None:
+        """Renew the process's lease; MembershipLost when another process holds the name."""
+    async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
+        """End the lease now (dated back `grace` seconds after a clean stop)."""
+    async def members(self, now: float | None = None) -> list[dict[str, Any]]:
+        """instance, address, incarnation, started, lease_until, lease_left (None once over)."""
+    async def adopt_jobs(self, instance: str, token: str, grace: float,
+                         now: float | None = None) -> list[Job]:
+        """Take over the active jobs whose owner's lease ended over `grace` seconds ago; epoch + 1."""
+    async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
+        """Claim `key` for `ttl` seconds: None when this monitor has it, else who had it first."""
 
     async def add_decisions(self, rows: list[tuple[float, str | None, str, str | None, dict[str, Any]]],
                             keep: int = 100_000) -> list[int]: ...
@@ -78,13 +104,16 @@ def _conforms(sqlite: SqliteStore, postgres: PostgresStore) -> tuple[Store, Stor
     return sqlite, postgres
 
 
-def open_store(config: MonitorConfig, sqlite_path: str) -> SqliteStore | PostgresStore:
+def open_store(config: MonitorConfig, sqlite_path: str,
+               clock: Callable[[], float] | None = None) -> SqliteStore | PostgresStore:
     """The configured store, not yet opened. `sqlite_path`: the SQLite file, already resolved against the
-    config file's folder (unused for PostgreSQL)."""
+    config file's folder (unused for PostgreSQL). `clock`: SQLite's clock (the monitor's: one host)."""
     if is_postgres(config.store):
         pg = config.postgres
         return PostgresStore(config.store, min_size=pg.min_size, max_size=pg.max_size, timeout=pg.timeout)
-    return SqliteStore(sqlite_path, synchronous=config.sqlite.synchronous)
+    if clock is None:
+        return SqliteStore(sqlite_path, synchronous=config.sqlite.synchronous)
+    return SqliteStore(sqlite_path, synchronous=config.sqlite.synchronous, clock=clock)
 
 
 def _sqlite_version(path: str) -> int:

@@ -1,5 +1,7 @@
 """Rule evaluation: indexed candidate lookup, matching, thresholds, correlation, clearing, cooldown and
-the guards (silences, pause, alert-only groups, storm guard, rate limit).
+the guards (silences, pause, alert-only groups, storm guard, rate limit), and the memory of declined
+failovers (a confirmation that declined stays open for a window: a second signal or a health change
+within it fails the server over).
 
 Cost per event does not grow with rules that cannot match: rules are indexed by trap OID (exact and
 prefix), by Redfish message name (any registry version), and otherwise by source. State (threshold
@@ -10,6 +12,7 @@ store and restored, so a restart does not forget an open window.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -18,7 +21,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from monitor.events import Event
+from monitor.events import Event, severity_rank
 from monitor.model import Server, identify_product, iso
 from rules.matchers import Matcher, compile_matcher, field_matcher
 from rules.schema import ACTION_RANK, DAYS, SEVERITY_RANK, GuardsSpec, RuleSpec, SilenceSpec
@@ -135,9 +138,19 @@ class Decision:
     """Set on the decision that starts a storm: the one alert raised for it."""
     id: int | None = None
     job: int | None = None
+    confirmation: dict[str, Any] | None = None
+    """The BMC reading and the verdict of the confirmation before a job (the pipeline sets it):
+    {"reading", "verdict": "confirmed" | "declined", "reason"}."""
+    reopened: dict[str, Any] | None = None
+    """When this failover decision comes within the window of a declined one: that decline and why it
+    counts again ({"rule", "time", "reason", "by": "second signal" | "health change"})."""
+    notes: list[str] = field(default_factory=list)
+    consumed: tuple[str, float | None, str | None] | None = None
+    """What the guards used up for this failover (server, its previous cooldown mark, the rate-limited
+    group), so a declined confirmation can give it back."""
 
     def public(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id, "time": iso(self.time), "server": self.server, "action": self.action,
             "rule": self.rule, "severity": self.severity, "labels": self.labels,
             "matched": [{"rule": r, "action": a, "note": n} for r, a, n in self.matched],
@@ -145,6 +158,13 @@ class Decision:
             "guard": self.guard, "job": self.job,
             "event": self.event.model_dump(mode="json", exclude_defaults=True),
         }
+        if self.confirmation is not None:
+            out["confirmation"] = self.confirmation
+        if self.reopened is not None:
+            out["reopened"] = self.reopened
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 class _Lru(OrderedDict[Any, Any]):
@@ -168,6 +188,7 @@ class RuleState:
         self.storm_alerted: dict[tuple[str, str], float] = {}
         self.failovers: dict[str, deque[float]] = {}  # group -> times
         self.enclosure_faults: dict[str, float] = {}  # enclosure -> until
+        self.declined: _Lru = _Lru()  # server -> the open declined failover (dict, see Decider.decline)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -178,6 +199,7 @@ class RuleState:
             "storm_alerted": [[k, i, t] for (k, i), t in self.storm_alerted.items()],
             "failovers": [[g, list(d)] for g, d in self.failovers.items()],
             "enclosure_faults": list(self.enclosure_faults.items()),
+            "declined": list(self.declined.items()),
         }
 
     @classmethod
@@ -198,10 +220,31 @@ class RuleState:
         for g, times in data.get("failovers", []):
             st.failovers[g] = deque(times)
         st.enclosure_faults = dict(data.get("enclosure_faults", []))
+        for sid, info in data.get("declined", []):
+            if isinstance(info, dict):
+                st.declined.touch(sid, info)
         return st
 
     def faulted_enclosures(self, now: float) -> set[str]:
         return {e for e, until in self.enclosure_faults.items() if until > now}
+
+    def open_decline(self, server: str, now: float) -> dict[str, Any] | None:
+        """The declined failover of `server` whose window is still open at `now`, if any."""
+        info = self.declined.get(server)
+        if info is None:
+            return None
+        if float(info.get("until", 0)) <= now:
+            del self.declined[server]
+            return None
+        return dict(info)
+
+
+def signature(rule: str, event: Event) -> str:
+    """What makes two failover signals the same delivery (a BMC resending an event): the rule and the
+    event's identity and content, not its reception time or id."""
+    text = "|".join([rule, event.trap_oid or "", event.message_id or event.message_key or "",
+                     event.event_id or "", repr(sorted(event.varbinds.items())), repr(event.message_args)])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 class Silence:
@@ -255,8 +298,10 @@ class Decider:
             if name.endswith(".*") and name.startswith("varbinds."):
                 # A columnar varbind: any instance under the OID (e.g. cpqSeCpuStatus.<cpu>) may match.
                 prefix = name[len("varbinds."):-1]
-                values = [v for oid, v in event.varbinds.items() if oid.startswith(prefix)]
-                if not any(m.test(v) for v in values):
+                values: list[Any] = [v for oid, v in event.varbinds.items() if oid.startswith(prefix)]
+                # No instance at all is tested as an absent value (as an absent scalar varbind is):
+                # `{not: …}` then holds, a value that must be there does not.
+                if not any(m.test(v) for v in (values or [None])):
                     return f"no varbind under {prefix[:-1]} is {m.text} ({values or 'none'})"
                 continue
             value = event.field(name)
@@ -290,6 +335,10 @@ class Decider:
             for cleared in rule.spec.clears:
                 st.windows.pop((cleared, key), None)
                 st.seen.pop((key, cleared), None)
+                if sid and (open_ := st.open_decline(sid, now)) and open_.get("rule") == cleared:
+                    del st.declined[sid]
+                    decision.notes.append(f"{rule.id} clears {cleared}: the declined failover of "
+                                          f"{sid} is closed")
             th = rule.spec.threshold
             if th is not None:
                 window = st.windows.get((rule.id, key))
@@ -314,10 +363,16 @@ class Decider:
                     decision.near.append((rule.id, f"waiting for a correlated signal ({', '.join(rq.rules)}) "
                                                    f"within {rq.within:g} s"))
                     continue
-            if rule.spec.enclosure_fault and server is not None:
-                st.enclosure_faults[server.enclosure] = now + self.guards.enclosure_fault_window
+            enclosure = server.enclosure if server is not None else event.enclosure
+            if rule.spec.enclosure_fault and enclosure:
+                st.enclosure_faults[enclosure] = now + self.guards.enclosure_fault_window
             fired.append(rule)
             decision.matched.append((rule.id, rule.spec.action, rule.spec.description))
+        open_ = st.open_decline(sid, now) if sid else None
+        if open_ is not None and not any(r.spec.action == "failover" for r in fired):
+            health_rule = self._health_change(decision, event, open_)
+            if health_rule is not None:
+                fired.append(health_rule)
         if not fired:
             return decision
         best = max(fired, key=lambda r: (ACTION_RANK[r.spec.action], SEVERITY_RANK[r.spec.severity],
@@ -328,8 +383,69 @@ class Decider:
         decision.labels = dict(best.spec.labels)
         decision.confirm = best.spec.confirm
         if decision.action == "failover":
+            if open_ is not None and decision.reopened is None:
+                declined = self.ruleset.rules.get(str(open_.get("rule")))
+                if open_.get("signature") == signature(best.id, event):
+                    decision.notes.append(f"the same event as the declined one at {open_.get('at')} "
+                                          "(a resend): not a second signal")
+                elif not best.spec.second_signal and declined is not None and \
+                        not declined.spec.second_signal:
+                    decision.notes.append(f"{best.id} after {open_.get('rule')}: a pair known to come "
+                                          "spuriously together, not a second signal")
+                else:
+                    decision.reopened = {**_public_decline(open_), "by": "second signal"}
             self._guard_failover(decision, best, server, now, group_size)
         return decision
+
+    def _health_change(self, decision: Decision, event: Event, open_: dict[str, Any]) -> Rule | None:
+        """A health poll reading the server unhealthy within the window of its declined failover: that
+        rule fires again (the BMC now says what the confirmation wanted to hear)."""
+        if event.source != "redfish-poll" or severity_rank(event.health) < 1:
+            return None
+        rule = self.ruleset.rules.get(str(open_.get("rule")))
+        if rule is None or rule.spec.action != "failover":
+            return None
+        decision.matched.append((rule.id, "failover", f"health changed from {event.previous_health} to "
+                                                      f"{event.health} within the window of the declined "
+                                                      f"failover at {open_.get('at')}"))
+        decision.reopened = {**_public_decline(open_), "by": "health change"}
+        return rule
+
+    # --- declined confirmations -------------------------------------------------------------------
+
+    def decline(self, decision: Decision, until: float, reason: str, reading: Any) -> None:
+        """Record a declined failover: give back what the guards used up (cooldown, rate limit) and
+        keep the decision open until `until` for a second signal or a health change."""
+        self.release(decision)
+        if decision.server is None or decision.rule is None:
+            return
+        previous = self.state.open_decline(decision.server, decision.time.timestamp())
+        first = previous if previous is not None and decision.reopened is None and \
+            previous.get("rule") == decision.rule else None
+        self.state.declined.touch(decision.server, {
+            "rule": decision.rule, "at": iso(decision.time), "time": decision.time.timestamp(),
+            "until": float(first["until"]) if first else until,
+            "signature": signature(decision.rule, decision.event), "reason": reason, "reading": reading,
+        })
+
+    def release(self, decision: Decision) -> None:
+        """Give back the cooldown mark and the rate-limit slot a failover decision took."""
+        if decision.consumed is None:
+            return
+        sid, previous, group = decision.consumed
+        decision.consumed = None
+        if previous is None:
+            self.state.last_failover.pop(sid, None)
+        else:
+            self.state.last_failover.touch(sid, previous)
+        if group is not None:
+            times = self.state.failovers.get(group)
+            now = decision.time.timestamp()
+            if times and now in times:
+                times.remove(now)
+
+    def close_decline(self, server: str) -> None:
+        self.state.declined.pop(server, None)
 
     # --- guards ----------------------------------------------------------------------------------
 
@@ -371,6 +487,7 @@ class Decider:
                                 f"within {g.rate_limit.window:g} s (max {g.rate_limit.max_failovers})")
                 return
             times.append(now)
+        d.consumed = (server.id, last, server.domain_group if g.rate_limit is not None else None)
         st.last_failover.touch(server.id, now)
 
     def _storm(self, d: Decision, server: Server, now: float, group_size: int | None) -> bool:
@@ -398,3 +515,7 @@ class Decider:
                 self._demote(d, text)
                 return True
         return False
+
+
+def _public_decline(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in ("rule", "at", "reason", "reading") if k in info}

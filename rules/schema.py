@@ -16,6 +16,9 @@ rules:
     severity: critical
     labels: {team: compute}
     cooldown: 1h                       # failover rules: one decision per server per window
+    confirm: true                      # with failover.confirm: rule, this rule reads the BMC first
+    confirm_by: unhealthy              # what the BMC must read: unhealthy, or powered_off
+    confirm_unreachable: false         # an unreachable BMC confirms: the fault takes the BMC's view
 disable: [dell-idrac-fan-failure]      # built-in rules switched off by id
 guards: {...}                          # see GuardsSpec
 silences: [...]                        # see SilenceSpec
@@ -99,7 +102,19 @@ class RuleSpec(_Strict):
     labels: dict[str, str] = {}
     cooldown: Duration | None = None
     confirm: bool = False
-    """Failover only after the source's BMC, read again, confirms the server is not healthy."""
+    """This rule asks for confirmation: with `failover.confirm: rule` only such rules read the BMC
+    before a job is created (with `always`, the default, every failover rule does)."""
+    confirm_by: Literal["unhealthy", "powered_off"] = "unhealthy"
+    """What the BMC must read to confirm: `unhealthy` (Health Warning or Critical, HealthRollup Critical,
+    the server Off or absent), or `powered_off` (the server's own power is lost: PowerState Off). That
+    one is the rule's condition, so it is read even with `failover.confirm: never`."""
+    second_signal: bool = True
+    """False for messages known to come spuriously together (Dell CPU0000 + MEM0001 after an iDRAC warm
+    boot): within the window of a declined failover by one such rule, another such rule is not the
+    second signal that fails the server over without the BMC's word (any other failover rule is)."""
+    confirm_unreachable: bool = False
+    """An unreachable BMC confirms: the fault the event names (the board's power, the whole blade)
+    takes the BMC's view with it. Otherwise an unreachable BMC declines (it may be the BMC that hung)."""
     enclosure_fault: bool = False
     """The event is an enclosure-wide fault: no failover onto a spare in that enclosure meanwhile."""
     enabled: bool = True

@@ -6,6 +6,10 @@
 
 Enter and leave the context on the same event loop (the emulator is an asyncio subprocess).
 sushy applies a reset after a random 1-11 s delay: poll the power state.
+
+Several systems on one service: give several entries (`SUSHY_EMULATOR_FAKE_SYSTEMS`); sushy lists them
+in /redfish/v1/Systems in that order, by UUID (their Redfish Id), and answers /Systems/<name> with a 307
+to the UUID URL. Its ComputerSystem reports `UUID` but no `SerialNumber`. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations

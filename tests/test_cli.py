@@ -166,3 +166,35 @@ async def test_demo_runs_to_completion() -> None:
     assert "profile prof-enc1-bay1 moved enc1-bay1 -> enc1-bay9" in out
     assert "rediscovery done" in out
     assert "Done: job 1 completed" in out
+
+
+def test_the_example_inventory_and_unknown_products(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped static inventory (with Dell MX blades and enclosure manager addresses) is valid;
+    check-config names unknown products with the rule of thumb identification applies."""
+    monkeypatch.setenv("BMC_PASSWORD", "example")
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"inventory:\n  source: static\n  file: {ROOT / 'config' / 'inventory.example.yaml'}\n")
+    assert check_config(cfg) == ([], [])
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(
+        "domain_groups:\n"
+        "  - id: dg1\n"
+        "    domains:\n"
+        "      - id: vcd1\n"
+        "        enclosures:\n"
+        "          - id: enc1\n"
+        "            management_addresses: [10.0.0.200]\n"
+        "            servers:\n"
+        "              - {bay: 1, product: PowerEdge R640}\n"
+        "              - {bay: 2, product: ProLiant DL380 Gen10}\n"
+        "              - {bay: 3, product: PowerEdge MX740c}\n"
+    )
+    cfg.write_text(f"inventory:\n  source: static\n  file: {inv}\n")
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert (f"{inv}:9: domain_groups[0].domains[0].enclosures[0].servers[0].product: warning: product "
+            "'PowerEdge R640' is not identified: a PowerEdge is a blade only as M<3 digits> or MX<3 "
+            "digits>c") in out
+    assert "'ProLiant DL380 Gen10' is not identified: a ProLiant is a blade only as BL<3 digits>c" in out
+    assert "servers[2]" not in out and out.count("(a failover of it exits at check_product)") == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from monitor.clock import FakeClock
-from monitor.locks import GroupLocks
+from monitor.jobs.locks import GroupLocks
 from monitor.model import JobState, StepState
 from monitor.store import SqliteStore
 

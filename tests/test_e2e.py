@@ -55,6 +55,12 @@ def daemon_config(tmp_path: Path, lab_url: str, http_port: int, snmp_port: int, 
     return cfg
 
 
+async def crashed(lab: Client, server: str = "enc1-bay1") -> None:
+    """The host has crashed: its BMC reads Critical (what the confirmation before a job reads)."""
+    status, body = await lab.call("PUT", f"/lab/v1/servers/{server}", {"health": "Critical"})
+    assert status == 200, body
+
+
 async def send_trap(snmp_port: int) -> None:
     proc = await asyncio.create_subprocess_exec(
         "snmptrap", "--clientaddr=127.77.1.1", "-v", "2c", "-c", "public", f"127.0.0.1:{snmp_port}", "",
@@ -123,6 +129,7 @@ async def test_trap_to_profile_on_spare_with_mqtt(tmp_path: Path, http: aiohttp.
             online = await drain_until(inbox, lambda g: any(m.topic == "failover/monitor/e2e/status"
                                                             for m in g))
             assert online[-1].payload == "online"
+            await crashed(Client(lab.url, "", http))  # the BMC reads Critical: the confirmation agrees
             await send_trap(snmp_port)
             msgs = await drain_until(inbox, completed)
         alerts = [json.loads(m.payload) for m in msgs if m.topic == "failover/alerts/enc1-bay1"]
@@ -153,6 +160,7 @@ async def test_broker_down_mid_job_never_delays_the_failover(tmp_path: Path,
         broker, daemon, api, snmp_port = st.broker, st.daemon, st.api, st.snmp_port
         async with subscribe(broker, "failover/#") as inbox:
             await until(api.healthy, 30, "the daemon to be healthy")
+            await crashed(Client(st.lab.url, "", http))
             await send_trap(snmp_port)
             # Wait for the job to be under way (power_off_source running), then take the broker away.
             await drain_until(inbox, lambda g: any(

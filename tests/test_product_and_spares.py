@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from monitor.model import PowerState, Server, identify_product
+from monitor.model import PowerState, Server, identify_product, product_rule_of_thumb
 from monitor.spares import candidate_order, select_spare
 
 
@@ -27,6 +27,15 @@ from monitor.spares import candidate_order, select_spare
         ("Integrity BL890c i2", "integrity", "Integrity BL890c", 4),
         ("BL890c i4", "integrity", "Integrity BL890c", 4),
         ("Integrity BL860c", "integrity", "Integrity BL860c", 1),
+        ("PowerEdge M640", "poweredge", "PowerEdge M640", None),
+        ("Dell PowerEdge M630", "poweredge", "PowerEdge M630", None),
+        ("PowerEdge M620", "poweredge", "PowerEdge M620", None),
+        ("PowerEdge MX740c", "poweredge", "PowerEdge MX740c", None),
+        ("poweredge  mx750c", "poweredge", "PowerEdge MX750c", None),
+        ("Dell EMC PowerEdge MX750C", "poweredge", "PowerEdge MX750c", None),
+        ("MX740c", "poweredge", "PowerEdge MX740c", None),
+        ("PowerEdge MX840c", "poweredge", "PowerEdge MX840c", 2),
+        ("Dell M620", "poweredge", "PowerEdge M620", None),
     ],
 )
 def test_identify_product(product: str, family: str, model: str, span: int | None) -> None:
@@ -36,11 +45,48 @@ def test_identify_product(product: str, family: str, model: str, span: int | Non
 
 
 @pytest.mark.parametrize(
-    "product", ["", "   ", "PowerEdge M630", "Synergy 480 Gen10", "Unknown blade", "Superdome 2",
-                "Integrity rx2800 i4", "ProLiant DL380 Gen10"],
+    "product", ["", "   ", "Synergy 480 Gen10", "Unknown blade", "Superdome 2", "Integrity rx2800 i4",
+                "ProLiant DL380 Gen10", "PowerEdge R640", "PowerEdge FC630", "PowerEdge M1000e", "M640"],
 )
 def test_unidentified_products(product: str) -> None:
     assert identify_product(product) is None
+
+
+@pytest.mark.parametrize(
+    ("product", "says"),
+    [("ProLiant DL380 Gen10", "DL, ML, SL and XL are rack or tower servers"),
+     ("PowerEdge R640", "a PowerEdge is a blade only as M<3 digits> or MX<3 digits>c"),
+     ("M640", "needs its maker in the name"),
+     ("Integrity rx2800 i4", "an Integrity blade is a BL860c, BL870c or BL890c"),
+     ("Synergy 480 Gen10", "no known blade model in the name")],
+)
+def test_unknown_products_get_a_rule_of_thumb(product: str, says: str) -> None:
+    text = product_rule_of_thumb(product)
+    assert says in text and "PowerEdge Mnnn/MXnnnc" in text
+
+
+def test_dell_blades_are_chosen_like_proliant() -> None:
+    """PowerEdge blades: same model (MX740c = MX740c, never an MX750c), spans from the model (MX840c 2)."""
+    source = srv("enc1-bay1", product="PowerEdge MX740c", spare=False, profile="p1")
+    other_model = srv("enc1-bay2", bay=2, product="PowerEdge MX750c")
+    good = srv("enc1-bay3", bay=3, product="Dell EMC PowerEdge MX740c")
+    info = identify_product(source.product)
+    assert info is not None
+    power = {s.id: PowerState.OFF for s in (other_model, good)}
+    choice = select_spare(source, info, 1, [source, other_model, good], power)
+    assert choice.spare == good
+    assert choice.rejected[0].reason == "model PowerEdge MX750c differs from the source's PowerEdge MX740c"
+    wide = srv("enc2-bay1", enclosure="enc2", product="PowerEdge MX840c", spare=False, profile="p2")
+    wide_info = identify_product(wide.product)
+    assert wide_info is not None and wide_info.span == 2
+    narrow = srv("enc2-bay3", enclosure="enc2", bay=3, product="PowerEdge MX840c")
+    assert select_spare(wide, wide_info, 2, [narrow], {narrow.id: PowerState.OFF}).spare == narrow
+    m = srv("enc3-bay1", enclosure="enc3", product="PowerEdge M640", spare=False, profile="p3")
+    m_info = identify_product(m.product)
+    assert m_info is not None
+    m_spare = srv("enc3-bay2", enclosure="enc3", bay=2, product="Dell PowerEdge M640")
+    assert select_spare(m, m_info, 1, [m_spare], {m_spare.id: PowerState.OFF}).spare == m_spare
+    assert select_spare(m, m_info, 1, [m_spare], {m_spare.id: PowerState.ON}).spare is None
 
 
 def test_generation_is_not_a_differentiator() -> None:

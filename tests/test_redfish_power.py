@@ -92,8 +92,11 @@ async def test_system_by_name_follows_redirect(sushy: SushyPeer, power: RedfishP
     assert await power.power_state(server_for(by_path)) is PowerState.ON
 
 
-async def test_first_system_when_none_named(sushy: SushyPeer, power: RedfishPower) -> None:
-    assert await power.power_state(server_for(sushy.endpoint(None))) is not PowerState.UNKNOWN
+async def test_no_system_named_on_a_multi_system_service_is_refused(sushy: SushyPeer,
+                                                                    power: RedfishPower) -> None:
+    # Never "the first": sushy lists four systems here.
+    with pytest.raises(AdapterError, match=r"lists 4 ComputerSystems .* the inventory names none"):
+        await power.power_state(server_for(sushy.endpoint(None)))
 
 
 async def test_force_off_then_off(sushy: SushyPeer, power: RedfishPower) -> None:

@@ -44,10 +44,22 @@ DELL_ALERT = "1.3.6.1.4.1.674.10892.5.3.1."  # IDRAC-MIB-SMIv2 alert varbinds, .
 DELL_STATUS = {3: "ok", 4: "nonCritical", 5: "critical", 6: "nonRecoverable"}
 
 
-def hpe(n: int, condition: int = FAILED) -> Event:
-    """An HPE Insight trap as the receiver delivers it (v2c or mapped v1): sysName.0 and cpqHoTrapFlags.0."""
+def hpe(n: int, condition: int = FAILED, /, **varbinds: str) -> Event:
+    """An HPE Insight trap as the receiver delivers it (v2c or mapped v1): sysName.0 and cpqHoTrapFlags.0,
+    and more varbinds given as OID=value with dots written as underscores."""
+    extra = {k.lstrip("_").replace("_", "."): v for k, v in varbinds.items()}
     return Event(source="snmp", time=T0, sender="10.0.1.3", trap_oid=f"1.3.6.1.4.1.232.0.{n}",
-                 snmp_version="2c", varbinds={SYS_NAME: "enc1-bay3", HO_TRAP_FLAGS: str(condition << 2)})
+                 snmp_version="2c",
+                 varbinds={SYS_NAME: "enc1-bay3", HO_TRAP_FLAGS: str(condition << 2), **extra})
+
+
+SHUTDOWN_CAUSE = "_1_3_6_1_4_1_232_9_2_2_33_0"  # CPQSM2-MIB cpqSm2CntlrSysAutoShutdownCause.0
+FAILURE_TYPE = "_1_3_6_1_4_1_232_6_2_20_2_1_8_1"  # CPQHLTH-MIB cpqHePowerFailureType.1
+FAILURE_AREA = "_1_3_6_1_4_1_232_6_2_20_2_1_4_1"  # CPQHLTH-MIB cpqHePowerFailureArea.1
+
+
+def power_failure(kind: int, area: int = 1) -> Event:
+    return hpe(6074, **{FAILURE_TYPE: str(kind), FAILURE_AREA: str(area)})
 
 
 def dell(n: int, message_id: str | None = None, status: int = 5, *, storage: bool = False) -> Event:
@@ -110,15 +122,28 @@ CASES: dict[str, Case] = {
     "hpe-server-fatal-error": case(hpe(9014), hpe(9001)),
     "hpe-server-power-on-failure": case(hpe(9019), hpe(9002)),
     "hpe-system-power-on-denied": case(hpe(6073), hpe(6070, DEGRADED)),
-    "hpe-auto-shutdown": case(hpe(9024), hpe(9001)),
+    "hpe-auto-shutdown": case(hpe(9024, **{SHUTDOWN_CAUSE: "3"}), hpe(9024, **{SHUTDOWN_CAUSE: "2"}),
+                              hpe(9001)),
+    "hpe-auto-shutdown-enclosure-cause": case(hpe(9024, **{SHUTDOWN_CAUSE: "1"}), hpe(9024),
+                                              hpe(9024, **{SHUTDOWN_CAUSE: "3"})),
+    "hpe-auto-shutdown-cancelled": case(hpe(9025, OK, **{SHUTDOWN_CAUSE: "131"}), hpe(9024)),
+    "hpe-interlock-failure": case(hpe(6075), hpe(6074)),
+    "hpe-memory-uncorrectable": case(hpe(6096), hpe(6064, DEGRADED)),
+    "hpe-no-power-supply-detected": case(hpe(6103), hpe(6050)),
+    "hpe-power-fuse-degraded": case(hpe(6105), hpe(6104)),
+    "hpe-power-failure-thermal": case(power_failure(9), power_failure(6)),
+    "hpe-power-failure-input-loss": case(power_failure(3), power_failure(5)),
+    "hpe-power-failure-enclosure-area": case(power_failure(6, area=13), power_failure(6, area=1)),
+    "hpe-power-failure-standby": case(power_failure(5), power_failure(3)),
+    "hpe-blade-power-on-refused": case(hpe(22023), hpe(22021)),
     "hpe-thermal-shutdown": case(hpe(6017), hpe(6018, DEGRADED)),
     "hpe-temperature-failed": case(hpe(6040), hpe(6041, DEGRADED)),
     "hpe-power-converter-failed": case(hpe(6044), hpe(6049, DEGRADED)),
-    "hpe-power-failure-error": case(hpe(6074), hpe(6048, OK)),
+    "hpe-power-failure-error": case(hpe(6074), power_failure(3), power_failure(6, area=11), hpe(6048, OK)),
     "hpe-power-protection-fault": case(hpe(6104), hpe(6032, DEGRADED)),
     "hpe-memory-board-bus-error": case(hpe(6067), hpe(6064, DEGRADED)),
     "hpe-blade-status-critical": case(fixture("hpe-22054-v2c"), hpe(22053, DEGRADED)),
-    "hpe-blade-not-responding": case(hpe(22055), hpe(22052, OK)),
+    "hpe-blade-not-responding": case(hpe(22055), hpe(22052, OK)),  # an alert now: reset the iLO
     "hpe-blade-power-shed-shutdown": case(hpe(22021), hpe(22018, DEGRADED)),
     "hpe-psu-failed-no-redundancy": case(
         [hpe(6032, DEGRADED), fixture("hpe-6050-v1")],
@@ -166,7 +191,9 @@ CASES: dict[str, Case] = {
     "hpe-blade-lifecycle": case(hpe(22070, OK), hpe(22056, OK)),
     # --- dell-idrac ----------------------------------------------------------------------------------------
     "dell-cpu-ierr": case(dell(2241, "CPU0000", 5), dell(2242, "CPU0000", 4), dell(2241, "CPU0001", 5)),
-    "dell-cpu-failure": case(dell(2241, "CPU0001", 5), dell(2241, "CPU0001", 4), dell(2241, "CPU0000", 5)),
+    "dell-cpu-failure": case(dell(2241, "CPU0011", 5), dell(2241, "CPU0011", 4), dell(2241, "CPU0000", 5),
+                             dell(2241, "CPU0001", 5)),
+    "dell-cpu-thermal-trip": case(dell(2241, "CPU0001", 5), dell(2241, "CPU0000", 5)),
     "dell-memory-multibit": case(fixture("dell-2265-mem0001-v3"), dell(2265, "MEM0004", 5)),
     "dell-temperature-nonrecoverable": case(dell(2161, "TMP0110", 6), dell(2161, "TMP0110", 5)),
     "dell-psu-failure-no-redundancy": case(
@@ -202,8 +229,15 @@ CASES: dict[str, Case] = {
     # --- hpe-ilo-redfish -------------------------------------------------------------------------------
     "ilo-processor-failed": case(ilo("ProcessorStatusFailed"), ilo("ProcessorStatusDegraded", "Warning")),
     "ilo-cpu-uncorrectable": case(ilo("SeCpuUncorrectableError"), rf("Oem.1.0.SeCpuUncorrectableError")),
-    "ilo-power-fault-shutdown": case(ilo("PowerFailureCpuThermalTrip"), ilo("PowerFailureStandby")),
-    "ilo-power-fault-uncertain": case(ilo("PowerFailureErrorInputPowerLoss"), ilo("PowerFailureStandby")),
+    "ilo-power-fault-shutdown": case(ilo("PowerFailureRuntime"), ilo("PowerFailureStandby"),
+                                     ilo("PowerFailureCpuThermalTrip")),
+    "ilo-power-fault-thermal": case(ilo("PowerFailureCpuThermalTrip"), ilo("PowerFailureRuntime")),
+    "ilo-power-fault-uncertain": case(ilo("PowerFailureUnknown"), ilo("PowerFailureStandby"),
+                                      ilo("PowerFailureErrorInputPowerLoss")),
+    "ilo-power-input-loss": case(ilo("PowerFailureErrorInputPowerLoss"), ilo("PowerSupplyACPowerLoss")),
+    "ilo-auto-shutdown-cancelled": case(ilo("AutoShutdownCancelled", "OK"), ilo("AutoShutdownInitiated")),
+    "ilo-memory-uncorrectable": case(ilo("NvdimmMemoryMapChanged", "Warning"),
+                                     ilo("CorrectableOrUncorrectableMemoryErrors", "Warning")),
     "ilo-power-protection-fault": case(ilo("PowerProtectionFault"), ilo("PowerDegradedEventDetected")),
     "ilo-power-on-failure": case(ilo("SystemPowerOnDenied"), ilo("ServerPoweredOn", "OK")),
     "ilo-thermal-failure": case(ilo("ThermalStatusFailure"), ilo("ThermalStatusDegradedSysContinue")),
@@ -281,7 +315,15 @@ CASES: dict[str, Case] = {
                                   dmtf("Platform", "MemoryUncorrectableError")),
     "dmtf-resource-errors": case(dmtf("ResourceEvent", "ResourceErrorsDetected", "Warning"),
                                  dmtf("ResourceEvent", "ResourceErrorsCorrected", "OK")),
-    "dmtf-resource-critical": case(dmtf("ResourceEvent", "ResourceStatusChangedCritical"),
+    "dmtf-system-critical": case(dmtf("ResourceEvent", "ResourceStatusChangedCritical"),
+                                 dmtf("ResourceEvent", "ResourceStatusChangedCritical").model_copy(
+                                     update={"origin": "/redfish/v1/Systems/1/Processors/CPU1"})),
+    "dmtf-openbmc-cpu-error": case(rf("OpenBMC.0.1.CPUError"), rf("OpenBMC.0.1.CPUMismatch")),
+    "dmtf-openbmc-cpu-thermal-trip": case(rf("OpenBMC.0.1.CPUThermalTrip"), rf("OpenBMC.0.1.CPUError")),
+    "dmtf-openbmc-memory-uncorrectable": case(rf("OpenBMC.0.1.MemoryECCUncorrectable"),
+                                              rf("OpenBMC.0.1.MemoryECCCorrectable", "Warning")),
+    "dmtf-resource-critical": case(dmtf("ResourceEvent", "ResourceStatusChangedCritical").model_copy(
+                                       update={"origin": "/redfish/v1/Chassis/1/Thermal"}),
                                    dmtf("ResourceEvent", "ResourceStatusChangedWarning", "Warning")),
     "dmtf-resource-warning": case(dmtf("ResourceEvent", "ResourceSelfTestFailed"),
                                   dmtf("ResourceEvent", "ResourceSelfTestCompleted", "OK")),
@@ -298,6 +340,25 @@ CASES: dict[str, Case] = {
     "dell-rf-memory-multibit": case(rf("IDRAC.2.8.MEM0001", event_id="2265"), fixture("idrac-mem0004")),
     "dell-rf-memory-disabled": case(fixture("idrac-mem0004"), rf("MEM0001", event_id="2265")),
     "dell-rf-psu-input-lost": case(rf("PSU0003", event_id="2185"), rf("PSU0001", event_id="2185")),
+    "dell-rf-cpu-machine-check": case(rf("IDRAC.2.8.CPU0011", event_id="2241"),
+                                      rf("CPU0000", event_id="2241")),
+    "dell-rf-cpu-thermal-trip": case(rf("CPU0001", event_id="2241"), rf("CPU0011", event_id="2241")),
+    "dell-rf-psu-failure": case(rf("IDRAC.2.8.PSU0001", event_id="2185"), rf("PSU0001", event_id="2186"),
+                                ilo("PowerSupplyFailed")),
+    "dell-rf-redundancy-lost": case(rf("RDU0012", event_id="2473"), rf("RDU0001", event_id="2475")),
+    "dell-rf-psu-failure-no-redundancy": case(
+        [rf("RDU0012", event_id="2473"), rf("PSU0003", event_id="2185")],
+        rf("PSU0003", event_id="2185"),
+        [rf("RDU0012", event_id="2473"), rf("RDU0001", event_id="2475"), rf("PSU0003", event_id="2185")],
+    ),
+    "dell-rf-redundancy-lost-after-psu-failure": case(
+        [rf("PSU0003", event_id="2185"), rf("RDU0012", event_id="2473")],
+        rf("RDU0012", event_id="2473"),
+        [rf("PSU0003", event_id="2185"), rf("PSU0000", "OK", event_id="2187"),
+         rf("RDU0012", event_id="2473")],
+    ),
+    "dell-rf-psu-normal": case(rf("PSU0000", "OK", event_id="2187"), rf("PSU0003", event_id="2185")),
+    "dell-rf-redundancy-regained": case(rf("RDU0001", "OK", event_id="2475"), rf("RDU0012", event_id="2473")),
     "dell-rf-fan-failure": case(fixture("idrac-fan0001"), rf("FAN0000", "OK", event_id="2155")),
     "dell-rf-temperature-critical": case(fixture("idrac-tmp0110"), fixture("idrac-tmp0120")),
     "dell-rf-temperature-warning": case(fixture("idrac-tmp0120"), fixture("idrac-tmp0110")),
@@ -342,7 +403,7 @@ def test_packs_load(policy: Policy) -> None:
         assert spec.cites.strip(), rule.id
         assert spec.description.strip(), rule.id
         assert spec.source in ("snmp", "redfish"), rule.id
-        assert spec.labels.get("vendor") in ("hpe", "dell", "dmtf"), rule.id
+        assert spec.labels.get("vendor") in ("hpe", "dell", "dmtf", "openbmc"), rule.id
         assert rule.id.startswith(PACK_PREFIX[pack_of(rule)]), rule.id
 
 
@@ -481,7 +542,7 @@ def test_power_supply_correlation_window(policy: Policy) -> None:
     assert (late.rule, late.action) == ("ilo-psu-failed", "alert")
 
 
-@pytest.mark.parametrize("trap", [22013, 22018, 22008, 22046])
+@pytest.mark.parametrize("trap", [22013, 22018, 22008, 22005, 22027, 22046])
 def test_enclosure_wide_oa_traps_set_enclosure_fault(policy: Policy, trap: int) -> None:
     decider, (decision,) = run(policy, [hpe(trap)])
     assert (decision.rule, decision.action) == ("hpe-enclosure-fault", "alert")
@@ -496,7 +557,7 @@ def test_power_shed_fails_over_and_fences_the_enclosure(policy: Policy) -> None:
 
 
 def test_blade_traps_do_not_fence_the_enclosure(policy: Policy) -> None:
-    decider, _ = run(policy, [hpe(22054), hpe(22053, DEGRADED), hpe(6050)])
+    decider, _ = run(policy, [hpe(22054), hpe(22053, DEGRADED), hpe(1026), dell(2241, "CPU0011")])
     assert decider.state.faulted_enclosures(T0.timestamp()) == set()
 
 
@@ -534,3 +595,76 @@ def test_unknown_server_never_fails_over(policy: Policy) -> None:
     decision = Decider(policy.ruleset, GUARDS, []).decide(hpe(1026), None)
     assert decision.rule == "hpe-cpu-uncorrectable"
     assert decision.action == "alert" and decision.guard is not None
+
+
+# --- the packs review's principles (2026-12-01) ------------------------------------------------------------
+
+
+def test_power_supply_correlations_fail_over_only_on_the_servers_power(policy: Policy) -> None:
+    """One failed hot-swap supply of two is also the redundancy loss: the pair fails over only when the
+    BMC reads the server Off, and never onto a spare in the same enclosure."""
+    pairs = [r for r in policy.ruleset.rules.values()
+             if r.spec.action == "failover" and r.spec.labels.get("component") == "power-supply"]
+    assert len(pairs) == 10
+    for rule in pairs:
+        assert rule.spec.requires is not None, rule.id
+        assert rule.spec.confirm_by == "powered_off" and rule.spec.enclosure_fault, rule.id
+
+
+def test_supply_and_fan_failures_are_enclosure_faults_and_alerts(policy: Policy) -> None:
+    ids = ["hpe-psu-failed", "hpe-power-redundancy-lost", "hpe-fan-failed", "hpe-fan-redundancy-lost",
+           "ilo-psu-failed", "ilo-power-redundancy-lost", "ilo-fan-failed", "ilo-fan-redundancy-lost",
+           "dmtf-psu-failed", "dmtf-psu-group-degraded", "dmtf-fan-failed", "dell-psu-failure",
+           "dell-fan-failure", "dell-rf-psu-failure", "dell-rf-psu-input-lost", "dell-rf-fan-failure",
+           "hpe-enclosure-fault", "hpe-blade-power-on-refused"]
+    for rid in ids:
+        spec = policy.ruleset.rules[rid].spec
+        assert (spec.action, spec.enclosure_fault) == ("alert", True), rid
+
+
+def test_thermal_and_outside_power_failovers_leave_the_enclosure(policy: Policy) -> None:
+    """A blade shut down by heat or by power from outside it fails over only to another enclosure."""
+    for rule in policy.ruleset.rules.values():
+        component = rule.spec.labels.get("component", "")
+        thermal = component == "thermal" and rule.id != "ilo-auto-shutdown"  # its cause is not said
+        if rule.spec.action == "failover" and (thermal or component.startswith("enclosure")):
+            assert rule.spec.enclosure_fault, rule.id
+
+
+def test_an_ilo_that_does_not_answer_the_power_capper_is_not_a_dead_blade(policy: Policy) -> None:
+    _decider, (decision,) = run(policy, [hpe(22055)])
+    assert (decision.rule, decision.action) == ("hpe-blade-not-responding", "alert")
+
+
+@pytest.mark.parametrize(("cause", "rule"), [(None, "hpe-auto-shutdown"), ("3", "hpe-auto-shutdown"),
+                                             ("1", "hpe-auto-shutdown-enclosure-cause"),
+                                             ("2", "hpe-auto-shutdown-enclosure-cause"),
+                                             ("4", "hpe-auto-shutdown-enclosure-cause"),
+                                             ("5", "hpe-auto-shutdown-enclosure-cause")])
+def test_auto_shutdown_reads_its_cause(policy: Policy, cause: str | None, rule: str) -> None:
+    event = hpe(9024, **({SHUTDOWN_CAUSE: cause} if cause else {}))
+    decider, (decision,) = run(policy, [event])
+    assert (decision.rule, decision.action) == (rule, "failover")
+    fenced = decider.state.faulted_enclosures(T0.timestamp())
+    assert fenced == ({"enc1"} if rule.endswith("enclosure-cause") else set())
+
+
+@pytest.mark.parametrize(("kind", "area", "rule", "action"), [
+    (6, 1, "hpe-power-failure-error", "failover"), (4, 2, "hpe-power-failure-error", "failover"),
+    (7, 1, "hpe-power-failure-error", "failover"), (8, 1, "hpe-power-failure-error", "failover"),
+    (2, 1, "hpe-power-failure-thermal", "failover"), (9, 2, "hpe-power-failure-thermal", "failover"),
+    (3, 1, "hpe-power-failure-input-loss", "failover"), (3, 13, "hpe-power-failure-input-loss", "failover"),
+    (6, 11, "hpe-power-failure-enclosure-area", "failover"), (6, 13, "hpe-power-failure-enclosure-area",
+                                                             "failover"),
+    (5, 1, "hpe-power-failure-standby", "alert"), (5, 13, "hpe-power-failure-standby", "alert")])
+def test_power_failure_error_reads_its_type_and_area(policy: Policy, kind: int, area: int, rule: str,
+                                                     action: str) -> None:
+    _decider, (decision,) = run(policy, [power_failure(kind, area)])
+    assert (decision.rule, decision.action) == (rule, action)
+    spec = policy.ruleset.rules[rule].spec
+    assert spec.confirm_by == ("powered_off" if "input" in rule or "area" in rule else "unhealthy")
+
+
+def test_the_auto_shutdown_cancel_clears_it(policy: Policy) -> None:
+    assert "hpe-auto-shutdown" in policy.ruleset.rules["hpe-auto-shutdown-cancelled"].spec.clears
+    assert "ilo-auto-shutdown" in policy.ruleset.rules["ilo-auto-shutdown-cancelled"].spec.clears

@@ -13,7 +13,7 @@ import yaml
 from monitor.clock import FakeClock
 from monitor.events import Event
 from monitor.metrics import Metrics
-from monitor.model import Server
+from monitor.model import Server, iso
 from monitor.pipeline import PolicyHolder
 from monitor.yamlfile import ConfigError
 from rules.engine import Decider, RuleState
@@ -416,3 +416,125 @@ def test_columnar_varbinds(tmp_path: Path) -> None:
     ok = trap(clock, "1.3.6.1.4.1.232.0.1006", **{f"{status}.2".replace(".", "_"): "2"})
     miss = d.decide(ok, server("enc1-bay2"))
     assert miss.action == "none" and f"no varbind under {status} is == 4" in miss.near[0][1]
+    absent = d.decide(trap(clock, "1.3.6.1.4.1.232.0.1006"), server("enc1-bay3"))
+    assert absent.action == "none" and "(none)" in absent.near[0][1]
+
+
+def test_an_absent_column_is_tested_as_an_absent_value(tmp_path: Path) -> None:
+    """`{not: …}` on a column the trap does not carry holds (as on an absent scalar varbind)."""
+    clock = FakeClock()
+    kind = "1.3.6.1.4.1.232.6.2.20.2.1.8"
+    d = decider(tmp_path, [{"id": "own", "action": "failover",
+                            "match": {"trap_oid": CPU, f"varbinds.{kind}.*": {"not": {"in": [3, 5]}}}}])
+    assert d.decide(trap(clock), server()).action == "failover"
+    inputs = trap(clock, CPU, **{f"{kind}.1".replace(".", "_"): "3"})
+    assert d.decide(inputs, server("enc1-bay2")).action == "none"
+
+
+def test_an_enclosure_wide_event_without_a_server_marks_its_enclosure(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [{"id": "oa-psu", "action": "alert", "enclosure_fault": True,
+                            "match": {"trap_oid": "1.3.6.1.4.1.232.0.22013"}}])
+    event = trap(clock, "1.3.6.1.4.1.232.0.22013").model_copy(update={"enclosure": "enc4"})
+    decision = d.decide(event, None)
+    assert (decision.action, decision.server) == ("alert", None)
+    assert d.state.faulted_enclosures(clock.time()) == {"enc4"}
+    d.decide(trap(clock, "1.3.6.1.4.1.232.0.22013"), None)  # no enclosure known: nothing marked
+    assert d.state.faulted_enclosures(clock.time()) == {"enc4"}
+
+
+# --- declined failovers -----------------------------------------------------------------------------------
+
+
+def test_a_decline_gives_back_the_cooldown_and_the_rate_limit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule()], {"rate_limit": {"max_failovers": 1, "window": "1h"}})
+    first = d.decide(trap(clock), server())
+    assert first.action == "failover" and "enc1-bay1" in d.state.last_failover
+    d.decline(first, clock.time() + 300, "BMC reads OK", {"health": "OK"})
+    assert "enc1-bay1" not in d.state.last_failover and list(d.state.failovers["dg1"]) == []
+    other = d.decide(trap(clock), server("enc1-bay2"))
+    assert other.action == "failover"  # the group's one failover was given back
+    d.release(other)
+    d.release(other)  # twice gives back nothing more
+    assert list(d.state.failovers["dg1"]) == []
+
+
+def test_within_the_window_a_second_signal_reopens_and_a_resend_does_not(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule(), {"id": "mem", "action": "failover",
+                                    "match": {"trap_oid": "1.3.6.1.4.1.232.0.6096"}}])
+    s = server()
+    first = d.decide(trap(clock), s)
+    d.decline(first, clock.time() + 300, "BMC reads OK", {"health": "OK"})
+    clock._t += 10
+    resend = d.decide(trap(clock), s)
+    assert resend.action == "failover" and resend.reopened is None
+    assert resend.notes == [f"the same event as the declined one at {iso(first.time)} (a resend): not a "
+                            "second signal"]
+    d.decline(resend, clock.time() + 300, "BMC reads OK", None)
+    open_ = d.state.open_decline(s.id, clock.time())
+    assert open_ is not None and open_["until"] == first.time.timestamp() + 300  # not extended
+    clock._t += 10
+    second = d.decide(trap(clock, "1.3.6.1.4.1.232.0.6096"), s)
+    assert second.rule == "mem" and second.reopened is not None
+    assert second.reopened["by"] == "second signal" and second.reopened["rule"] == "cpu"
+    clock._t += 300
+    late = d.decide(trap(clock, "1.3.6.1.4.1.232.0.6096"), server("enc1-bay9"))
+    assert late.reopened is None
+
+
+def test_a_health_poll_reading_unhealthy_within_the_window_fires_the_declined_rule(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule()])
+    s = server()
+    d.decline(d.decide(trap(clock), s), clock.time() + 300, "BMC reads OK", None)
+
+    def poll(health: str) -> Event:
+        return Event(source="redfish-poll", time=clock.now(), sender="10.0.0.1", server=s.id,
+                     message_key="HealthChanged", health=health, previous_health="OK")
+
+    assert d.decide(poll("OK"), s).action == "none"
+    clock._t += 60
+    changed = d.decide(poll("Critical"), s)
+    assert (changed.action, changed.rule) == ("failover", "cpu")
+    assert changed.reopened is not None and changed.reopened["by"] == "health change"
+    assert changed.matched[0][2].startswith("health changed from OK to Critical within the window")
+    assert d.decide(poll("Critical"), server("enc1-bay2")).action == "none"  # no decline open there
+    clock._t += 300
+    assert d.decide(poll("Critical"), s).action == "none"  # the window has closed
+
+
+def test_a_clear_closes_the_declined_failover(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule(), {"id": "cancel", "action": "ignore", "clears": ["cpu"],
+                                    "match": {"trap_oid": "1.3.6.1.4.1.232.0.9025"}}])
+    s = server()
+    d.decline(d.decide(trap(clock), s), clock.time() + 300, "BMC reads OK", None)
+    cleared = d.decide(trap(clock, "1.3.6.1.4.1.232.0.9025"), s)
+    assert cleared.notes == ["cancel clears cpu: the declined failover of enc1-bay1 is closed"]
+    assert d.state.open_decline(s.id, clock.time()) is None
+
+
+def test_an_open_decline_survives_a_snapshot(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule()])
+    d.decline(d.decide(trap(clock), server()), clock.time() + 300, "BMC reads OK", {"health": "OK"})
+    restored = RuleState.restore(d.state.snapshot())
+    info = restored.open_decline("enc1-bay1", clock.time())
+    assert info is not None and info["rule"] == "cpu" and info["reading"] == {"health": "OK"}
+
+
+def test_a_pair_known_to_come_spuriously_is_not_a_second_signal(tmp_path: Path) -> None:
+    clock = FakeClock()
+    d = decider(tmp_path, [rule(second_signal=False),
+                           {"id": "mem", "action": "failover", "second_signal": False,
+                            "match": {"trap_oid": "1.3.6.1.4.1.232.0.6096"}},
+                           {"id": "board", "action": "failover",
+                            "match": {"trap_oid": "1.3.6.1.4.1.232.0.6067"}}])
+    s = server()
+    d.decline(d.decide(trap(clock), s), clock.time() + 300, "BMC reads OK", None)
+    pair = d.decide(trap(clock, "1.3.6.1.4.1.232.0.6096"), s)
+    assert pair.reopened is None and "known to come spuriously together" in pair.notes[0]
+    other = d.decide(trap(clock, "1.3.6.1.4.1.232.0.6067"), s)
+    assert other.reopened is not None and other.reopened["rule"] == "cpu"  # a solid signal still counts

@@ -306,8 +306,10 @@ async def test_secrets_never_logged_or_shown(secret_lab: LabSimulator, start_dae
     h = await start_daemon(cfg)
     assert h.daemon.snmp_address is not None
     target = f"127.0.0.1:{h.daemon.snmp_address[1]}"
-    # Rule decisions: a v2c trap failing enc1-bay1 over, a v3 authPriv alert, bad credentials of each
-    # kind, a Redfish push with a valid per-BMC token and one with a bad one.
+    # Rule decisions: a v2c trap failing enc1-bay1 over (its BMC reads Critical, so the confirmation
+    # agrees), a v3 authPriv alert, bad credentials of each kind, a Redfish push with a valid per-BMC
+    # token and one with a bad one.
+    lab.world.server("enc1-bay1").health = "Critical"
     await snmptrap("--clientaddr=127.77.1.1", "-v", "2c", "-c", COMMUNITY, target, "", CPU)
     await snmptrap("-v", "3", "-u", "failover", "-l", "authPriv", "-a", "SHA", "-A", AUTH_KEY, "-x", "AES",
                    "-X", PRIV_KEY, "-e", ENGINE_ID, target, "", MEM, "1.3.6.1.2.1.1.5.0", "s",

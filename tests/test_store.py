@@ -17,11 +17,12 @@ import pytest
 import yaml
 
 from monitor.cli import main
-from monitor.model import JobState, StepState
+from monitor.model import FlowContext, JobState, MoveRecord, StepState
 from monitor.store import (
     SCHEMA_VERSION,
     ActiveJobExists,
     LostOwnership,
+    MembershipLost,
     SqliteStore,
     StoreError,
     StoreUnavailable,
@@ -111,7 +112,7 @@ async def test_save_and_read_back_every_field(store: Store) -> None:
     job = await store.create_job("enc1-bay1", "dg1", {"kind": "rule", "rule": "r1"}, NOW)
     job.state = JobState.RUNNING
     job.profile, job.spare = "p1", "enc1-bay9"
-    job.context = {"move": {"spare_cleared": True}}
+    job.context = FlowContext(move=MoveRecord(spare_cleared=True))
     job.notes = ["resumed"]
     job.rediscovery = {"state": "scheduled"}
     step = job.step("power_off_source")
@@ -172,31 +173,63 @@ async def test_group_lock_goes_to_the_lowest_waiting_job_and_stale_rows_are_repl
     assert await store.group_locks() == {"dg1": b}
 
 
-async def test_ownership_adoption_and_dedupe(store: Store) -> None:
-    await store.heartbeat("m1", "h1", 100.0, 15.0)
-    await store.heartbeat("m2", "h2", 100.0, 15.0)
-    job = await store.create_job("s1", "dg1", {}, NOW, owner="m1")
-    assert await store.adopt_jobs("m2", 110.0) == []  # m1's lease holds
-    (adopted,) = await store.adopt_jobs("m2", 116.0)  # m1's lease ran out
-    assert adopted.id == job.id and adopted.owner == "m2"
+async def test_ownership_adoption_epochs_and_dedupe(store: Store) -> None:
+    assert (await store.join("m1", "t1", "h1", 15.0, 5.0, now=100.0)).joined
+    assert (await store.join("m2", "t2", "h2", 15.0, 5.0, now=100.0)).joined
+    job = await store.create_job("s1", "dg1", {}, NOW, owner="m1", token="t1")
+    assert job.epoch == 1 and [o["owner"] for o in job.owners] == ["m1"]
+    assert await store.adopt_jobs("m2", "t2", 5.0, now=110.0) == []  # m1's lease holds
+    assert await store.adopt_jobs("m2", "t2", 5.0, now=116.0) == []  # over, but within the fence grace
+    (adopted,) = await store.adopt_jobs("m2", "t2", 5.0, now=120.5)  # lease and grace ran out
+    assert adopted.id == job.id and adopted.owner == "m2" and adopted.epoch == 2
+    assert [(o["epoch"], o["owner"]) for o in adopted.owners] == [(1, "m1"), (2, "m2")]
     with pytest.raises(LostOwnership) as err:
-        await store.save_job(job)  # m1 may not act on it any more
+        await store.save_job(job)  # m1 (epoch 1) may not act on it any more
     assert err.value.owner == "m2"
-    assert [j.id for j in await store.adopt_jobs("m2", 200.0)] == [job.id]  # own jobs after a restart
+    await store.save_job(adopted)
+    assert await store.adopt_jobs("m2", "t2", 5.0, now=200.0) == []  # never its own (it runs them)
     assert await store.dedupe("k", "m1", 100.0, 60.0) is None
     assert await store.dedupe("k", "m2", 130.0, 60.0) == "m1"
     assert await store.dedupe("k", "m2", 161.0, 60.0) is None
     assert {m["instance"] for m in await store.members()} == {"m1", "m2"}
 
 
+async def test_a_name_is_held_by_one_process(store: Store) -> None:
+    assert (await store.join("m1", "t1", "h1", 15.0, 5.0, now=100.0)).joined
+    other = await store.join("m1", "t9", "h9", 15.0, 5.0, now=101.0)  # a second process, same name
+    assert not other.joined and other.holder == "t1" and other.lease_until == 115.0
+    assert other.wait == pytest.approx(19.0)  # lease plus grace
+    await store.heartbeat("m1", "t1", "h1", 15.0, now=105.0)
+    with pytest.raises(MembershipLost):
+        await store.heartbeat("m1", "t9", "h9", 15.0, now=105.0)
+    assert not (await store.join("m1", "t9", "h9", 15.0, 5.0, now=124.0)).joined  # renewed: 120 + 5
+    assert (await store.join("m1", "t9", "h9", 15.0, 5.0, now=125.5)).joined  # t1 is gone
+    with pytest.raises(MembershipLost):  # t1 comes back: the name is t9's now
+        await store.heartbeat("m1", "t1", "h1", 15.0, now=126.0)
+
+
 async def test_leave_ends_the_lease_at_once(store: Store) -> None:
-    await store.heartbeat("m1", "h1", 100.0, 15.0)
-    await store.heartbeat("m1", "h1b", 105.0, 15.0)
-    (m,) = await store.members()
-    assert m == {"instance": "m1", "address": "h1b", "started": 100.0, "lease_until": 120.0}
-    job = await store.create_job("s1", "dg1", {}, NOW, owner="m1")
-    await store.leave("m1")
-    assert [j.id for j in await store.adopt_jobs("m2", 106.0)] == [job.id]
+    assert (await store.join("m1", "t1", "h1", 15.0, 5.0, now=100.0)).joined
+    await store.heartbeat("m1", "t1", "h1b", 15.0, now=105.0)
+    (m,) = await store.members(now=106.0)
+    assert m == {"instance": "m1", "address": "h1b", "incarnation": "t1", "started": 100.0,
+                 "lease_until": 120.0, "lease_left": 14.0, "lease_delta": 14.0}
+    job = await store.create_job("s1", "dg1", {}, NOW, owner="m1", token="t1")
+    await store.leave("m1", "t1", 5.0, now=106.0)  # clean: dated back by the grace
+    (m,) = await store.members(now=106.0)
+    assert m["lease_left"] is None
+    assert [j.id for j in await store.adopt_jobs("m2", "t2", 5.0, now=106.0)] == [job.id]
+
+
+async def test_stale_locks_released_in_one_call(store: Store) -> None:
+    a, b = await running(store, "s1", "dg1"), await running(store, "s2", "dg2")
+    assert await store.lock_group("dg1", a) is None and await store.lock_group("dg2", b) is None
+    job = await store.get_job(a)
+    assert job is not None
+    job.state = JobState.FAILED  # a crash in its finish left the lock
+    await store.save_job(job)
+    assert await store.release_stale_locks() == {"dg1": a}
+    assert await store.group_locks() == {"dg2": b}  # an active job's lock is never touched
 
 
 async def test_timers_fire_on_one_monitor(store: Store) -> None:
@@ -308,7 +341,7 @@ async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
     assert job.owner is None and job.server == "s"
     await s.close()
     with sqlite3.connect(path) as c:
-        assert c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+        assert c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 # --- PostgreSQL only: migrations, several monitors at once, the server going away -----------------------
@@ -413,21 +446,40 @@ async def test_racing_dedupe_one_winner(two: tuple[PostgresStore, PostgresStore]
 
 async def test_racing_adoption_each_job_once(two: tuple[PostgresStore, PostgresStore]) -> None:
     a, b = two
-    await a.heartbeat("dead", "", 0.0, 1.0)
-    ids = {(await a.create_job(f"s{i}", "dg1", {}, NOW, owner="dead")).id for i in range(20)}
-    await a.heartbeat("m1", "", 100.0, 60.0)
-    await b.heartbeat("m2", "", 100.0, 60.0)
-    got1, got2 = await asyncio.gather(a.adopt_jobs("m1", 100.0), b.adopt_jobs("m2", 100.0))
+    assert (await a.join("dead", "td", "", 1.0, 0.0, now=0.0)).joined
+    ids = {(await a.create_job(f"s{i}", "dg1", {}, NOW, owner="dead", token="td")).id for i in range(20)}
+    assert (await a.join("m1", "t1", "", 60.0, 0.0, now=100.0)).joined
+    assert (await b.join("m2", "t2", "", 60.0, 0.0, now=100.0)).joined
+    got1, got2 = await asyncio.gather(a.adopt_jobs("m1", "t1", 5.0, now=100.0),
+                                      b.adopt_jobs("m2", "t2", 5.0, now=100.0))
     one, other = {j.id for j in got1}, {j.id for j in got2}
     assert not one & other and one | other == ids
-    assert all(j.owner == "m1" for j in got1) and all(len(j.steps) == 9 for j in got1 + got2)
+    assert all(j.owner == "m1" and j.epoch == 2 for j in got1) and all(len(j.steps) == 9 for j in got1 + got2)
+
+
+async def test_racing_joins_one_name_one_process(two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = two
+    results = await asyncio.gather(*(s.join("m1", f"t{i}-{n}", "", 15.0, 5.0)
+                                     for i in range(6) for n, s in enumerate((a, b))))
+    assert sum(r.joined for r in results) == 1
+    holders = {r.holder for r in results if not r.joined}
+    assert len(holders) == 1
+
+
+async def test_leases_are_on_the_database_clock(two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, _b = two
+    db = await a.clock()
+    assert (await a.join("m1", "t1", "", 15.0, 5.0)).joined
+    (m,) = await a.members()
+    assert m["lease_until"] == pytest.approx(db + 15.0, abs=2.0)
+    assert m["lease_left"] == pytest.approx(15.0, abs=2.0)
 
 
 async def test_a_save_after_a_takeover_is_fenced(two: tuple[PostgresStore, PostgresStore]) -> None:
     a, b = two
-    job = await a.create_job("s1", "dg1", {}, NOW, owner="m1")
-    await b.heartbeat("m2", "", 100.0, 60.0)
-    (theirs,) = await b.adopt_jobs("m2", 100.0)
+    job = await a.create_job("s1", "dg1", {}, NOW, owner="m1", token="t1")
+    assert (await b.join("m2", "t2", "", 60.0, 0.0, now=100.0)).joined
+    (theirs,) = await b.adopt_jobs("m2", "t2", 5.0, now=100.0)
     job.state = JobState.RUNNING
     job.step("check_domain").state = StepState.DONE
     with pytest.raises(LostOwnership):

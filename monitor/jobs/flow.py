@@ -1,14 +1,17 @@
-"""The failover flow of the VCEM white paper, as named steps.
+"""The failover flow of the VCEM white paper, as named steps (monitor.model.STEP_TABLE).
 
-Each step records "about to …" in the store before it acts (write-ahead), runs under a timeout, and
-ends `done` with a detail or raises `StepFailed`. Every step is safe to run again after a crash: it reads
-the world first and only does what is still to be done.
+Each step records "about to …" in the store before it acts (write-ahead), sends every outside action
+through the job's gate (`Actor.act`: the owner's lease and fencing token), and ends `done` with a
+detail or raises `StepFailed`. Every step is safe to run again after a crash or a takeover: it reads the
+world first and only does what is still to be done.
 
-Compensation, per step that changes something:
+Compensation (the table's `compensation`, run by the runner on any failure of the step):
 - power_off_source: none: fencing is final (a failed server stays off).
-- move_profile: its sub-steps undo only what this run did when a later sub-step fails (the spare
-  designation and the source's host record are restored); once the profile is on the spare it stays there.
-- power_on_spare: none: the profile stays on the spare, which an operator can power on.
+- move_profile: `undo_move` undoes only what this run did (the spare designation and the source's host
+  record are restored) when the profile is known to be still on the source; once the profile is on the
+  spare it stays there; when its place is unknown nothing is undone.
+- power_on_spare: none: the profile stays on the spare, which an operator can power on once the source
+  reads Off.
 """
 
 from __future__ import annotations
@@ -18,17 +21,34 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol, TypeVar
 
 from monitor.clock import Clock
 from monitor.config import FailoverConfig
-from monitor.locks import GroupLocks
-from monitor.model import HostRecord, Job, PowerState, Server, identify_product, iso
+from monitor.jobs.locks import GroupLocks
+from monitor.model import (
+    FlowContext,
+    HostRecord,
+    Job,
+    PowerOffRecord,
+    PowerState,
+    Server,
+    identify_product,
+    iso,
+)
 from monitor.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
 from monitor.spares import needs_power_reading, select_spare
 from monitor.stores import Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Actor(Protocol):
+    """Runs one outside action of the job under its owner's lease and fencing token (jobs.gate.Gate)."""
+
+    async def act(self, what: str, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T: ...
 
 
 class StepFailed(Exception):
@@ -61,12 +81,13 @@ def _err(exc: BaseException) -> str:
 class FailoverFlow:
     """The steps of one job. `job.context` carries what later steps (and a restart) need."""
 
-    def __init__(self, job: Job, deps: FlowDeps) -> None:
+    def __init__(self, job: Job, deps: FlowDeps, actor: Actor) -> None:
         self.job = job
         self.d = deps
+        self.actor = actor
 
     @property
-    def ctx(self) -> dict[str, Any]:
+    def ctx(self) -> FlowContext:
         return self.job.context
 
     async def _source(self) -> Server:
@@ -89,7 +110,7 @@ class FailoverFlow:
             if not source.profile:
                 raise StepFailed(f"{source.id} has no profile assigned: nothing to fail over")
             self.job.profile = source.profile
-        self.ctx["domain"] = domain.id
+        self.ctx.domain = domain.id
         return f"domain {domain.id}: ok; source {source.id} carries profile {self.job.profile}"
 
     # --- lock_group --------------------------------------------------------------------------
@@ -101,10 +122,10 @@ class FailoverFlow:
             await note(f"waiting for domain group {group} (job {other} goes first)")
 
         await self.d.locks.acquire(group, self.job.id, waiting)
-        self.ctx["locked"] = True
+        self.ctx.locked = True
         # The domain may have changed while this job waited its turn: check it again under the lock.
         try:
-            domain = await self.d.manager.domain(self.ctx.get("domain") or (await self._source()).domain)
+            domain = await self.d.manager.domain(self.ctx.domain or (await self._source()).domain)
         except AdapterError as exc:
             raise StepFailed(f"cannot read domain after locking: {_err(exc)}; nothing touched") from exc
         if not domain.normal:
@@ -119,11 +140,13 @@ class FailoverFlow:
         if info is None:
             raise StepFailed(f"product {source.product!r} of {source.id} is not identified: job exits")
         span = info.span or source.span
-        self.ctx["family"] = info.family
-        self.ctx["model"] = info.model
-        self.ctx["span"] = span
+        self.ctx.family = info.family
+        self.ctx.model = info.model
+        self.ctx.span = span
         if info.family == "integrity":
             how = f"Integrity: the spare must span the same {span} bay(s); power through the monarch BMC"
+        elif info.family == "poweredge":
+            how = f"Dell PowerEdge modular: the spare must span the same {span} slot(s)"
         else:
             how = "ProLiant"
         return f"{source.product}: {how}; model {info.model} (generation ignored)"
@@ -156,23 +179,25 @@ class FailoverFlow:
         except AdapterError as exc:
             before = f"unknown ({_err(exc)})"
         confirmation = await self._confirm(source)
+        record = self.ctx.power_off or PowerOffRecord(before=before)
+        self.ctx.power_off = record
         if before == PowerState.OFF.value:
-            self.ctx["power_off"] = {"before": before, "confirmed": True}
+            record.confirmed = True
             return f"{confirmation}{source.id} already Off (counts as confirmed); no power action sent"
         last = before
-        for attempt in range(1, s.power_off_attempts + 1):
-            self.ctx["power_off"] = {"before": before, "attempt": attempt}
+        for attempt in range(record.attempt + 1, record.attempt + s.power_off_attempts + 1):
+            record.attempt = attempt
             await note(f"about to power off {source.id} (press and hold, ForceOff; attempt {attempt}, "
                        f"was {before})")
             try:
-                await self.d.power.force_off(source)
+                await self.actor.act(f"ForceOff {source.id}", lambda: self.d.power.force_off(source))
             except AdapterError as exc:
                 last = f"ForceOff failed: {_err(exc)}"
                 log.warning("job %s: %s: %s", self.job.id, source.id, last)
             confirmed, reading = await self._poll_power(source, PowerState.OFF, s.power_off_timeout)
             if confirmed:
                 took = self.d.clock.monotonic() - started
-                self.ctx["power_off"] = {"before": before, "attempt": attempt, "confirmed": True}
+                record.confirmed = True
                 return (f"{confirmation}{source.id} confirmed Off after {took:.1f} s (press and hold; "
                         f"was {before})")
             last = f"{last}; last read {reading}" if last.startswith("ForceOff failed") else reading
@@ -187,8 +212,8 @@ class FailoverFlow:
         trigger = self.job.trigger
         if trigger.get("kind") != "rule":
             return ""
-        if "health_check" in self.ctx:  # already read before a restart
-            return str(self.ctx["health_check"])
+        if self.ctx.health_check is not None:  # already read before a restart
+            return self.ctx.health_check
         try:
             reading = await self.d.power.health(source)
             said = (f"BMC health {reading.health.value}, rollup {reading.health_rollup.value}, "
@@ -196,11 +221,11 @@ class FailoverFlow:
             healthy = reading.health.value == "OK" and reading.health_rollup.value in ("OK", "Unknown")
         except AdapterError as exc:
             said, healthy = f"BMC health unreadable ({_err(exc)})", False
-        self.ctx["health_check"] = f"before fencing: {said}; "
+        self.ctx.health_check = f"before fencing: {said}; "
         if trigger.get("confirm") and healthy:
             raise StepFailed(f"rule {trigger.get('rule')} requires confirmation and {source.id}'s {said}: "
                              "not fenced, nothing touched")
-        return str(self.ctx["health_check"])
+        return self.ctx.health_check
 
     # --- select_spare --------------------------------------------------------------------------
 
@@ -223,7 +248,7 @@ class FailoverFlow:
         info = identify_product(source.product)
         if info is None:
             raise StepFailed(f"product {source.product!r} not identified")
-        span = int(self.ctx.get("span") or info.span or source.span)
+        span = int(self.ctx.span or info.span or source.span)
         group = [s for s in members if s.id != source.id]
         worth_reading = [s for s in group if needs_power_reading(source, s)]
         power = await self._read_power(worth_reading)
@@ -236,11 +261,23 @@ class FailoverFlow:
                 f"no qualified spare in domain group {source.domain_group}: {choice.explain()}"
             )
         self.job.spare = choice.spare.id
-        self.ctx["spare"] = choice.spare.id
+        self.ctx.spare = choice.spare.id
         passed = f"; passed over: {choice.explain()}" if choice.rejected else ""
         return f"{choice.spare.id} ({choice.spare.product}, Off){passed}"
 
     # --- move_profile --------------------------------------------------------------------------
+
+    async def _where(self, profile: str) -> str | None:
+        """The server the profile is on now (None: on no server); StepFailed when it cannot be read."""
+        try:
+            return (await self.d.manager.profile(profile)).server
+        except AdapterError as exc:
+            raise StepFailed(f"cannot read profile {profile}: {_err(exc)}") from exc
+
+    async def _source_reads_off(self) -> tuple[bool, str]:
+        """Read the source's power right now: (Off confirmed, what was read). An error is not Off."""
+        source = await self._source()
+        return await self._poll_power(source, PowerState.OFF, 0)
 
     async def move_profile(self, note: Note) -> str:
         profile = self.job.profile
@@ -248,53 +285,58 @@ class FailoverFlow:
         source_id = self.job.server
         if profile is None or spare_id is None:
             raise StepFailed("internal: move_profile without a profile or a spare")
-        m = self.ctx.setdefault("move", {})
-        try:
-            where = (await self.d.manager.profile(profile)).server
-        except AdapterError as exc:
-            raise StepFailed(f"cannot read profile {profile}: {_err(exc)}; nothing moved") from exc
+        m = self.ctx.move
+        where = await self._where(profile)
         if where == spare_id:
-            m["moved"] = True  # a restart after the move itself: finish the bookkeeping below
+            m.moved = True  # a restart after the move itself: finish the bookkeeping below
         elif where != source_id:
             raise StepFailed(f"profile {profile} is on {where or 'no server'}, not on {source_id}: "
                              "the inventory changed under this job; nothing moved")
-        else:
-            # The invariant, checked again right before the profile leaves: the source must read Off.
-            source = await self._source()
-            confirmed, reading = await self._poll_power(source, PowerState.OFF, 0)
-            if not confirmed:
-                raise StepFailed(f"{source_id} no longer reads Off ({reading}): profile not moved")
-        try:
-            if not m.get("moved"):
-                if not m.get("spare_cleared"):
-                    m["spare_clearing"] = True
-                    await note(f"about to remove the spare designation from {spare_id}")
-                    await self.d.manager.set_spare(spare_id, False)
-                    m["spare_cleared"] = True
-                if "host_removed" not in m:
+        if not m.moved:
+            if not m.spare_cleared:
+                m.spare_clearing = True
+                await note(f"about to remove the spare designation from {spare_id}")
+                await self.actor.act(f"clear the spare flag of {spare_id}",
+                                     lambda: self.d.manager.set_spare(spare_id, False))
+                m.spare_cleared = True
+            if not m.host_removed:
+                if not m.host_removing:
+                    # Written ahead: what the record was, so that an undo can put it back even when a
+                    # crash follows its removal.
+                    record = (await self._source()).host
+                    m.host_before = record.as_dict() if record else None
+                    m.host_removing = True
                     await note(f"about to remove {source_id}'s host record from the management server")
-                    removed = await self.d.discovery.remove_host(source_id)
-                    m["host_removed"] = removed.as_dict() if removed else None
-                await note(f"about to move profile {profile} from {source_id} to {spare_id}")
-                await self.d.manager.move_profile(profile, source_id, spare_id)
-                m["moved"] = True
-                await note(f"profile {profile} moved to {spare_id}")
-        except AdapterError as exc:
-            raise StepFailed(await self._undo_move(profile, source_id, spare_id, m, _err(exc))) from exc
-        if m.get("spare_clearing") and not m.get("spare_cleared"):
-            await self._retry(lambda: self.d.manager.set_spare(spare_id, False))
-            m["spare_cleared"] = True
-        host = m.get("host_removed")
+                removed = await self.actor.act(f"remove the host record of {source_id}",
+                                               lambda: self.d.discovery.remove_host(source_id))
+                if removed is not None:
+                    m.host_before = removed.as_dict()
+                m.host_removed = True
+            # The invariant, checked again right before the profile leaves: the source must read Off.
+            off, reading = await self._source_reads_off()
+            if not off:
+                raise StepFailed(f"{source_id} no longer reads Off ({reading}): profile not moved")
+            m.moving = True
+            await note(f"about to move profile {profile} from {source_id} to {spare_id}")
+            await self.actor.act(f"move profile {profile} to {spare_id}",
+                                 lambda: self.d.manager.move_profile(profile, source_id, spare_id))
+            m.moved = True
+            await note(f"profile {profile} moved to {spare_id}")
+        if m.spare_clearing and not m.spare_cleared:
+            await self._retry(f"clear the spare flag of {spare_id}",
+                              lambda: self.d.manager.set_spare(spare_id, False))
+            m.spare_cleared = True
+        host = m.host_before
         host_text = (f"host record {host['name']} ({host['ip']}) removed from the management server"
                      if host else "the management server had no host record for the source")
         return (f"profile {profile} moved {source_id} -> {spare_id}; {host_text}; "
                 f"spare designation removed from {spare_id}")
 
-    async def _retry(self, op: Callable[[], Awaitable[None]]) -> None:
+    async def _retry(self, what: str, op: Callable[[], Awaitable[None]]) -> None:
         last: AdapterError | None = None
         for _ in range(3):
             try:
-                await op()
+                await self.actor.act(what, op)
                 return
             except AdapterError as exc:
                 last = exc
@@ -302,52 +344,59 @@ class FailoverFlow:
         assert last is not None
         raise StepFailed(_err(last)) from last
 
-    async def undo_interrupted_move(self) -> str:
-        """After a crash in move_profile, with recovery set to fail safe: undo what the move did."""
-        assert self.job.profile and self.job.spare
-        return await self._undo_move(
-            self.job.profile, self.job.server, self.job.spare, self.ctx.setdefault("move", {}),
-            "interrupted by a restart")
-
-    async def _undo_move(
-        self, profile: str, source_id: str, spare_id: str, m: dict[str, Any], error: str
-    ) -> str:
-        """A sub-step failed: find where the profile is, and undo what this run did if it did not move."""
+    async def undo_move(self, error: str) -> str:
+        """move_profile's compensation, after any failure of it (its own, a timeout, a restart): find
+        where the profile is, and undo what this run did — only when the profile is known to be still on
+        the source. Returns the job's error message."""
+        profile, source_id, spare_id = self.job.profile, self.job.server, self.job.spare
+        m = self.ctx.move
+        if profile is None or spare_id is None:
+            return error
         try:
-            where = (await self.d.manager.profile(profile)).server
+            where: str | None = (await self.d.manager.profile(profile)).server
+            known = True
         except AdapterError as read_exc:
-            where = None
+            where, known = None, False
             log.error("job %s: cannot read profile %s after a failed move: %s", self.job.id, profile,
                       _err(read_exc))
-        if where == spare_id:
-            m["moved"] = True
+        if known and where == spare_id:
+            m.moved = True
             return f"move reported an error ({error}) but profile {profile} is on {spare_id}"
+        if not known or where != source_id:
+            place = f"on {where}" if known and where else "on no server" if known else "in an unknown place"
+            return (f"move of profile {profile} from {source_id} to {spare_id} failed: {error}; profile "
+                    f"{profile} is {place}: the spare designation and host record are left as they are "
+                    "(check by hand before anything is powered on)")
         undone: list[str] = []
-        host = m.get("host_removed")
-        if host:
+        if m.host_removing and m.host_before:
+            host = m.host_before
             try:
-                await self.d.discovery.restore_host(source_id, HostRecord(host["name"], host["ip"]))
+                record = HostRecord(host["name"], host["ip"])
+                await self.actor.act(f"restore the host record of {source_id}",
+                                     lambda: self.d.discovery.restore_host(source_id, record))
                 undone.append(f"host record of {source_id} restored")
-                m.pop("host_removed", None)
+                m.host_removing = m.host_removed = False
             except AdapterError as e:
                 undone.append(f"host record of {source_id} NOT restored ({_err(e)})")
-        if m.get("spare_clearing"):
+        if m.spare_clearing:
             try:
-                await self.d.manager.set_spare(spare_id, True)
+                await self.actor.act(f"restore the spare flag of {spare_id}",
+                                     lambda: self.d.manager.set_spare(spare_id, True))
                 undone.append(f"{spare_id} is a spare again")
-                m.pop("spare_clearing", None)
-                m.pop("spare_cleared", None)
+                m.spare_clearing = m.spare_cleared = False
             except AdapterError as e:
                 undone.append(f"{spare_id} NOT restored as a spare ({_err(e)})")
-        place = f"profile {profile} stays on {where}" if where else f"profile {profile} location unknown"
+        m.undone = True
         return (f"move of profile {profile} from {source_id} to {spare_id} failed: {error}; "
-                f"{'; '.join(undone) or 'nothing to undo'}; {place} (powered off)")
+                f"{'; '.join(undone) or 'nothing to undo'}; profile {profile} stays on {source_id} "
+                "(powered off)")
 
     # --- power_on_spare --------------------------------------------------------------------------
 
     async def power_on_spare(self, note: Note) -> str:
         spare_id = self.job.spare
-        assert spare_id is not None
+        profile = self.job.profile
+        assert spare_id is not None and profile is not None
         try:
             spare = await self.d.manager.server(spare_id)
         except AdapterError as exc:
@@ -358,16 +407,29 @@ class FailoverFlow:
         except AdapterError:
             state = PowerState.UNKNOWN
         if state is not PowerState.ON:
-            await note(f"about to power on {spare_id} (boots the SAN image of {self.job.profile})")
+            # The invariant, read again immediately before the spare boots the profile's SAN image: the
+            # profile is on the spare, and the source reads Off (an operator, a BMC's auto power-on or a
+            # stale request may have turned it back on since it was fenced).
+            where = await self._where(profile)
+            if where != spare_id:
+                raise StepFailed(f"profile {profile} is on {where or 'no server'}, not on {spare_id}: "
+                                 f"{spare_id} not powered on")
+            off, reading = await self._source_reads_off()
+            if not off:
+                raise StepFailed(f"{self.job.server} does not read Off ({reading}): {spare_id} not powered "
+                                 f"on, two servers would run {profile}; power {self.job.server} off, then "
+                                 f"{spare_id} on by hand")
+            self.ctx.power_on_announced = True
+            await note(f"about to power on {spare_id} (boots the SAN image of {profile})")
             try:
-                await self.d.power.power_on(spare)
+                await self.actor.act(f"power on {spare_id}", lambda: self.d.power.power_on(spare))
             except AdapterError as exc:
                 log.warning("job %s: power-on of %s: %s", self.job.id, spare_id, _err(exc))
         confirmed, reading = await self._poll_power(spare, PowerState.ON, self.d.settings.power_on_timeout)
         if not confirmed:
             raise StepFailed(
                 f"{spare_id} not confirmed On within {self.d.settings.power_on_timeout:g} s (last read "
-                f"{reading}); profile {self.job.profile} is on {spare_id}: power it on by hand"
+                f"{reading}); profile {profile} is on {spare_id}: power it on by hand"
             )
         return f"{spare_id} confirmed On after {self.d.clock.monotonic() - started:.1f} s"
 
@@ -377,7 +439,7 @@ class FailoverFlow:
         spare_id = self.job.spare
         assert spare_id is not None
         delay = self.d.settings.rediscovery.delay
-        due_at = self.d.clock.time() + delay
+        due_at = await self.d.store.clock() + delay  # timers are due on the store's clock
         timer = await self.d.store.add_timer("rediscovery", self.job.id, spare_id, due_at)
         due = iso(datetime.fromtimestamp(timer.due, UTC))
         self.job.rediscovery = {"server": spare_id, "due": due, "state": timer.state,
@@ -388,5 +450,5 @@ class FailoverFlow:
 
     async def unlock_group(self, note: Note) -> str:
         held = await self.d.locks.release(self.job.group, self.job.id)
-        self.ctx["locked"] = False
+        self.ctx.locked = False
         return f"domain group {self.job.group} unlocked" + ("" if held else " (was not held)")

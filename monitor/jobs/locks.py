@@ -44,7 +44,7 @@ class GroupLocks:
         try:
             while True:
                 event = self._released.setdefault(group, asyncio.Event())
-                other = await self._store.lock_group(group, job, self._clock.time())
+                other = await self._store.lock_group(group, job)
                 if other is None:
                     self._held[group] = job
                     return

@@ -1,0 +1,93 @@
+"""The one gate every outside action of a job passes: power, profile move, spare flag, host record.
+
+`Gate.act(what, op)` runs `op` only while this monitor owns the job with a lease that outlives the
+action's deadline (plus a margin): it renews the lease first when it is too short, and refuses
+(`LeaseLost`) when it cannot be renewed. The action gets that deadline as its time limit, and carries
+the job's fencing token (`monitor.fencing`): adapters send it with each mutating request and check it
+right before sending, so an action of a paused process is not sent once its deadline has passed.
+
+The bound this gives: an action of an owner that lost its lease is over (done or abandoned) before that
+lease ends on the store's clock; the adopter waits the fence grace on top before it acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from monitor.clock import Clock
+from monitor.fencing import Fence, FenceLost, acting
+from monitor.jobs.membership import Membership
+from monitor.model import Job
+from monitor.ports import AdapterTimeout
+from monitor.store import StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIN_BUDGET = 0.2
+"""Seconds: an action is not started with less time than this."""
+
+
+class LeaseLost(FenceLost):
+    """This monitor's lease ran out (or another process took its name): stop acting on the job;
+    whoever holds the store next (another monitor, or this one once it is back) carries it on."""
+
+
+class Gate:
+    def __init__(self, membership: Membership, clock: Clock, job: Job, action_timeout: float,
+                 lost: asyncio.Event) -> None:
+        self.m = membership
+        self.clock = clock
+        self.job = job
+        self.action_timeout = action_timeout
+        self.lost = lost
+        """Set when the job's ownership is known to be lost (a save was refused)."""
+
+    async def budget(self, want: float) -> float:
+        """Seconds this monitor may spend on an action: `want`, renewing the lease when it is too short
+        for it; less only while the store cannot be reached, and LeaseLost once nothing is left."""
+        margin = self.m.margin
+        delay = 0.1
+        renewed = False
+        while True:
+            if self.lost.is_set() or self.m.lost.is_set():
+                raise LeaseLost(f"job {self.job.id}: this monitor no longer owns it")
+            left = self.m.left() - margin
+            if left >= want:
+                return want
+            if not renewed:
+                try:
+                    await self.m.renew()
+                    renewed = True
+                    continue
+                except StoreError as exc:
+                    log.warning("job %s: lease renewal before an action failed: %s", self.job.id, exc)
+            if left >= max(MIN_BUDGET, min(want, 1.0)):
+                return left
+            if left <= 0:
+                raise LeaseLost(f"job {self.job.id}: lease ran out, the store cannot be reached")
+            await self.clock.sleep(min(delay, left))
+            delay = min(delay * 2, 1.0)
+            renewed = False
+
+    async def act(self, what: str, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run one outside action under the job's fence. An overrun is an AdapterTimeout."""
+        budget = await self.budget(self.action_timeout if timeout is None else timeout)
+        deadline = self.clock.monotonic() + budget
+        clock, lost, m = self.clock, self.lost, self.m
+
+        def valid() -> bool:
+            return clock.monotonic() < deadline and not lost.is_set() and not m.lost.is_set()
+
+        fence = Fence(self.job.id, self.job.epoch, m.instance, valid)
+        with acting(fence):
+            try:
+                async with clock.timeout(budget):
+                    return await op()
+            except TimeoutError:
+                raise AdapterTimeout(f"{what}: not done within {budget:.1f} s (the action's deadline)") \
+                    from None
