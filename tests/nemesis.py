@@ -230,9 +230,12 @@ _BY_FENCE = re.compile(r"fenc|epoch", re.I)
 
 def fence_refused(entry: dict[str, Any]) -> bool:
     """The lab refused this request for its stale epoch (the fence held): not an action. The one place
-    that knows how the lab marks it: `fenced: true`, or a detail saying refused/rejected for the epoch."""
+    that knows how the lab marks it: `accepted: false` and a detail `rejected (stale fencing token: …)`
+    (lab/API.md, "Fencing")."""
     if entry.get("fenced") is True:
         return True
+    if entry.get("accepted") is True:
+        return False
     detail = str(entry.get("detail") or "")
     return bool(_REFUSED.search(detail) and _BY_FENCE.search(detail))
 

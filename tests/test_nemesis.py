@@ -214,12 +214,14 @@ def test_an_action_by_a_monitor_that_no_longer_owned_the_job_is_reported() -> No
 
 
 def test_a_request_the_fence_refused_is_not_an_action() -> None:
-    refused = _action(12, "alpha", 1, "ForceOff: refused (stale epoch 1 < 2 for job 7)")
+    refused = {**_action(12, "alpha", 1, "ForceOff: rejected (stale fencing token: job 7 epoch 1 < 2"
+                                         " (monitor alpha))"), "accepted": False}
     assert nemesis.fence_refused(refused)
     assert nemesis.action_problems([refused], _owners()) == []
     assert nemesis.fence_refused({**refused, "detail": "x", "fenced": True})
     assert not nemesis.fence_refused(_action(12, "alpha", 1, "ForceOff: rejected (already Off)"))
-    assert not nemesis.fence_refused(_action(12, "alpha", 1, "spare=true (stale epoch, recorded)"))
+    recorded = {**_action(12, "alpha", 1, "spare=true (stale epoch)"), "accepted": True}
+    assert not nemesis.fence_refused(recorded)
 
 
 def test_actions_sent_twice_are_counted() -> None:
