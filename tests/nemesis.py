@@ -6,8 +6,10 @@ one monitor off the store while its BMCs and the lab manager stay reachable. Eac
 fresh blade (`tests.test_cluster.pick_source`) and attacks it once:
 
 - `pause`: SIGSTOP the job's owner at a random point (inside a step, or the moment a write-ahead save
-  shows up in the job's step detail, seen through another monitor's API with a tight poll), keep it
-  stopped past lease + fence_grace until another monitor adopted the job, then SIGCONT;
+  shows up in the job's step detail, seen through another monitor's API with a tight poll; the owner's
+  store replies are held a little meanwhile, so the stop lands between the save and the action it
+  announces), keep it stopped past lease + fence_grace until another monitor adopted the job, then
+  SIGCONT;
 - `kill`: the same points, SIGKILL, restarted once its lease is over;
 - `partition`: the owner's store proxy cut (connections dropped, new ones refused) or blackholed
   (connections kept open, no byte forwarded) past lease + fence_grace until the job was adopted, then
@@ -23,12 +25,15 @@ fresh blade (`tests.test_cluster.pick_source`) and attacks it once:
 After every round the oracle (`NemesisCluster.oracle`) checks, for what the round could have changed:
 the lab's own violations (none); every action in the lab's log carrying (job, epoch) was sent by that
 epoch's owner while the epoch was current (its time before the `since` of the job's next epoch; same host
-clock, no slack); the adopter acted no earlier than the old owner's lease plus fence_grace; every profile
-on exactly one server, no server holding a profile flagged spare, every former spare without a profile
-still a spare, nothing without a profile powered on, every host record the record of the profile its
-server holds; no group locked, no job active; the job's final state true to the world (completed: the
-profile on the job's spare, the spare On, the source Off; failed: the profile on the source, or where
-the error says it is). Problems carry the invariant's name (`Problem.invariant`).
+clock, no slack), and every action carries a token at all; no action reached the job's servers after the
+job was seen ended (this one needs no epochs); the adopter acted no earlier than the old owner's lease
+plus fence_grace; every profile on exactly one server, no server holding a profile flagged spare, every
+former spare without a profile still a spare, nothing without a profile powered on, every host record
+the record of the profile its server holds; no group locked, no job active; the job's final state true
+to the world (completed: the profile on the job's spare, the spare On, the source Off; failed: the
+profile on the source with its host record back, or where the error says it is); no job seen failed
+ends completed; the API shows `epoch`/`owners`, `fence_grace`, `incarnation`, `lease_left` null once
+over. Problems carry the invariant's name (`Problem.invariant`); `summary()` tabulates them per attack.
 
 The rounds are seeded (`FAILOVER_NEMESIS_SEED`); the random moments are deliberately not synchronised
 with anything, everything else waits on a condition with a deadline. Used by tests/test_nemesis.py and

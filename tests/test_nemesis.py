@@ -6,10 +6,17 @@ real PostgreSQL and the lab (harness: tests/nemesis.py).
    SIGSTOPped or SIGKILLed at a random point, cut or blackholed from the store, a monitor's clock ±30 s,
    a duplicate instance name, a crash inside the job's finish. The oracle runs after every round. Then,
    with the lab enforcing its fence, a stale-epoch request sent by the test is refused and seen as such.
-2. With the lab only recording (`fencing: record`), the same stale request is accepted: the lab and the
+2. Adopters that fail taken-over jobs safe (`recovery: fail_safe`): 4 rounds of pause, partition and
+   kill at the moments where an undo and a late action of the old owner meet
+   (`FAILOVER_NEMESIS_FAIL_SAFE_ROUNDS`).
+3. With the lab only recording (`fencing: record`), the same stale request is accepted: the lab and the
    oracle must both report it (the oracle can fail).
+4. Fast (not slow): each check of the oracle made to fail on a hand-made world and log, the attack
+   points, the plan, and the store proxy against an echo server.
 
-PostgreSQL only: the store several monitors share. Skipped when tests/pg_peer.py cannot start it."""
+The slow tests run on PostgreSQL only (the store several monitors share) and are skipped when
+tests/pg_peer.py cannot start it; the skew rounds need libfaketime (installed with apt-get when missing
+and root, like PostgreSQL). About 5 minutes on two cores."""
 
 from __future__ import annotations
 
