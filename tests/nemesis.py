@@ -1222,6 +1222,8 @@ async def skew_round(c: NemesisCluster, r: RoundResult, rng: random.Random) -> d
         r.notes.append("libfaketime is not available: not skewed")
         sign = 0
     await c.set_skew(skewed, sign)
+    if sign:
+        r.notes.append(f"time.time() under FAKETIME={sign:+d}s measured {c.skews[sign]:+.2f} s off")
     try:
         others = [m for m in c.reachable() if m is not skewed]
         via = rng.choice(others) if sign > 0 or rng.random() < 0.5 else skewed
@@ -1558,6 +1560,7 @@ def failure_report(results: list[RoundResult], seed: int, api_problems: list[Pro
         out.append(f"round {r.n} ({r.attack}: {r.variant}; {r.server}, job {r.job}, victim {r.victim},"
                    f" at {r.at!r}, final {r.final}):")
         out += [f"    {p}" for p in r.problems]
+        out += [f"    note: {note}" for note in r.notes]
     out.append(summary(results, bound))
     if directory is not None:
         out.append(f"every log: {directory}")
