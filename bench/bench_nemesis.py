@@ -106,13 +106,16 @@ def report(out: dict[str, Any], results: list[nemesis.RoundResult]) -> None:
           f" (seed {out['seed']}, recovery {out['recovery']}, {out['wall_s']} s)")
     print(nemesis.summary(results, out["bound_s"]))
     print()
-    print("| takeover after | takeovers | median | max | median / (lease + fence_grace) |"
-          " max / (lease + fence_grace) | first action median | first action max |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| after | takeovers | takeover median, max | ratio to lease + fence_grace |"
+          " adopter's first action median, max | ratio to lease + fence_grace |")
+    print("|---|---|---|---|---|---|")
     for what in ("pause", "kill", "partition"):
         t = out[f"takeover_after_{what}"]
-        print(f"| a {what} | {t['takeovers']} | {t['median_s']} s | {t['max_s']} s | {t['median_ratio']} |"
-              f" {t['max_ratio']} | {t['acting_median_s']} s | {t['acting_max_s']} s |")
+        print(f"| a {what} | {t['takeovers']} | {t['median_s']} s, {t['max_s']} s |"
+              f" {t['median_ratio']}, {t['max_ratio']} | {t['acting_median_s']} s, {t['acting_max_s']} s |"
+              f" {t['acting_median_ratio']}, {t['acting_max_ratio']} |")
+    print("(takeover: from the attack to another monitor owning the job; first action: to the first action"
+          " of the new epoch in the lab's log)")
     print(f"bound: lease {out['lease']:g} s + fence_grace {out['bound_s'] - out['lease']:g} s ="
           f" {out['bound_s']:g} s")
     for note in out["notes"]:

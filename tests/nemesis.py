@@ -1541,6 +1541,7 @@ def takeover_stats(results: list[RoundResult], bound: float) -> dict[str, Any]:
         "max_ratio": r2(top / bound) if top is not None and bound else None,
         "acting_median_s": r2(statistics.median(a)) if a else None,
         "acting_max_s": r2(max(a)) if a else None,
+        "acting_median_ratio": r2(statistics.median(a) / bound) if a and bound else None,
         "acting_max_ratio": r2(max(a) / bound) if a and bound else None,
         "within_bound": sum(x <= bound + SLACK for x in t),
     }
