@@ -376,8 +376,14 @@ class Daemon:
                     self._tasks["snmp"] = tg.create_task(snmp.run(stop), name="snmp-traps")
                 for name, worker in redfish_tasks.items():
                     self._tasks[name] = tg.create_task(worker.run(stop), name=name)
-                await runner.wait_ready()
-                self.ready.set()
+                # Ready once the runner has joined the cluster; a refusal to join (another live
+                # monitor has this name) sets `stop` instead.
+                waits = [asyncio.ensure_future(runner.wait_ready()), asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                if runner.ready:
+                    self.ready.set()
                 await stop.wait()
         finally:
             if snmp is not None:
