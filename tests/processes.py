@@ -96,6 +96,9 @@ def write_daemon_config(tmp: Path, lab_url: str, port: int, token: str, **failov
         "store": "monitor.db",
         "inventory": {"source": "lab", "lab": {"url": lab_url, "timeout": 5}},
         "redfish": {"timeout": 5},
+        # A short lease: a daemon restarted under the same name waits out its predecessor's lease and
+        # fence grace before it joins.
+        "cluster": {"lease": 4, "heartbeat": 1, "fence_grace": 2},
         "failover": {"poll_interval": 0.05, "power_off_timeout": 20, "power_on_timeout": 20,
                      **failover},
     }))
