@@ -62,9 +62,8 @@ from monitor.ports import (
 )
 from monitor.store import SqliteStore
 
-pytestmark = pytest.mark.slow
-
 EXAMPLES = int(os.environ.get("FAILOVER_STATEM_EXAMPLES", "30"))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60 + 4 * EXAMPLES)]
 FAULTS = ("none", "power_off_hangs", "move_error", "source_back_on", "source_bmc_down", "power_on_fails")
 SERVERS = ("s1", "s2", "s3")
 """s1: production (profile p1), s2: a qualified spare, s3: a second spare."""
