@@ -6,7 +6,8 @@ Each adapter has one exception root (`AdapterError`) with leaves named for what 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 from monitor.model import Domain, Health, HostRecord, Inventory, PowerState, Profile, Server
 
@@ -100,6 +101,56 @@ class ProfileManager(Protocol):
     async def set_spare(self, server_id: str, spare: bool) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class TaskState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A manager's asynchronous task (OneView /rest/tasks, OME JobService job), as last read."""
+
+    ref: str
+    """The manager's own reference: a task URI (OneView) or a job id (OME)."""
+    state: TaskState
+    percent: int | None = None
+    message: str = ""
+    """The manager's own words: its status text, or its error code and message when it failed."""
+
+
+@runtime_checkable
+class TaskedMoves(Protocol):
+    """A manager whose profile move is an asynchronous task that goes on when the monitor dies
+    (OneView, OME). The flow writes `intent` ahead, starts the move, writes the task's reference, then
+    follows the task; a new owner follows a recorded task instead of sending the move again."""
+
+    async def start_move(self, profile_id: str, source: str, target: str, *, intent: str) -> str:
+        """Send the move as a conditional update (eTag / If-Match); return the task's reference.
+        Nothing is retried here: a conflict (412) or a refusal is an `OperationRejected`."""
+
+    async def find_move(self, profile_id: str, target: str, *, intent: str) -> str | None:
+        """After a crash between sending the move and recording its task: the task that request
+        started (None: the manager holds none, so the request never took effect)."""
+
+    async def task(self, ref: str) -> TaskStatus:
+        """Read the task now."""
+
+
+@runtime_checkable
+class ManagerPower(Protocol):
+    """Power control through the profile manager (OneView PressAndHold, OME POWER_CONTROL job): a fence
+    level that does not need the server's BMC."""
+
+    async def manager_power_state(self, server_id: str) -> PowerState: ...
+
+    async def manager_force_off(self, server_id: str) -> str | None:
+        """Start a forced power-off; the task's reference, or None when the manager acted at once.
+        A server that is already off is not an error."""
+
+    async def manager_power_on(self, server_id: str) -> str | None: ...
 
 
 class AlertSink(Protocol):
