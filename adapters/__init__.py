@@ -1,1 +1,1 @@
-"""Adapters: one module per outside system, each behind a small interface in monitor.ports."""
+"""Adapters: one module per outside system, each behind a small interface in monitor.core.ports."""

@@ -26,9 +26,9 @@ from typing import Any
 
 import aiohttp
 
-from monitor.config import CommandDiscovery, WebhookDiscovery
-from monitor.model import HostRecord, Server
-from monitor.ports import (
+from monitor.core.config import CommandDiscovery, WebhookDiscovery
+from monitor.core.model import HostRecord, Server
+from monitor.core.ports import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,

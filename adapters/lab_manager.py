@@ -11,8 +11,8 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from monitor.fencing import FenceRefused, check_fence, fence_headers
-from monitor.model import (
+from monitor.core.fencing import FenceRefused, check_fence, fence_headers
+from monitor.core.model import (
     BmcEndpoint,
     Domain,
     DomainGroup,
@@ -24,7 +24,7 @@ from monitor.model import (
     Profile,
     Server,
 )
-from monitor.ports import (
+from monitor.core.ports import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,

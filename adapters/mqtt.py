@@ -50,11 +50,11 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from monitor.clock import Clock, sleep_unless
-from monitor.config import MqttConfig
-from monitor.metrics import Metrics
-from monitor.model import Job
-from monitor.ports import AdapterError
+from monitor.core.clock import Clock, sleep_unless
+from monitor.core.config import MqttConfig
+from monitor.core.metrics import Metrics
+from monitor.core.model import Job
+from monitor.core.ports import AdapterError
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from monitor.inventory_file import load_inventory_file
-from monitor.model import Domain, HostRecord, Inventory, PowerState, Profile, Server
-from monitor.ports import DiscoveryResult, NotFound, OperationRejected, PowerControl
-from monitor.stores import Store
+from monitor.core.inventory_file import load_inventory_file
+from monitor.core.model import Domain, HostRecord, Inventory, PowerState, Profile, Server
+from monitor.core.ports import DiscoveryResult, NotFound, OperationRejected, PowerControl
+from monitor.store import Store
 
 _PROFILE = "profile"  # key: profile id, value: server id or "" (unassigned)
 _SPARE = "spare"  # key: server id, value: bool

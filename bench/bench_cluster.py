@@ -12,7 +12,7 @@
   b) jobs per second through the store: three store handles (three monitors' worth) on one store, each
      running jobs with the store traffic of a real failover (create, lock the group, write-ahead save
      before and after each step, unlock, finish) with 8 jobs in flight per handle; SQLite (one shared
-     file, `synchronous=full`) is the baseline, PostgreSQL (tests/pg_peer.py, monitor/store_pg.py) when
+     file, `synchronous=full`) is the baseline, PostgreSQL (tests/pg_peer.py, monitor/store/postgres.py) when
      available, and the ratio.
 
 Run: `.venv/bin/python bench/bench_cluster.py [--rounds 50] [--quick] [--backends sqlite,postgresql]
@@ -44,8 +44,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.model import JobState, StepState  # noqa: E402
-from monitor.store import SqliteStore  # noqa: E402
+from monitor.core.model import JobState, StepState  # noqa: E402
+from monitor.store.sqlite import SqliteStore  # noqa: E402
 from tests.test_cluster import (  # noqa: E402
     GRACE,
     SLACK,
@@ -62,7 +62,7 @@ IN_FLIGHT = 8
 
 def pg_available() -> bool:
     return (importlib.util.find_spec("tests.pg_peer") is not None
-            and importlib.util.find_spec("monitor.store_pg") is not None)
+            and importlib.util.find_spec("monitor.store.postgres") is not None)
 
 
 # --- a) kill rounds --------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ async def store_throughput(backend: str, jobs: int, tmp: Path) -> float:
 
         return await jobs_per_second(open_sqlite, jobs)
     pg_peer: Any = importlib.import_module("tests.pg_peer")
-    store_pg: Any = importlib.import_module("monitor.store_pg")
+    store_pg: Any = importlib.import_module("monitor.store.postgres")
     async with pg_peer.start_postgres(tmp) as pg:
         url = pg.url()
 
@@ -192,7 +192,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     backends = [b for b in args.backends.split(",") if b]
     notes: list[str] = []
     if "postgresql" in backends and not pg_available():
-        notes.append("PostgreSQL store not available yet (tests/pg_peer.py or monitor/store_pg.py "
+        notes.append("PostgreSQL store not available yet (tests/pg_peer.py or monitor/store/postgres.py "
                      "missing): SQLite only")
         backends.remove("postgresql")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)

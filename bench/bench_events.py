@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp
 from aiohttp import web
 
-from adapters.redfish_events import bmc_token
+from adapters.redfish.events import bmc_token
 from lab.config import LabConfig
 from lab.main import LabSimulator
-from monitor.config import LoadedConfig, MonitorConfig
-from monitor.daemon import Daemon
-from monitor.model import Job
-from monitor.trapsend import encode_v2c_trap
+from monitor.app.daemon import Daemon
+from monitor.app.trapsend import encode_v2c_trap
+from monitor.core.config import LoadedConfig, MonitorConfig
+from monitor.core.model import Job
 
 ZERO = {"bmc_ms": 0, "manager_ms": 0, "power_off_s": 0, "power_on_s": 0, "boot_s": 0}
 SECRET = "bench-secret"

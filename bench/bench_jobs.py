@@ -48,15 +48,15 @@ from pydantic import ValidationError  # noqa: E402
 from adapters.static_inventory import StaticInventory  # noqa: E402
 from lab.config import LabConfig  # noqa: E402
 from lab.main import LabSimulator  # noqa: E402
-from monitor.clock import SystemClock  # noqa: E402
-from monitor.config import LoadedConfig, MonitorConfig  # noqa: E402
-from monitor.daemon import Adapters, Daemon, build_adapters  # noqa: E402
-from monitor.inventory_file import load_inventory_file  # noqa: E402
+from monitor.app.daemon import Adapters, Daemon, build_adapters  # noqa: E402
+from monitor.core.clock import SystemClock  # noqa: E402
+from monitor.core.config import LoadedConfig, MonitorConfig  # noqa: E402
+from monitor.core.inventory_file import load_inventory_file  # noqa: E402
+from monitor.core.model import STEPS, Job, JobState, Step, identify_product  # noqa: E402
 from monitor.jobs import JobRunner  # noqa: E402
 from monitor.jobs.flow import FailoverFlow, FlowDeps  # noqa: E402
 from monitor.jobs.locks import GroupLocks  # noqa: E402
-from monitor.model import STEPS, Job, JobState, Step, identify_product  # noqa: E402
-from monitor.store import SqliteStore  # noqa: E402
+from monitor.store.sqlite import SqliteStore  # noqa: E402
 
 Sync = Literal["full", "normal"]
 ZERO_LATENCY = {"bmc_ms": 0, "manager_ms": 0, "power_off_s": 0, "power_on_s": 0, "boot_s": 0}

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from monitor.events import Event
-from monitor.model import Server
+from monitor.core.events import Event
+from monitor.core.model import Server
 from rules.engine import Decider
 from rules.loader import load_policy
 from rules.schema import GuardsSpec

@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adapters.snmp_traps import SnmpTrapReceiver  # noqa: E402
-from monitor.clock import SystemClock  # noqa: E402
-from monitor.config import SnmpConfig  # noqa: E402
-from monitor.events import Event  # noqa: E402
-from monitor.metrics import Metrics  # noqa: E402
+from adapters.snmp.receiver import SnmpTrapReceiver  # noqa: E402
+from monitor.core.clock import SystemClock  # noqa: E402
+from monitor.core.config import SnmpConfig  # noqa: E402
+from monitor.core.events import Event  # noqa: E402
+from monitor.core.metrics import Metrics  # noqa: E402
 
 LAG_LIMIT = 0.1
 """Seconds: a step keeps up when its backlog drains within this long after the sender stops."""
@@ -196,7 +196,7 @@ async def step(rx: Receiver, rate: float, count: int, datagram: bytes) -> Step:
 
 class PysnmpReceiver:
     """`SnmpTrapReceiver` in this process; a consumer takes events off the queue (the rules' place).
-    `fast_path=False`: every datagram through pysnmp (the receiver before `adapters.snmp_ber`)."""
+    `fast_path=False`: every datagram through pysnmp (the receiver before `adapters.snmp.ber`)."""
 
     def __init__(self, buffer: int, fast_path: bool = True) -> None:
         path = "" if fast_path else ", pysnmp path"

@@ -29,13 +29,13 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.events import Event
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
+from monitor.core.model import Inventory, Server
+from monitor.core.ports import AdapterError, NotFound
 from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
-from monitor.metrics import Metrics
-from monitor.model import Inventory, Server
-from monitor.pipeline import Pipeline
-from monitor.ports import AdapterError, NotFound
-from monitor.store import ActiveJobExists, StoreError
+from monitor.pipeline.pipeline import Pipeline
+from monitor.store.sqlite import ActiveJobExists, StoreError
 
 log = logging.getLogger(__name__)
 

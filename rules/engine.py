@@ -21,8 +21,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from monitor.events import Event, severity_rank
-from monitor.model import Server, identify_product, iso
+from monitor.core.events import Event, severity_rank
+from monitor.core.model import Server, identify_product, iso
 from rules.matchers import Matcher, compile_matcher, field_matcher
 from rules.schema import ACTION_RANK, DAYS, SEVERITY_RANK, GuardsSpec, RuleSpec, SilenceSpec
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor.yamlfile import ConfigError, ConfigIssue, Document, load_document, validate
+from monitor.core.yamlfile import ConfigError, ConfigIssue, Document, load_document, validate
 from rules.engine import Rule, RuleSet, compile_rule
 from rules.schema import GuardsSpec, PolicyFile, SilenceSpec
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.events import severity_rank, split_message_id
+from monitor.core.events import severity_rank, split_message_id
 
 Scalar = str | int | float | bool
 

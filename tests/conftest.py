@@ -15,10 +15,10 @@ import pytest
 
 from lab.config import LabConfig
 from lab.main import LabSimulator
-from monitor.clock import Clock, FakeClock
-from monitor.config import LoadedConfig, MonitorConfig
-from monitor.daemon import Daemon
-from monitor.model import Job
+from monitor.app.daemon import Daemon
+from monitor.core.clock import Clock, FakeClock
+from monitor.core.config import LoadedConfig, MonitorConfig
+from monitor.core.model import Job
 
 FAST_LATENCY = {"bmc_ms": 0, "manager_ms": 0, "power_off_s": 0.05, "power_on_s": 0.05, "boot_s": 0.0}
 

@@ -1446,7 +1446,7 @@ async def run_rounds(c: NemesisCluster, attacks: list[str], rng: random.Random,
 async def stale_request(c: NemesisCluster, job: int) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Send the lab a request carrying the job's first epoch after the job changed hands: a spare flag
     set to what it already is on a spare nobody uses. Returns (HTTP status, the log entry, the job)."""
-    from monitor.fencing import Fence  # the daemon's own header format
+    from monitor.core.fencing import Fence  # the daemon's own header format
 
     j = await c.ask(f"/api/v1/jobs/{job}")
     owners = j.get("owners")

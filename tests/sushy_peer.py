@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from monitor.model import BmcEndpoint
+from monitor.core.model import BmcEndpoint
 
 STARTUP_DEADLINE = 30.0
 """Seconds to wait for the service root to answer."""

@@ -21,18 +21,18 @@ import aiohttp
 import pytest
 import yaml
 
-from adapters.redfish_client import check_identity
-from adapters.redfish_events import bmc_token, parse_event_payload
-from adapters.redfish_power import RedfishPower
+from adapters.redfish.client import check_identity
+from adapters.redfish.events import bmc_token, parse_event_payload
+from adapters.redfish.power import RedfishPower
 from lab.main import LabSimulator
-from monitor.cli import main
-from monitor.config import MonitorConfig
-from monitor.events import Event
-from monitor.fencing import FENCE_HEADER, Fence, FenceLost, FenceRefused, acting
-from monitor.inventory_file import load_inventory_file
-from monitor.model import BmcEndpoint, Inventory, PowerState, Server
-from monitor.ports import AdapterError, IdentityMismatch
-from monitor.resolve import (
+from monitor.app.cli import main
+from monitor.core.config import MonitorConfig
+from monitor.core.events import Event
+from monitor.core.fencing import FENCE_HEADER, Fence, FenceLost, FenceRefused, acting
+from monitor.core.inventory_file import load_inventory_file
+from monitor.core.model import BmcEndpoint, Inventory, PowerState, Server
+from monitor.core.ports import AdapterError, IdentityMismatch
+from monitor.pipeline.resolve import (
     AMBIGUOUS_ORIGIN,
     AMBIGUOUS_SENDER,
     HPE_SERVER_SERIAL,

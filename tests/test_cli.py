@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.main import LabSimulator
-from monitor.cli import check_config, main
+from monitor.app.cli import check_config, main
 from tests.conftest import DaemonFactory, monitor_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.clock import FakeClock
+from monitor.core.clock import FakeClock
+from monitor.core.model import JobState, StepState
 from monitor.jobs.locks import GroupLocks
-from monitor.model import JobState, StepState
-from monitor.store import SqliteStore
+from monitor.store.sqlite import SqliteStore
 
 
 async def test_fake_clock_sleep_and_timeout() -> None:

@@ -1,5 +1,5 @@
-"""The confirmation before a failover job (monitor/confirmation.py): a pure decision from the policy, the
-rule, the BMC's reading (or the error that stopped it) and an open decline; and the timed read."""
+"""The confirmation before a failover job (monitor/pipeline/confirmation.py): a pure decision from the
+policy, the rule, the BMC's reading (or the error that stopped it) and an open decline; and the timed read."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from monitor import confirmation
-from monitor.confirmation import Policy, Reading, decide
-from monitor.events import Event
-from monitor.model import Health, PowerState, Server
-from monitor.ports import AdapterTimeout, AdapterUnavailable, HealthReading
+from monitor.core.events import Event
+from monitor.core.model import Health, PowerState, Server
+from monitor.core.ports import AdapterTimeout, AdapterUnavailable, HealthReading
+from monitor.pipeline import confirmation
+from monitor.pipeline.confirmation import Policy, Reading, decide
 from rules.schema import RuleSpec
 
 EVENT = Event(source="snmp", time=datetime(2026, 12, 1, tzinfo=UTC), trap_oid="1.3.6.1.4.1.232.0.1026")

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from lab.main import LabSimulator
-from monitor.clock import FakeClock
-from monitor.config import MonitorConfig
+from monitor.core.clock import FakeClock
+from monitor.core.config import MonitorConfig
 from tests.conftest import DaemonFactory, LabControl, advance_to, monitor_config
 
 INSTANT = {"power_off_s": 0, "power_on_s": 0, "boot_s": 0}

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from lab.main import LabSimulator
-from monitor.clock import FakeClock
-from monitor.config import MonitorConfig
-from monitor.model import STEPS
+from monitor.core.clock import FakeClock
+from monitor.core.config import MonitorConfig
+from monitor.core.model import STEPS
 from tests.conftest import DaemonFactory, Harness, LabControl, monitor_config
 from tests.test_discovery_external import with_discovery
 from tests.test_flow_lab import assert_unlocked, states

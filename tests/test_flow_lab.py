@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.main import LabSimulator
-from monitor.model import STEPS
+from monitor.core.model import STEPS
 from tests.conftest import DaemonFactory, LabControl, monitor_config
 
 

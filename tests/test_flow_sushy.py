@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.config import MonitorConfig
-from monitor.model import STEPS, PowerState
+from monitor.core.config import MonitorConfig
+from monitor.core.model import STEPS, PowerState
 from tests.conftest import DaemonFactory
 from tests.sushy_peer import SushyPeer, start_sushy
 

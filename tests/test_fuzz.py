@@ -25,12 +25,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.redfish_events import NotAnEvent, bmc_token, parse_event_payload
+from adapters.redfish.events import NotAnEvent, bmc_token, parse_event_payload
 from lab.main import LabSimulator
-from monitor.cli import check_config
-from monitor.config import MonitorConfig
-from monitor.events import Event
-from monitor.trapsend import encode_v2c_trap
+from monitor.app.cli import check_config
+from monitor.app.trapsend import encode_v2c_trap
+from monitor.core.config import MonitorConfig
+from monitor.core.events import Event
 from tests.conftest import DaemonFactory, Harness, monitor_config
 
 SECRET = "fuzz-secret-0123456789"
@@ -416,7 +416,7 @@ BAD_FILES: dict[str, dict[str, str]] = {
     "inventory-deep": {"monitor.yaml": "inventory: {source: static, file: inv.yaml}\n",
                        "inv.yaml": "domain_groups: " + "[" * 20_000 + "]" * 20_000 + "\n"},
 }
-KNOWN_TRACEBACKS: dict[str, str] = {}  # found by this fuzzing and fixed in monitor/yamlfile.py
+KNOWN_TRACEBACKS: dict[str, str] = {}  # found by this fuzzing and fixed in monitor/core/yamlfile.py
 BAD_FILES["config-deep-with-anchor"] = {
     "monitor.yaml": "a: &x 1\nhttp: " + "[" * 20_000 + "]" * 20_000 + "\n"}
 BAD_FILES["inventory-deep-json"] = {"monitor.yaml": "inventory: {source: static, file: inv.json}\n",

@@ -36,12 +36,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from monitor.clock import SystemClock
-from monitor.config import ClusterConfig, FailoverConfig, RediscoveryConfig
-from monitor.fencing import FenceRefused, current_fence
-from monitor.jobs import FlowDeps, GroupLocks, JobRunner
-from monitor.metrics import Metrics
-from monitor.model import (
+from monitor.core.clock import SystemClock
+from monitor.core.config import ClusterConfig, FailoverConfig, RediscoveryConfig
+from monitor.core.fencing import FenceRefused, current_fence
+from monitor.core.metrics import Metrics
+from monitor.core.model import (
     BmcEndpoint,
     Domain,
     Health,
@@ -53,14 +52,15 @@ from monitor.model import (
     Profile,
     Server,
 )
-from monitor.ports import (
+from monitor.core.ports import (
     AdapterUnavailable,
     DiscoveryResult,
     HealthReading,
     NotFound,
     OperationRejected,
 )
-from monitor.store import SqliteStore
+from monitor.jobs import FlowDeps, GroupLocks, JobRunner
+from monitor.store.sqlite import SqliteStore
 
 EXAMPLES = int(os.environ.get("FAILOVER_STATEM_EXAMPLES", "30"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60 + 4 * EXAMPLES)]

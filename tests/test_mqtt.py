@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from adapters.mqtt import BrokerAddress, MqttConfigInvalid, MqttPublisher, encode, parse_url, topic_level
-from monitor.clock import Clock, FakeClock, SystemClock
-from monitor.config import MqttConfig
-from monitor.metrics import Metrics
-from monitor.model import STEPS, Job, JobState, Step, StepState
+from monitor.core.clock import Clock, FakeClock, SystemClock
+from monitor.core.config import MqttConfig
+from monitor.core.metrics import Metrics
+from monitor.core.model import STEPS, Job, JobState, Step, StepState
 from tests.mqtt_peer import Message, free_port, messages, next_message, start_mosquitto, subscribe
 from tests.sushy_peer import make_self_signed
 
@@ -459,9 +459,9 @@ async def test_cancelled_run_says_offline(tmp_path: Path, publisher: Starter) ->
 _WILL_SCRIPT = """
 import asyncio, sys
 from adapters.mqtt import MqttPublisher
-from monitor.clock import Clock, FakeClock, SystemClock
-from monitor.config import MqttConfig
-from monitor.metrics import Metrics
+from monitor.core.clock import Clock, FakeClock, SystemClock
+from monitor.core.config import MqttConfig
+from monitor.core.metrics import Metrics
 
 async def main() -> None:
     p = MqttPublisher(config=MqttConfig(url=sys.argv[1], keepalive=5), instance=sys.argv[2],

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from lab.main import LabSimulator
-from monitor.clock import FakeClock
-from monitor.config import MonitorConfig
+from monitor.core.clock import FakeClock
+from monitor.core.config import MonitorConfig
 from tests.conftest import DaemonFactory, Harness, LabControl, monitor_config
 
 CPU = "1.3.6.1.4.1.232.0.1026"

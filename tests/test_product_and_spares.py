@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from monitor.model import PowerState, Server, identify_product, product_rule_of_thumb
-from monitor.spares import candidate_order, select_spare
+from monitor.core.model import PowerState, Server, identify_product, product_rule_of_thumb
+from monitor.jobs.spares import candidate_order, select_spare
 
 
 @pytest.mark.parametrize(

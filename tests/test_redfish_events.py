@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.redfish_events import (
+from adapters.redfish.events import (
     CONTEXT_PREFIX,
     HEALTH_CHANGED,
     LISTENER_PATH,
@@ -39,14 +39,14 @@ from adapters.redfish_events import (
     normalize_bmc_url,
     parse_event_payload,
 )
-from adapters.redfish_power import RedfishPower
+from adapters.redfish.power import RedfishPower
 from lab.main import LabSimulator
 from lab.world import FOREIGN_DESTINATION
-from monitor.clock import FakeClock, SystemClock
-from monitor.config import RedfishEventsConfig
-from monitor.events import Event
-from monitor.metrics import Metrics
-from monitor.model import BmcEndpoint, Health, Server
+from monitor.core.clock import FakeClock, SystemClock
+from monitor.core.config import RedfishEventsConfig
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
+from monitor.core.model import BmcEndpoint, Health, Server
 from tests.sushy_peer import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "redfish"

@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from adapters.redfish_power import RedfishPower
-from monitor.model import BmcEndpoint, Health, PowerState, Server
-from monitor.ports import (
+from adapters.redfish.power import RedfishPower
+from monitor.core.model import BmcEndpoint, Health, PowerState, Server
+from monitor.core.ports import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,

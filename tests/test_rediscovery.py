@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.main import LabSimulator
-from monitor.clock import FakeClock
+from monitor.core.clock import FakeClock
 from tests.conftest import DaemonFactory, LabControl, advance_to, monitor_config
 
 DELAY = 600.0

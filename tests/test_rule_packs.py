@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from monitor.events import Event
-from monitor.model import Server
+from monitor.core.events import Event
+from monitor.core.model import Server
 from rules.engine import Decider, Decision, Rule
 from rules.loader import Policy, load_policy
 from rules.schema import GuardsSpec

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.clock import FakeClock
-from monitor.events import Event
-from monitor.metrics import Metrics
-from monitor.model import Server, iso
-from monitor.pipeline import PolicyHolder
-from monitor.yamlfile import ConfigError
+from monitor.core.clock import FakeClock
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
+from monitor.core.model import Server, iso
+from monitor.core.yamlfile import ConfigError
+from monitor.pipeline.pipeline import PolicyHolder
 from rules.engine import Decider, RuleState
 from rules.loader import load_policy
 from rules.matchers import compile_matcher

@@ -2,10 +2,10 @@
 object or registry message it comes from, an event sequence in the normalized event format with times,
 the server, what its BMC reads at confirmation, and the expected final decision with a one-line reason.
 
-Every scenario runs through the same code path as live events: the daemon (monitor.daemon.Daemon) with
+Every scenario runs through the same code path as live events: the daemon (monitor.app.daemon.Daemon) with
 the built-in packs, its pipeline (resolution, rules, guards, the confirmation step), a real job runner,
 the static-inventory adapters over tests/scenarios/inventory.yaml and a SQLite store. Only the clock
-(monitor.clock.FakeClock) and the BMCs (FakeBmc: the reading, and power that follows ForceOff/On) are
+(monitor.core.clock.FakeClock) and the BMCs (FakeBmc: the reading, and power that follows ForceOff/On) are
 fakes. Every failover rule of the packs has a scenario where it must fire and a near one where it must not.
 """
 
@@ -22,13 +22,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.static_inventory import StaticDiscovery, StaticInventory, StaticManager
-from monitor.clock import FakeClock
-from monitor.config import LoadedConfig, MonitorConfig
-from monitor.daemon import Adapters, Daemon
-from monitor.events import Event
-from monitor.inventory_file import load_inventory_file
-from monitor.model import Health, Inventory, Job, PowerState, Server, identify_product
-from monitor.ports import AdapterTimeout, AdapterUnavailable, HealthReading
+from monitor.app.daemon import Adapters, Daemon
+from monitor.core.clock import FakeClock
+from monitor.core.config import LoadedConfig, MonitorConfig
+from monitor.core.events import Event
+from monitor.core.inventory_file import load_inventory_file
+from monitor.core.model import Health, Inventory, Job, PowerState, Server, identify_product
+from monitor.core.ports import AdapterTimeout, AdapterUnavailable, HealthReading
 from rules.engine import Decision
 from rules.loader import load_policy
 
@@ -142,7 +142,7 @@ def load_corpus() -> list[Scenario]:
 CORPUS = load_corpus()
 
 
-# --- the fakes: the BMCs (and the clock, monitor.clock.FakeClock) -----------------------------------------
+# --- the fakes: the BMCs (and the clock, monitor.core.clock.FakeClock) ----------------------------------
 
 
 class FakeBmc:

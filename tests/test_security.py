@@ -18,13 +18,13 @@ import aiohttp
 import pytest
 import yaml
 
-from adapters.redfish_events import CONTEXT_PREFIX, bmc_token
+from adapters.redfish.events import CONTEXT_PREFIX, bmc_token
 from lab.config import LabConfig
 from lab.main import LabSimulator
 from lab.tls import LabCertificate, generate_certificate
 from monitor.api import RateLimiter
-from monitor.config import LoadedConfig, MonitorConfig
-from monitor.daemon import Daemon, StartupError
+from monitor.app.daemon import Daemon, StartupError
+from monitor.core.config import LoadedConfig, MonitorConfig
 from tests.conftest import FAST_LATENCY, DaemonFactory, Harness, monitor_config
 from tests.test_pipeline import CPU, MEM, SITE_RULES, snmptrap, wait_decisions
 

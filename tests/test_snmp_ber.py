@@ -1,4 +1,4 @@
-"""adapters.snmp_ber: the strict SNMPv1/v2c trap decoder. Values are checked against pysnmp's own decoder
+"""adapters.snmp.ber: the strict SNMPv1/v2c trap decoder. Values are checked against pysnmp's own decoder
 and `prettyPrint()` for the same octets; malformed input raises `BerError` naming the fault; no input
 raises anything else (hypothesis, and 100,000 random mutations of real packets)."""
 
@@ -17,8 +17,8 @@ import pytest
 from pyasn1.codec.ber import decoder
 from pysnmp.proto import api
 
-from adapters import snmp_ber
-from adapters.snmp_ber import BerError, BerUnsupported, Trap, decode_trap, peek_version
+from adapters.snmp import ber as snmp_ber
+from adapters.snmp.ber import BerError, BerUnsupported, Trap, decode_trap, peek_version
 from tests.packets import mutate
 
 SYS_NAME = "1.3.6.1.2.1.1.5.0"

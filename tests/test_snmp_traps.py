@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from adapters import snmp_ber
-from adapters.snmp_traps import SnmpTrapReceiver
-from monitor.clock import SystemClock
-from monitor.config import SnmpConfig
-from monitor.daemon import StartupError
-from monitor.events import Event
-from monitor.metrics import Metrics
+from adapters.snmp import ber as snmp_ber
+from adapters.snmp.receiver import SnmpTrapReceiver
+from monitor.app.daemon import StartupError
+from monitor.core.clock import SystemClock
+from monitor.core.config import SnmpConfig
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
 from tests.packets import mutate
 
 pytestmark = [
@@ -286,7 +286,7 @@ async def test_ipv6_listen(net_snmp: Any) -> None:
 
 async def test_wrong_community_dropped_and_not_logged(peer: Peer, net_snmp: Any,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="adapters.snmp_traps")
+    caplog.set_level(logging.DEBUG, logger="adapters.snmp.receiver")
     rc, err = await net_snmp("snmptrap", "-v", "2c", "-c", "s3cr3t-typo", peer.address, "",
                              "1.3.6.1.4.1.232.0.22054")
     assert rc == 0, err
@@ -473,7 +473,7 @@ async def test_receive_buffer_beyond_rmem_max_when_privileged() -> None:
         assert _rcvbuf(p) >= 2 * rmem_max
 
 
-# --- the fast path (adapters.snmp_ber) against the pysnmp path --------------------------------------------
+# --- the fast path (adapters.snmp.ber) against the pysnmp path --------------------------------------------
 
 
 ALL_TYPES = [SYS_NAME, "s", "blade07", "1.3.6.1.4.1.9.1", "i", "-16", "1.3.6.1.4.1.9.2", "u", "7",
@@ -621,7 +621,7 @@ async def test_fast_path_and_pysnmp_agree_on_mutated_packets(captured: dict[str,
     the fast path; pysnmp accepts the first two and raises on the last)."""
     rng = random.Random(162)
     bases = [d for name, d in captured.items() if "inform" not in name]
-    caplog.set_level(logging.DEBUG, logger="adapters.snmp_traps")
+    caplog.set_level(logging.DEBUG, logger="adapters.snmp.receiver")
     strict = 0
     async with both_paths() as (fast, slow):
         for _ in range(3000):

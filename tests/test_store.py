@@ -16,9 +16,11 @@ import asyncpg
 import pytest
 import yaml
 
-from monitor.cli import main
-from monitor.model import FlowContext, JobState, MoveRecord, StepState
-from monitor.store import (
+from monitor.app.cli import main
+from monitor.core.model import FlowContext, JobState, MoveRecord, StepState
+from monitor.store import Store
+from monitor.store.postgres import MIGRATIONS, PostgresStore, redact
+from monitor.store.sqlite import (
     SCHEMA_VERSION,
     ActiveJobExists,
     LostOwnership,
@@ -27,8 +29,6 @@ from monitor.store import (
     StoreError,
     StoreUnavailable,
 )
-from monitor.store_pg import MIGRATIONS, PostgresStore, redact
-from monitor.stores import Store
 from tests.pg_peer import PgCluster, pg_cluster, pg_url, start_postgres  # noqa: F401 (fixtures)
 
 NOW = datetime(2026, 11, 27, 11, 0, tzinfo=UTC)
@@ -327,7 +327,7 @@ def test_db_upgrade_is_idempotent(backend: str, location: str, tmp_path: Path,
 
 
 async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
-    from monitor.store import _SCHEMA
+    from monitor.store.sqlite import _SCHEMA
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as c:
@@ -532,8 +532,8 @@ async def test_an_unreachable_database_fails_open_as_unavailable() -> None:
 
 
 def test_the_factory_chooses_by_the_store_setting(tmp_path: Path) -> None:
-    from monitor.config import MonitorConfig
-    from monitor.stores import open_store
+    from monitor.core.config import MonitorConfig
+    from monitor.store import open_store
 
     for url in ("postgresql://fm@db.example:5432/failover", "postgres://db.example/failover"):
         cfg = MonitorConfig.model_validate({"store": url, "postgres": {"max_size": 3, "timeout": 2}})

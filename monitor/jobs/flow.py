@@ -1,4 +1,4 @@
-"""The failover flow of the VCEM white paper, as named steps (monitor.model.STEP_TABLE).
+"""The failover flow of the VCEM white paper, as named steps (monitor.core.model.STEP_TABLE).
 
 Each step records "about to …" in the store before it acts (write-ahead), sends every outside action
 through the job's gate (`Actor.act`: the owner's lease and fencing token), and ends `done` with a
@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from monitor.clock import Clock
-from monitor.config import FailoverConfig
-from monitor.jobs.locks import GroupLocks
-from monitor.model import (
+from monitor.core.clock import Clock
+from monitor.core.config import FailoverConfig
+from monitor.core.model import (
     FlowContext,
     HostRecord,
     Job,
@@ -36,9 +35,10 @@ from monitor.model import (
     identify_product,
     iso,
 )
-from monitor.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
-from monitor.spares import needs_power_reading, select_spare
-from monitor.stores import Store
+from monitor.core.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
+from monitor.jobs.locks import GroupLocks
+from monitor.jobs.spares import needs_power_reading, select_spare
+from monitor.store import Store
 
 log = logging.getLogger(__name__)
 

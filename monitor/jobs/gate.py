@@ -3,7 +3,7 @@
 `Gate.act(what, op)` runs `op` only while this monitor owns the job with a lease that outlives the
 action's deadline (plus a margin): it renews the lease first when it is too short, and refuses
 (`LeaseLost`) when it cannot be renewed. The action gets that deadline as its time limit, and carries
-the job's fencing token (`monitor.fencing`): adapters send it with each mutating request and check it
+the job's fencing token (`monitor.core.fencing`): adapters send it with each mutating request and check it
 right before sending, so an action of a paused process is not sent once its deadline has passed.
 
 The bound this gives: an action of an owner that lost its lease is over (done or abandoned) before that
@@ -17,12 +17,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from monitor.clock import Clock
-from monitor.fencing import Fence, FenceLost, acting
+from monitor.core.clock import Clock
+from monitor.core.fencing import Fence, FenceLost, acting
+from monitor.core.model import Job
+from monitor.core.ports import AdapterTimeout
 from monitor.jobs.membership import Membership
-from monitor.model import Job
-from monitor.ports import AdapterTimeout
-from monitor.store import StoreError
+from monitor.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 

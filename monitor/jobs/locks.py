@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from monitor.clock import Clock, sleep_unless
-from monitor.stores import Store
+from monitor.core.clock import Clock, sleep_unless
+from monitor.store import Store
 
 Waiting = Callable[[int], Awaitable[None]]
 

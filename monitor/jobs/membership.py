@@ -19,11 +19,11 @@ import logging
 import math
 import uuid
 
-from monitor.clock import Clock, sleep_unless
-from monitor.config import ClusterConfig
-from monitor.metrics import Metrics
-from monitor.store import MembershipLost, StoreError
-from monitor.stores import Store
+from monitor.core.clock import Clock, sleep_unless
+from monitor.core.config import ClusterConfig
+from monitor.core.metrics import Metrics
+from monitor.store import Store
+from monitor.store.sqlite import MembershipLost, StoreError
 
 log = logging.getLogger(__name__)
 

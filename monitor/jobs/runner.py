@@ -20,18 +20,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from monitor.clock import sleep_unless
-from monitor.config import ClusterConfig
-from monitor.fencing import FenceLost
+from monitor.core.clock import sleep_unless
+from monitor.core.config import ClusterConfig
+from monitor.core.fencing import FenceLost
+from monitor.core.metrics import Metrics
+from monitor.core.model import STEP_SPECS, STEP_TABLE, Job, JobState, StepSpec, StepState, iso
+from monitor.core.ports import AdapterError, NotFound
 from monitor.jobs.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.jobs.gate import Gate, LeaseLost
 from monitor.jobs.membership import Membership
 from monitor.jobs.timers import DurableTimers
-from monitor.metrics import Metrics
-from monitor.model import STEP_SPECS, STEP_TABLE, Job, JobState, StepSpec, StepState, iso
-from monitor.ports import AdapterError, NotFound
-from monitor.store import LostOwnership, StoreError, StoreUnavailable
-from monitor.stores import Store
+from monitor.store import Store
+from monitor.store.sqlite import LostOwnership, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -425,7 +425,7 @@ class StepState(StrEnum):
 
 
 class StepTimeouts(Protocol):
-    """What a step's default time limit is computed from (monitor.config.FailoverConfig)."""
+    """What a step's default time limit is computed from (monitor.core.config.FailoverConfig)."""
 
     power_off_timeout: float
     power_off_attempts: int

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from monitor.model import STEPS, FlowContext, Job, JobState, Step, StepState
-from monitor.store import (
+from monitor.core.model import STEPS, FlowContext, Job, JobState, Step, StepState
+from monitor.store.sqlite import (
     SCHEMA_VERSION,
     ActiveJobExists,
     JoinResult,

@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from monitor.model import STEP_SPECS, STEPS
-from monitor.yamlfile import ConfigError, ConfigIssue, load_model
+from monitor.core.model import STEP_SPECS, STEPS
+from monitor.core.yamlfile import ConfigError, ConfigIssue, load_model
 
 DEFAULT_CONFIG = Path("config/monitor.yaml")
 
@@ -122,7 +122,7 @@ class FailoverConfig(_Strict):
     """On SIGTERM, seconds a running step may take to reach a safe point before it is parked."""
     confirm: Literal["always", "rule", "never"] = "always"
     """Before a rule-triggered job is created, the source's BMC is read again and must confirm the
-    fault (monitor/confirmation.py): `always` for every failover rule, `rule` only for rules marked
+    fault (monitor/pipeline/confirmation.py): `always` for every failover rule, `rule` only for rules marked
     `confirm: true`, `never` not at all (except rules whose condition is the power reading,
     `confirm_by: powered_off`). A confirmation that declines is recorded as `declined`."""
     confirm_window: Annotated[float, Field(gt=0)] = 300.0
@@ -365,7 +365,7 @@ class MonitorConfig(_Strict):
     @classmethod
     def _store(cls, v: str) -> str:
         if v.startswith(("postgresql://", "postgres://")):
-            return v  # the shared PostgreSQL store (monitor.store_pg)
+            return v  # the shared PostgreSQL store (monitor.store.postgres)
         if "://" in v:
             raise ValueError("store: a SQLite file path, :memory:, or a postgresql:// URL")
         return v

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from monitor.cli import ApiError, api_call, follow_job
-from monitor.config import LoadedConfig, MonitorConfig
-from monitor.trapsend import send_v2c_trap
+from monitor.app.cli import ApiError, api_call, follow_job
+from monitor.app.trapsend import send_v2c_trap
+from monitor.core.config import LoadedConfig, MonitorConfig
 
 LAB_CONFIG: dict[str, Any] = {
     "listen": "127.0.0.1:0",
@@ -77,7 +77,7 @@ def say(text: str = "") -> None:
 
 
 async def _demo(tmp: Path, server: str) -> int:
-    from monitor.daemon import Daemon
+    from monitor.app.daemon import Daemon
 
     lab_cfg = tmp / "lab.yaml"
     lab_cfg.write_text(yaml.safe_dump(LAB_CONFIG))

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
-from monitor.model import PowerState, ProductInfo, Server, identify_product
+from monitor.core.model import PowerState, ProductInfo, Server, identify_product
 
 
 @dataclass(frozen=True, slots=True)

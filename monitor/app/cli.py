@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from monitor.config import DEFAULT_CONFIG, LoadedConfig, load_config
-from monitor.yamlfile import ConfigError
+from monitor.core.config import DEFAULT_CONFIG, LoadedConfig, load_config
+from monitor.core.yamlfile import ConfigError
 
 log = logging.getLogger("monitor")
 
@@ -100,7 +100,7 @@ def _setup_logging(level: str) -> None:
 
 
 async def _run_daemon(loaded: LoadedConfig) -> int:
-    from monitor.daemon import Daemon, StartupError
+    from monitor.app.daemon import Daemon, StartupError
 
     daemon = Daemon(loaded)
     stop = asyncio.Event()
@@ -143,7 +143,7 @@ def check_config(path: Path | None) -> tuple[list[str], list[str]]:
         problems.extend(str(i) for i in exc.issues)
     inv = loaded.inventory_file
     if loaded.config.inventory.source == "static" and inv is not None:
-        from monitor.inventory_file import check_inventory_file
+        from monitor.core.inventory_file import check_inventory_file
 
         try:
             _, found = check_inventory_file(inv)
@@ -282,11 +282,11 @@ async def _load_inventory(loaded: LoadedConfig) -> tuple[Any, str]:
     """The inventory for explanations: the static file, or the lab's manager API (5 s at most)."""
     cfg = loaded.config.inventory
     if cfg.source == "static" and loaded.inventory_file is not None:
-        from monitor.inventory_file import load_inventory_file
+        from monitor.core.inventory_file import load_inventory_file
 
         return load_inventory_file(loaded.inventory_file), f"inventory file {loaded.inventory_file}"
     from adapters.lab_manager import LabClient, LabManager
-    from monitor.ports import AdapterError
+    from monitor.core.ports import AdapterError
 
     manager = LabManager(LabClient(cfg.lab.url, timeout=5.0,
                                    token=cfg.lab.token.get_secret_value() if cfg.lab.token else None))
@@ -326,11 +326,11 @@ def _print_explained(n: int, d: dict[str, Any], show_all: bool) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from monitor import confirmation
     from monitor.api import EventBatch
-    from monitor.clock import SystemClock
-    from monitor.pipeline import explain_mode
-    from monitor.resolve import Resolver
+    from monitor.core.clock import SystemClock
+    from monitor.pipeline import confirmation
+    from monitor.pipeline.pipeline import explain_mode
+    from monitor.pipeline.resolve import Resolver
     from rules.engine import Decider
     from rules.loader import load_policy
 
@@ -408,8 +408,8 @@ async def _pause(args: argparse.Namespace, reason: str | None) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from monitor.store import StoreError
-    from monitor.stores import upgrade_store
+    from monitor.store import upgrade_store
+    from monitor.store.sqlite import StoreError
 
     loaded = _load(args.config)
     try:
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["--ready-file", str(args.ready_file)] if args.ready_file else [])
             return lab_main(lab_argv)
         if args.command == "demo":
-            from monitor.demo import run_demo
+            from monitor.app.demo import run_demo
 
             return run_demo(server=args.server, keep=args.keep)
     except ConfigError as exc:

@@ -15,17 +15,17 @@ from typing import Any
 from aiohttp import web
 
 from monitor.api import Api, RateLimiter
-from monitor.clock import Clock, SystemClock, sleep_unless
-from monitor.config import LoadedConfig, parse_listen
-from monitor.events import Event
+from monitor.core.clock import Clock, SystemClock, sleep_unless
+from monitor.core.config import LoadedConfig, parse_listen
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
+from monitor.core.model import Inventory, Server
+from monitor.core.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
+from monitor.core.yamlfile import ConfigError
 from monitor.jobs import DuplicateInstance, FlowDeps, GroupLocks, JobRunner
-from monitor.metrics import Metrics
-from monitor.model import Inventory, Server
-from monitor.pipeline import LogAlertSink, Pipeline, PolicyHolder
-from monitor.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
-from monitor.store import MembershipLost, StoreError
-from monitor.stores import Store, open_store
-from monitor.yamlfile import ConfigError
+from monitor.pipeline.pipeline import LogAlertSink, Pipeline, PolicyHolder
+from monitor.store import Store, open_store
+from monitor.store.sqlite import MembershipLost, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Adapters:
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
-    from adapters.redfish_power import RedfishPower
+    from adapters.redfish.power import RedfishPower
 
     cfg = loaded.config
     power = RedfishPower(timeout=cfg.redfish.timeout)
@@ -229,7 +229,7 @@ class Daemon:
 
     def _redfish_events(self, adapters: Adapters) -> dict[str, Any]:
         """The Redfish push listener's routes, and the subscription, SSE and health-poll workers."""
-        from adapters.redfish_events import (
+        from adapters.redfish.events import (
             BmcTokens,
             HealthPoller,
             RedfishEventListener,
@@ -340,7 +340,7 @@ class Daemon:
         await web_runner.setup()
         try:
             if self.config.snmp.listen:
-                from adapters.snmp_traps import SnmpTrapReceiver
+                from adapters.snmp.receiver import SnmpTrapReceiver
 
                 snmp = SnmpTrapReceiver(config=self.config.snmp, queue=self.events, metrics=self.metrics,
                                         clock=self.clock)

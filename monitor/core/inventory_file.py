@@ -35,7 +35,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from monitor.model import (
+from monitor.core.model import (
     BmcEndpoint,
     Domain,
     DomainGroup,
@@ -50,7 +50,7 @@ from monitor.model import (
     split_bmc_url,
     system_member,
 )
-from monitor.yamlfile import ConfigError, ConfigIssue, Document, field_path, load_document, validate
+from monitor.core.yamlfile import ConfigError, ConfigIssue, Document, field_path, load_document, validate
 
 
 class _Strict(BaseModel):

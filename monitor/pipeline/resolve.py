@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from monitor.events import Event
-from monitor.model import Inventory, Server, bmc_service, origin_member
+from monitor.core.events import Event
+from monitor.core.model import Inventory, Server, bmc_service, origin_member
 
 SYS_NAME = "1.3.6.1.2.1.1.5.0"
 OA_ENCLOSURE_NAME = "1.3.6.1.4.1.232.22.2.4.1.1.1.5."

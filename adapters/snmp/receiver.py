@@ -5,7 +5,7 @@
   net.core.rmem_max caps it and the process has CAP_NET_ADMIN, else a warning) and bound before pysnmp
   sees it, so a port in use is a clear `StartupError` (pysnmp's own bind happens in a background future
   and its error would be lost).
-* Fast path: an SNMPv1 Trap or SNMPv2c SNMPv2-Trap is decoded by `adapters.snmp_ber` (strict BER, ~20x
+* Fast path: an SNMPv1 Trap or SNMPv2c SNMPv2-Trap is decoded by `adapters.snmp.ber` (strict BER, ~20x
   cheaper than pyasn1), its community checked against every configured one (SHA-256 digests,
   `hmac.compare_digest`, all compared), and the `Event` built by the same code as pysnmp's callback, so
   both paths give identical events and the same drop reasons (`malformed`, `bad_community`,
@@ -73,12 +73,12 @@ from pysnmp.entity import engine as snmp_engine
 from pysnmp.entity.rfc3413 import ntfrcv
 from pysnmp.proto.api import v2c, verdec
 
-from adapters import snmp_ber
-from monitor.clock import Clock
-from monitor.config import SnmpConfig, SnmpUser, parse_listen
-from monitor.daemon import StartupError
-from monitor.events import Event
-from monitor.metrics import Metrics
+from adapters.snmp import ber as snmp_ber
+from monitor.app.daemon import StartupError
+from monitor.core.clock import Clock
+from monitor.core.config import SnmpConfig, SnmpUser, parse_listen
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from monitor.clock import Clock
-from monitor.events import Event
-from monitor.model import Health, PowerState, Server
-from monitor.ports import AdapterError, AdapterTimeout, HealthReading, PowerControl
+from monitor.core.clock import Clock
+from monitor.core.events import Event
+from monitor.core.model import Health, PowerState, Server
+from monitor.core.ports import AdapterError, AdapterTimeout, HealthReading, PowerControl
 from rules.schema import RuleSpec
 
 Policy = Literal["always", "rule", "never"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from monitor.model import STEPS, FlowContext, Job, JobState, Step, StepState, iso
+from monitor.core.model import STEPS, FlowContext, Job, JobState, Step, StepState, iso
 
 T = TypeVar("T")
 

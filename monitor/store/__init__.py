@@ -10,12 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from monitor.store import SCHEMA_VERSION, JoinResult, SqliteStore, Timer
-from monitor.store_pg import PostgresStore
+from monitor.store.postgres import PostgresStore
+from monitor.store.sqlite import SCHEMA_VERSION, JoinResult, SqliteStore, Timer
 
 if TYPE_CHECKING:
-    from monitor.config import MonitorConfig
-    from monitor.model import Job
+    from monitor.core.config import MonitorConfig
+    from monitor.core.model import Job
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

@@ -1,7 +1,7 @@
 """Power and health of a server through its BMC, over Redfish (DMTF `redfish` async client on aiohttp).
 
 BMC connections (shared aiohttp session, one client per BMC connection, login/logout, TLS, errors) are
-`adapters.redfish_client.RedfishConnections`; here redirects are followed (sushy sends /Systems/<name>
+`adapters.redfish.client.RedfishConnections`; here redirects are followed (sushy sends /Systems/<name>
 to the UUID URL with a 307). The ComputerSystem path is resolved once per endpoint and cached (with no
 system named, the service must list exactly one).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from adapters.redfish_client import (
+from adapters.redfish.client import (
     ConnKey,
     RedfishConnections,
     bmc_message,
@@ -33,8 +33,8 @@ from adapters.redfish_client import (
     path_of,
     reply_error,
 )
-from monitor.model import PowerState, Server
-from monitor.ports import HealthReading, IdentityMismatch
+from monitor.core.model import PowerState, Server
+from monitor.core.ports import HealthReading, IdentityMismatch
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class _SystemRef:
 
 
 class RedfishPower:
-    """`monitor.ports.PowerControl` over Redfish."""
+    """`monitor.core.ports.PowerControl` over Redfish."""
 
     def __init__(self, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> None:
         self._conns = RedfishConnections(timeout=timeout, session=session, owner="Redfish power adapter",

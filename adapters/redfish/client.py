@@ -3,18 +3,18 @@
 `RedfishConnections` owns one `aiohttp.ClientSession` (given or created lazily) and one
 `AsyncRedfishClient` per BMC connection (url, credentials, TLS, auth mode), created lazily under a
 per-connection lock and cached until `close()`, which logs out of the sessions it opened. It is the one
-place where library exceptions and timeouts become `monitor.ports` AdapterErrors (always with
+place where library exceptions and timeouts become `monitor.core.ports` AdapterErrors (always with
 `endpoint=bmc.url`); `reply_error`/`check_reply` do the same for HTTP statuses. Used by
-adapters/redfish_power.py (`RedfishPower`) and adapters/redfish_events.py (`RedfishReader`).
+adapters/redfish/power.py (`RedfishPower`) and adapters/redfish/events.py (`RedfishReader`).
 
 The library does not raise on HTTP error statuses (and `login(auth="basic")` sends nothing, so wrong
 credentials first show as a 401 on the next call): every response status is checked by the callers.
 
 Every mutating request (POST, PATCH, DELETE) carries the current action's fencing header
-(`monitor.fencing.fence_headers()`; the library passes extra headers through) and is preceded,
-immediately before it is sent, by `monitor.fencing.check_fence()`, whose `FenceLost` propagates as is.
+(`monitor.core.fencing.fence_headers()`; the library passes extra headers through) and is preceded,
+immediately before it is sent, by `monitor.core.fencing.check_fence()`, whose `FenceLost` propagates as is.
 A BMC that refuses such a request for a stale token (409 `Base.x.ResourceInUse` saying "stale fencing
-token", as the lab's BMCs answer) raises `monitor.fencing.FenceRefused`: not an adapter error, the job
+token", as the lab's BMCs answer) raises `monitor.core.fencing.FenceRefused`: not an adapter error, the job
 stops there.
 
 Which ComputerSystem: the one `bmc.system` names; with none named, the service must list exactly one
@@ -46,9 +46,9 @@ from redfish.aio import (
     RedfishTimeoutError,
 )
 
-from monitor.fencing import FenceRefused, check_fence, current_fence, fence_headers
-from monitor.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
-from monitor.ports import (
+from monitor.core.fencing import FenceRefused, check_fence, current_fence, fence_headers
+from monitor.core.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
+from monitor.core.ports import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,

@@ -1,6 +1,6 @@
 """Redfish events in: the push listener, subscription management, SSE streams and health polling.
 
-Four independent parts, each producing normalized `monitor.events.Event`s on one `asyncio.Queue`:
+Four independent parts, each producing normalized `monitor.core.events.Event`s on one `asyncio.Queue`:
 
 - `RedfishEventListener`: `POST /api/v1/events/redfish[/{token}]`, where BMCs push `#Event` payloads
   (source `redfish`). Every BMC has its own token, `bmc_token(secret, bmc_url)` (HMAC-SHA256 of the
@@ -8,16 +8,16 @@ Four independent parts, each producing normalized `monitor.events.Event`s on one
   (or as a Basic password), in the Event's `Context` ("failover-monitor:<token>"), or in the path. The
   token identifies the BMC, so the Event's `sender` is that BMC's host address and
   `attributes.bmc_service` its service (scheme://host:port): on a service several inventory servers
-  share, the resolver attributes each event by its OriginOfCondition (monitor/resolve.py), never by the
-  sender alone.
+  share, the resolver attributes each event by its OriginOfCondition (monitor/pipeline/resolve.py),
+  never by the sender alone.
 - `SubscriptionManager`: makes sure each BMC's EventService holds exactly one correct subscription of
   ours (created, repaired, our stale ones removed) and never touches another consumer's.
 - `SseFollower`: follows each BMC's `ServerSentEventUri` (source `redfish-sse`).
 - `HealthPoller`: polls each BMC's `Status.Health`/`HealthRollup`; a change becomes an Event (source
   `redfish-poll`, `message_key` "HealthChanged").
 
-BMC requests go through the DMTF `redfish` library's async client (adapters/redfish_client.py, shared
-with adapters/redfish_power.py), with a timeout on every request; a BMC endpoint without credentials
+BMC requests go through the DMTF `redfish` library's async client (adapters/redfish/client.py, shared
+with adapters/redfish/power.py), with a timeout on every request; a BMC endpoint without credentials
 (empty username) is used unauthenticated, which is also the only way the library talks plain HTTP
 (read-only peers such as `sushy-static`). SSE needs a streaming read, so it uses aiohttp directly
 (Basic auth).
@@ -56,7 +56,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from adapters.redfish_client import (
+from adapters.redfish.client import (
     RedfishConnections,
     Reply,
     bmc_of,
@@ -67,13 +67,13 @@ from adapters.redfish_client import (
     path_of,
     tls_context,
 )
-from monitor.clock import Clock, sleep_unless
-from monitor.config import RedfishEventsConfig
-from monitor.events import Event, severity_rank
-from monitor.metrics import Metrics
-from monitor.model import BmcEndpoint, Health, Server, bmc_service
-from monitor.ports import AdapterError, HealthReading
-from monitor.resolve import BMC_SERVICE_ATTRIBUTE
+from monitor.core.clock import Clock, sleep_unless
+from monitor.core.config import RedfishEventsConfig
+from monitor.core.events import Event, severity_rank
+from monitor.core.metrics import Metrics
+from monitor.core.model import BmcEndpoint, Health, Server, bmc_service
+from monitor.core.ports import AdapterError, HealthReading
+from monitor.pipeline.resolve import BMC_SERVICE_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +546,7 @@ def _basic_header(bmc: BmcEndpoint) -> dict[str, str]:
 
 class RedfishReader:
     """Redfish requests to BMCs (DMTF async client per BMC connection, one shared aiohttp session; see
-    `adapters.redfish_client.RedfishConnections`; redirects are not followed).
+    `adapters.redfish.client.RedfishConnections`; redirects are not followed).
 
     An endpoint with an empty username is used without authentication (over http or https); otherwise
     `bmc.auth` ("basic" or "session") applies, which the library allows over HTTPS only. Also a
@@ -1097,7 +1097,7 @@ class SseFollower:
 
 
 class HealthReader(Protocol):
-    """What the poller needs: `monitor.ports.PowerControl` (e.g. RedfishPower) or `RedfishReader`."""
+    """What the poller needs: `monitor.core.ports.PowerControl` (e.g. RedfishPower) or `RedfishReader`."""
 
     async def health(self, server: Server) -> HealthReading: ...
 

@@ -1,7 +1,7 @@
 """A small, strict BER decoder for SNMPv1 Trap-PDUs and SNMPv2c SNMPv2-Trap-PDUs, and nothing else.
 
 It exists for speed: pysnmp decodes a trap in ~500 µs inside pyasn1; this takes ~15-30 µs. It yields
-exactly what the pysnmp path of `adapters.snmp_traps` yields for the same datagram: the v2-form
+exactly what the pysnmp path of `adapters.snmp.receiver` yields for the same datagram: the v2-form
 variable bindings (an SNMPv1 trap mapped per RFC 3584 section 3.1: sysUpTime.0, snmpTrapOID.0,
 snmpTrapAddress.0, snmpTrapEnterprise.0, then its own bindings) with every value rendered as pysnmp's
 `prettyPrint()` renders it:

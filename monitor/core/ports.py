@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from monitor.model import Domain, Health, HostRecord, Inventory, PowerState, Profile, Server
+from monitor.core.model import Domain, Health, HostRecord, Inventory, PowerState, Profile, Server
 
 
 class AdapterError(Exception):

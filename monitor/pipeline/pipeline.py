@@ -1,7 +1,8 @@
 """The event pipeline: normalized events → server resolution → rules → guards → confirmation → decision
 → alert or job.
 
-A failover decision is confirmed before a job is created (monitor/confirmation.py, `failover.confirm`):
+A failover decision is confirmed before a job is created (monitor/pipeline/confirmation.py,
+`failover.confirm`):
 the source's BMC is read again (with a timeout) and must read the server down or unhealthy. A decline is
 its own outcome, `declined`: it gives back the cooldown and the rate-limit slot, and stays open for
 `failover.confirm_window`: a second failover signal, or a health poll reading the server unhealthy, within
@@ -25,18 +26,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor import confirmation
-from monitor.clock import Clock
-from monitor.config import FailoverConfig
-from monitor.events import Event
+from monitor.core.clock import Clock
+from monitor.core.config import FailoverConfig
+from monitor.core.events import Event
+from monitor.core.metrics import Metrics
+from monitor.core.model import Inventory, Server, iso
+from monitor.core.ports import AdapterError, AlertSink, PowerControl
+from monitor.core.yamlfile import ConfigError
 from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
-from monitor.metrics import Metrics
-from monitor.model import Inventory, Server, iso
-from monitor.ports import AdapterError, AlertSink, PowerControl
-from monitor.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
-from monitor.store import ActiveJobExists, StoreError
-from monitor.stores import Store
-from monitor.yamlfile import ConfigError
+from monitor.pipeline import confirmation
+from monitor.pipeline.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
+from monitor.store import Store
+from monitor.store.sqlite import ActiveJobExists, StoreError
 from rules.engine import Decider, Decision, RuleState
 from rules.loader import Policy, load_policy
 
