@@ -27,15 +27,15 @@ from typing import Any
 import aiohttp
 
 from monitor.core.config import CommandDiscovery, WebhookDiscovery
-from monitor.core.model import HostRecord, Server
-from monitor.core.ports import (
+from monitor.core.errors import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,
-    AuthenticationFailed,
-    DiscoveryResult,
     OperationRejected,
+    error_for_status,
 )
+from monitor.core.model import HostRecord, Server
+from monitor.core.ports import DiscoveryResult
 
 Lookup = Callable[[str], Awaitable[Server]]
 NOT_UP_YET = 3
@@ -105,10 +105,12 @@ class WebhookDiscoveryService(_External):
             async with self._http().post(url, json=request, headers=headers) as resp:
                 text = await resp.text()
                 if resp.status in (401, 403):
-                    raise AuthenticationFailed(f"discovery webhook refused us ({resp.status})", endpoint=url)
+                    raise error_for_status(resp.status, f"discovery webhook refused us ({resp.status})",
+                                           endpoint=url)
                 if resp.status >= 300:
-                    raise OperationRejected(f"discovery webhook answered {resp.status}: {text[:200]}",
-                                            endpoint=url, status=resp.status)
+                    raise error_for_status(resp.status,
+                                           f"discovery webhook answered {resp.status}: {text[:200]}",
+                                           endpoint=url)
                 try:
                     return True, json.loads(text) if text.strip() else None
                 except ValueError:

@@ -11,7 +11,15 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from monitor.core.fencing import FenceRefused, check_fence, fence_headers
+from monitor.core.errors import (
+    AdapterError,
+    AdapterTimeout,
+    AdapterUnavailable,
+    FenceRefused,
+    NotFound,
+    error_for_status,
+)
+from monitor.core.fencing import check_fence, fence_headers
 from monitor.core.model import (
     BmcEndpoint,
     Domain,
@@ -24,15 +32,7 @@ from monitor.core.model import (
     Profile,
     Server,
 )
-from monitor.core.ports import (
-    AdapterError,
-    AdapterTimeout,
-    AdapterUnavailable,
-    AuthenticationFailed,
-    DiscoveryResult,
-    NotFound,
-    OperationRejected,
-)
+from monitor.core.ports import DiscoveryResult
 
 MUTATING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 """Methods that change the lab's world: they carry the current action's fencing token."""
@@ -177,15 +177,12 @@ class LabClient:
                     data = await resp.json(content_type=None) if text else None
                 except ValueError:
                     data = None
-                if resp.status == 401 or resp.status == 403:
-                    raise AuthenticationFailed(f"{method} {path}: {resp.status}", endpoint=endpoint)
-                if resp.status == 404:
-                    raise NotFound(_message(data, text, resp.status), endpoint=endpoint)
                 if resp.status == 409 and isinstance(data, dict) and "stale_fence" in data:
                     raise FenceRejected(_message(data, text, resp.status), endpoint=endpoint)
+                if resp.status in (401, 403):
+                    raise error_for_status(resp.status, f"{method} {path}: {resp.status}", endpoint=endpoint)
                 if resp.status >= 400:
-                    raise OperationRejected(_message(data, text, resp.status), endpoint=endpoint,
-                                            status=resp.status)
+                    raise error_for_status(resp.status, _message(data, text, resp.status), endpoint=endpoint)
                 return data
         except TimeoutError:
             raise AdapterTimeout(f"{method} {path} timed out", endpoint=endpoint) from None

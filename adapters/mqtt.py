@@ -52,9 +52,9 @@ import aiomqtt
 
 from monitor.core.clock import Clock, sleep_unless
 from monitor.core.config import MqttConfig
+from monitor.core.errors import AdapterError
 from monitor.core.metrics import Metrics
 from monitor.core.model import Job
-from monitor.core.ports import AdapterError
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+from monitor.core.errors import NotFound, OperationRejected
 from monitor.core.inventory_file import load_inventory_file
 from monitor.core.model import Domain, HostRecord, Inventory, PowerState, Profile, Server
-from monitor.core.ports import DiscoveryResult, NotFound, OperationRejected, PowerControl
+from monitor.core.ports import DiscoveryResult, PowerControl
 from monitor.store import Store
 
 _PROFILE = "profile"  # key: profile id, value: server id or "" (unassigned)

@@ -29,13 +29,19 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.core.errors import (
+    ActiveJobExists,
+    AdapterError,
+    NotFound,
+    ShuttingDown,
+    StoreError,
+    UnknownServer,
+)
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server
-from monitor.core.ports import AdapterError, NotFound
-from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
+from monitor.jobs import JobRunner
 from monitor.pipeline.pipeline import Pipeline
-from monitor.store.sqlite import ActiveJobExists, StoreError
 
 log = logging.getLogger(__name__)
 

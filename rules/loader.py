@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor.core.yamlfile import ConfigError, ConfigIssue, Document, load_document, validate
+from monitor.core.errors import ConfigError, ConfigIssue
+from monitor.core.yamlfile import Document, load_document, validate
 from rules.engine import Rule, RuleSet, compile_rule
 from rules.schema import GuardsSpec, PolicyFile, SilenceSpec
 

@@ -27,11 +27,11 @@ from adapters.redfish.power import RedfishPower
 from lab.main import LabSimulator
 from monitor.app.cli import main
 from monitor.core.config import MonitorConfig
+from monitor.core.errors import AdapterError, FenceLost, FenceRefused, IdentityMismatch
 from monitor.core.events import Event
-from monitor.core.fencing import FENCE_HEADER, Fence, FenceLost, FenceRefused, acting
+from monitor.core.fencing import FENCE_HEADER, Fence, acting
 from monitor.core.inventory_file import load_inventory_file
 from monitor.core.model import BmcEndpoint, Inventory, PowerState, Server
-from monitor.core.ports import AdapterError, IdentityMismatch
 from monitor.pipeline.resolve import (
     AMBIGUOUS_ORIGIN,
     AMBIGUOUS_SENDER,

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from monitor.core.errors import AdapterTimeout, AdapterUnavailable
 from monitor.core.events import Event
 from monitor.core.model import Health, PowerState, Server
-from monitor.core.ports import AdapterTimeout, AdapterUnavailable, HealthReading
+from monitor.core.ports import HealthReading
 from monitor.pipeline import confirmation
 from monitor.pipeline.confirmation import Policy, Reading, decide
 from rules.schema import RuleSpec

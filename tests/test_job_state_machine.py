@@ -38,7 +38,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from monitor.core.clock import SystemClock
 from monitor.core.config import ClusterConfig, FailoverConfig, RediscoveryConfig
-from monitor.core.fencing import FenceRefused, current_fence
+from monitor.core.errors import AdapterUnavailable, FenceRefused, NotFound, OperationRejected
+from monitor.core.fencing import current_fence
 from monitor.core.metrics import Metrics
 from monitor.core.model import (
     BmcEndpoint,
@@ -52,13 +53,7 @@ from monitor.core.model import (
     Profile,
     Server,
 )
-from monitor.core.ports import (
-    AdapterUnavailable,
-    DiscoveryResult,
-    HealthReading,
-    NotFound,
-    OperationRejected,
-)
+from monitor.core.ports import DiscoveryResult, HealthReading
 from monitor.jobs import FlowDeps, GroupLocks, JobRunner
 from monitor.store.sqlite import SqliteStore
 

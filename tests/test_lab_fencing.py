@@ -15,9 +15,9 @@ import pytest
 from adapters.lab_manager import FenceRejected, LabClient, LabDiscovery, LabManager
 from lab.config import LabConfig
 from lab.main import LabSimulator
-from monitor.core.fencing import Fence, FenceLost, acting
+from monitor.core.errors import FenceLost, OperationRejected
+from monitor.core.fencing import Fence, acting
 from monitor.core.model import HostRecord
-from monitor.core.ports import OperationRejected
 
 FAST = {"bmc_ms": 0, "manager_ms": 0, "power_off_s": 0.05, "power_on_s": 0.05, "boot_s": 0.0}
 HEADER = "X-Failover-Fence"

@@ -16,8 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from adapters.redfish.power import RedfishPower
-from monitor.core.model import BmcEndpoint, Health, PowerState, Server
-from monitor.core.ports import (
+from monitor.core.errors import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,
@@ -25,6 +24,7 @@ from monitor.core.ports import (
     NotFound,
     OperationRejected,
 )
+from monitor.core.model import BmcEndpoint, Health, PowerState, Server
 from tests.sushy_peer import SushyPeer, make_self_signed, start_sushy
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from monitor.core.clock import FakeClock
+from monitor.core.errors import ConfigError
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import Server, iso
-from monitor.core.yamlfile import ConfigError
 from monitor.pipeline.pipeline import PolicyHolder
 from rules.engine import Decider, RuleState
 from rules.loader import load_policy

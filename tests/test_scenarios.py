@@ -25,10 +25,11 @@ from adapters.static_inventory import StaticDiscovery, StaticInventory, StaticMa
 from monitor.app.daemon import Adapters, Daemon
 from monitor.core.clock import FakeClock
 from monitor.core.config import LoadedConfig, MonitorConfig
+from monitor.core.errors import AdapterTimeout, AdapterUnavailable
 from monitor.core.events import Event
 from monitor.core.inventory_file import load_inventory_file
 from monitor.core.model import Health, Inventory, Job, PowerState, Server, identify_product
-from monitor.core.ports import AdapterTimeout, AdapterUnavailable, HealthReading
+from monitor.core.ports import HealthReading
 from rules.engine import Decision
 from rules.loader import load_policy
 

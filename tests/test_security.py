@@ -23,8 +23,9 @@ from lab.config import LabConfig
 from lab.main import LabSimulator
 from lab.tls import LabCertificate, generate_certificate
 from monitor.api import RateLimiter
-from monitor.app.daemon import Daemon, StartupError
+from monitor.app.daemon import Daemon
 from monitor.core.config import LoadedConfig, MonitorConfig
+from monitor.core.errors import StartupError
 from tests.conftest import FAST_LATENCY, DaemonFactory, Harness, monitor_config
 from tests.test_pipeline import CPU, MEM, SITE_RULES, snmptrap, wait_decisions
 

@@ -20,9 +20,9 @@ import pytest
 
 from adapters.snmp import ber as snmp_ber
 from adapters.snmp.receiver import SnmpTrapReceiver
-from monitor.app.daemon import StartupError
 from monitor.core.clock import SystemClock
 from monitor.core.config import SnmpConfig
+from monitor.core.errors import StartupError
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from tests.packets import mutate

@@ -17,18 +17,11 @@ import pytest
 import yaml
 
 from monitor.app.cli import main
+from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, StoreError, StoreUnavailable
 from monitor.core.model import FlowContext, JobState, MoveRecord, StepState
 from monitor.store import Store
 from monitor.store.postgres import MIGRATIONS, PostgresStore, redact
-from monitor.store.sqlite import (
-    SCHEMA_VERSION,
-    ActiveJobExists,
-    LostOwnership,
-    MembershipLost,
-    SqliteStore,
-    StoreError,
-    StoreUnavailable,
-)
+from monitor.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.pg_peer import PgCluster, pg_cluster, pg_url, start_postgres  # noqa: F401 (fixtures)
 
 NOW = datetime(2026, 11, 27, 11, 0, tzinfo=UTC)

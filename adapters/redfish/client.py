@@ -46,18 +46,19 @@ from redfish.aio import (
     RedfishTimeoutError,
 )
 
-from monitor.core.fencing import FenceRefused, check_fence, current_fence, fence_headers
-from monitor.core.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
-from monitor.core.ports import (
+from monitor.core.errors import (
     AdapterError,
     AdapterTimeout,
     AdapterUnavailable,
     AuthenticationFailed,
-    HealthReading,
+    FenceRefused,
     IdentityMismatch,
     NotFound,
-    OperationRejected,
+    error_for_status,
 )
+from monitor.core.fencing import check_fence, current_fence, fence_headers
+from monitor.core.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
+from monitor.core.ports import HealthReading
 
 log = logging.getLogger(__name__)
 
@@ -344,12 +345,7 @@ async def tls_context(bmc: BmcEndpoint) -> ssl.SSLContext | bool:
 
 def reply_error(bmc: BmcEndpoint, reply: Reply, what: str) -> AdapterError:
     """The error for a refused request: 401/403 AuthenticationFailed, 404 NotFound, else OperationRejected."""
-    text = f"{what}: {reply.reason()}"
-    if reply.status in (401, 403):
-        return AuthenticationFailed(text, endpoint=bmc.url)
-    if reply.status == 404:
-        return NotFound(text, endpoint=bmc.url)
-    return OperationRejected(text, endpoint=bmc.url, status=reply.status)
+    return error_for_status(reply.status, f"{what}: {reply.reason()}", endpoint=bmc.url)
 
 
 def check_reply(bmc: BmcEndpoint, reply: Reply, what: str) -> None:

@@ -33,8 +33,9 @@ from adapters.redfish.client import (
     path_of,
     reply_error,
 )
+from monitor.core.errors import IdentityMismatch
 from monitor.core.model import PowerState, Server
-from monitor.core.ports import HealthReading, IdentityMismatch
+from monitor.core.ports import HealthReading
 
 log = logging.getLogger(__name__)
 

@@ -74,9 +74,9 @@ from pysnmp.entity.rfc3413 import ntfrcv
 from pysnmp.proto.api import v2c, verdec
 
 from adapters.snmp import ber as snmp_ber
-from monitor.app.daemon import StartupError
 from monitor.core.clock import Clock
 from monitor.core.config import SnmpConfig, SnmpUser, parse_listen
+from monitor.core.errors import StartupError
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from monitor.core.config import DEFAULT_CONFIG, LoadedConfig, load_config
-from monitor.core.yamlfile import ConfigError
+from monitor.core.errors import ConfigError
 
 log = logging.getLogger("monitor")
 
@@ -100,7 +100,8 @@ def _setup_logging(level: str) -> None:
 
 
 async def _run_daemon(loaded: LoadedConfig) -> int:
-    from monitor.app.daemon import Daemon, StartupError
+    from monitor.app.daemon import Daemon
+    from monitor.core.errors import StartupError
 
     daemon = Daemon(loaded)
     stop = asyncio.Event()
@@ -286,7 +287,7 @@ async def _load_inventory(loaded: LoadedConfig) -> tuple[Any, str]:
 
         return load_inventory_file(loaded.inventory_file), f"inventory file {loaded.inventory_file}"
     from adapters.lab_manager import LabClient, LabManager
-    from monitor.core.ports import AdapterError
+    from monitor.core.errors import AdapterError
 
     manager = LabManager(LabClient(cfg.lab.url, timeout=5.0,
                                    token=cfg.lab.token.get_secret_value() if cfg.lab.token else None))
@@ -408,8 +409,8 @@ async def _pause(args: argparse.Namespace, reason: str | None) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from monitor.core.errors import StoreError
     from monitor.store import upgrade_store
-    from monitor.store.sqlite import StoreError
 
     loaded = _load(args.config)
     try:

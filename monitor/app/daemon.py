@@ -17,15 +17,21 @@ from aiohttp import web
 from monitor.api import Api, RateLimiter
 from monitor.core.clock import Clock, SystemClock, sleep_unless
 from monitor.core.config import LoadedConfig, parse_listen
+from monitor.core.errors import (
+    AdapterError,
+    ConfigError,
+    DuplicateInstance,
+    MembershipLost,
+    StartupError,
+    StoreError,
+)
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server
-from monitor.core.ports import AdapterError, AlertSink, DiscoveryService, PowerControl, ProfileManager
-from monitor.core.yamlfile import ConfigError
-from monitor.jobs import DuplicateInstance, FlowDeps, GroupLocks, JobRunner
+from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
+from monitor.jobs import FlowDeps, GroupLocks, JobRunner
 from monitor.pipeline.pipeline import LogAlertSink, Pipeline, PolicyHolder
 from monitor.store import Store, open_store
-from monitor.store.sqlite import MembershipLost, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,6 @@ REFRESH_GAP = 2.0
 """Seconds: the inventory view is refreshed at most this often."""
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says why, for the operator."""
 
 
 @dataclass

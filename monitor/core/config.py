@@ -9,8 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from monitor.core.errors import ConfigError, ConfigIssue
 from monitor.core.model import STEP_SPECS, STEPS
-from monitor.core.yamlfile import ConfigError, ConfigIssue, load_model
+from monitor.core.yamlfile import load_model
 
 DEFAULT_CONFIG = Path("config/monitor.yaml")
 

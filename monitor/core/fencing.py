@@ -22,19 +22,15 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from monitor.core.errors import FenceLost
+
 FENCE_HEADER = "X-Failover-Fence"
 
 _HEADER = re.compile(r"^\s*job=(\d+)\s*;\s*epoch=(\d+)\s*;\s*monitor=([^;\s]+)\s*$")
 
 
-class FenceLost(Exception):
-    """This monitor may no longer act for the job (its lease, or the action's deadline, ran out, or
-    another monitor took the job over): the action was not sent."""
 
 
-class FenceRefused(FenceLost):
-    """The outside system refused the request for a stale fencing token: another monitor has acted for
-    the job under a newer epoch; nothing was changed. Not an adapter error: the job stops here."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from monitor.core.errors import ConfigError, ConfigIssue
 from monitor.core.model import (
     BmcEndpoint,
     Domain,
@@ -50,7 +51,7 @@ from monitor.core.model import (
     split_bmc_url,
     system_member,
 )
-from monitor.core.yamlfile import ConfigError, ConfigIssue, Document, field_path, load_document, validate
+from monitor.core.yamlfile import Document, field_path, load_document, validate
 
 
 class _Strict(BaseModel):

@@ -12,50 +12,6 @@ from typing import Protocol, runtime_checkable
 from monitor.core.model import Domain, Health, HostRecord, Inventory, PowerState, Profile, Server
 
 
-class AdapterError(Exception):
-    """Root of every error an adapter raises."""
-
-    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
-        super().__init__(message)
-        self.endpoint = endpoint
-
-
-class AdapterTimeout(AdapterError):
-    """The outside system did not answer in time."""
-
-
-class AdapterUnavailable(AdapterError):
-    """The outside system could not be reached (connection refused, TLS failure, DNS)."""
-
-
-class AuthenticationFailed(AdapterError):
-    """The outside system refused our credentials."""
-
-
-class OperationRejected(AdapterError):
-    """The outside system answered and refused the operation (with its own reason)."""
-
-    def __init__(self, message: str, *, endpoint: str | None = None, status: int | None = None) -> None:
-        super().__init__(message, endpoint=endpoint)
-        self.status = status
-
-
-class NotFound(AdapterError):
-    """The outside system does not know the object."""
-
-
-class IdentityMismatch(AdapterError):
-    """The machine the endpoint leads to is not the one the inventory describes (its serial number or
-    UUID differs, or it does not report one the inventory gives): nothing was sent to it."""
-
-    def __init__(self, message: str, *, endpoint: str | None = None, field: str = "",
-                 expected: str = "", actual: str | None = None) -> None:
-        super().__init__(message, endpoint=endpoint)
-        self.field = field
-        self.expected = expected
-        self.actual = actual
-
-
 @dataclass(frozen=True, slots=True)
 class HealthReading:
     power: PowerState

@@ -25,6 +25,7 @@ from typing import Protocol, TypeVar
 
 from monitor.core.clock import Clock
 from monitor.core.config import FailoverConfig
+from monitor.core.errors import AdapterError
 from monitor.core.model import (
     FlowContext,
     HostRecord,
@@ -35,7 +36,7 @@ from monitor.core.model import (
     identify_product,
     iso,
 )
-from monitor.core.ports import AdapterError, DiscoveryService, PowerControl, ProfileManager
+from monitor.core.ports import DiscoveryService, PowerControl, ProfileManager
 from monitor.jobs.locks import GroupLocks
 from monitor.jobs.spares import needs_power_reading, select_spare
 from monitor.store import Store

@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from monitor.core.clock import Clock
-from monitor.core.fencing import Fence, FenceLost, acting
+from monitor.core.errors import AdapterTimeout, LeaseLost, StoreError
+from monitor.core.fencing import Fence, acting
 from monitor.core.model import Job
-from monitor.core.ports import AdapterTimeout
 from monitor.jobs.membership import Membership
-from monitor.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +31,6 @@ MIN_BUDGET = 0.2
 """Seconds: an action is not started with less time than this."""
 
 
-class LeaseLost(FenceLost):
-    """This monitor's lease ran out (or another process took its name): stop acting on the job;
-    whoever holds the store next (another monitor, or this one once it is back) carries it on."""
 
 
 class Gate:

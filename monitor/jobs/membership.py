@@ -21,15 +21,13 @@ import uuid
 
 from monitor.core.clock import Clock, sleep_unless
 from monitor.core.config import ClusterConfig
+from monitor.core.errors import DuplicateInstance, MembershipLost, StoreError
 from monitor.core.metrics import Metrics
 from monitor.store import Store
-from monitor.store.sqlite import MembershipLost, StoreError
 
 log = logging.getLogger(__name__)
 
 
-class DuplicateInstance(Exception):
-    """Another live monitor has this monitor's instance name: this one refuses to start."""
 
 
 class Membership:

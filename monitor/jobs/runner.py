@@ -22,16 +22,24 @@ from typing import Any
 
 from monitor.core.clock import sleep_unless
 from monitor.core.config import ClusterConfig
-from monitor.core.fencing import FenceLost
+from monitor.core.errors import (
+    AdapterError,
+    FenceLost,
+    LeaseLost,
+    LostOwnership,
+    NotFound,
+    ShuttingDown,
+    StoreError,
+    StoreUnavailable,
+    UnknownServer,
+)
 from monitor.core.metrics import Metrics
 from monitor.core.model import STEP_SPECS, STEP_TABLE, Job, JobState, StepSpec, StepState, iso
-from monitor.core.ports import AdapterError, NotFound
 from monitor.jobs.flow import FailoverFlow, FlowDeps, StepFailed
-from monitor.jobs.gate import Gate, LeaseLost
+from monitor.jobs.gate import Gate
 from monitor.jobs.membership import Membership
 from monitor.jobs.timers import DurableTimers
 from monitor.store import Store
-from monitor.store.sqlite import LostOwnership, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +50,8 @@ _RESTART_GAP = 2.0
 """Seconds before this monitor runs again a job of its own whose task ended without finishing it."""
 
 
-class UnknownServer(Exception):
-    def __init__(self, server: str) -> None:
-        super().__init__(f"unknown server {server}")
-        self.server = server
 
 
-class ShuttingDown(Exception):
-    """The runner is stopping and accepts no new jobs."""
 
 
 class JobRunner:

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from monitor.core.clock import sleep_unless
+from monitor.core.errors import AdapterError, StoreError
 from monitor.core.metrics import Metrics
 from monitor.core.model import Job, iso
-from monitor.core.ports import AdapterError
 from monitor.jobs.flow import FlowDeps
 from monitor.jobs.membership import Membership
-from monitor.store.sqlite import StoreError, Timer
+from monitor.store.sqlite import Timer
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from monitor.core.clock import Clock
+from monitor.core.errors import AdapterError, AdapterTimeout
 from monitor.core.events import Event
 from monitor.core.model import Health, PowerState, Server
-from monitor.core.ports import AdapterError, AdapterTimeout, HealthReading, PowerControl
+from monitor.core.ports import HealthReading, PowerControl
 from rules.schema import RuleSpec
 
 Policy = Literal["always", "rule", "never"]

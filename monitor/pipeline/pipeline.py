@@ -28,16 +28,22 @@ from typing import Any
 
 from monitor.core.clock import Clock
 from monitor.core.config import FailoverConfig
+from monitor.core.errors import (
+    ActiveJobExists,
+    AdapterError,
+    ConfigError,
+    ShuttingDown,
+    StoreError,
+    UnknownServer,
+)
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server, iso
-from monitor.core.ports import AdapterError, AlertSink, PowerControl
-from monitor.core.yamlfile import ConfigError
-from monitor.jobs import JobRunner, ShuttingDown, UnknownServer
+from monitor.core.ports import AlertSink, PowerControl
+from monitor.jobs import JobRunner
 from monitor.pipeline import confirmation
 from monitor.pipeline.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
 from monitor.store import Store
-from monitor.store.sqlite import ActiveJobExists, StoreError
 from rules.engine import Decider, Decision, RuleState
 from rules.loader import Policy, load_policy
 

@@ -34,19 +34,9 @@ from typing import Any, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, StoreError, StoreUnavailable
 from monitor.core.model import STEPS, FlowContext, Job, JobState, Step, StepState
-from monitor.store.sqlite import (
-    SCHEMA_VERSION,
-    ActiveJobExists,
-    JoinResult,
-    LostOwnership,
-    MembershipLost,
-    StoreError,
-    StoreUnavailable,
-    Timer,
-    member_row,
-    owner_entry,
-)
+from monitor.store.sqlite import SCHEMA_VERSION, JoinResult, Timer, member_row, owner_entry
 
 log = logging.getLogger(__name__)
 

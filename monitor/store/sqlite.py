@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, StoreError, StoreUnavailable
 from monitor.core.model import STEPS, FlowContext, Job, JobState, Step, StepState, iso
 
 T = TypeVar("T")
@@ -113,34 +114,14 @@ CREATE TABLE IF NOT EXISTS inventory_state (
 """
 
 
-class StoreError(Exception):
-    """The store could not do what was asked."""
 
 
-class StoreUnavailable(StoreError):
-    """The store cannot be reached right now (a database restarting, a locked file): try again."""
 
 
-class LostOwnership(StoreError):
-    """This monitor no longer owns the job (another monitor took it over after our lease expired):
-    the job must not act any further here."""
-
-    def __init__(self, job: int, owner: str | None) -> None:
-        super().__init__(f"job {job} is now owned by {owner or 'nobody'}")
-        self.job = job
-        self.owner = owner
 
 
-class MembershipLost(StoreError):
-    """Another process holds this monitor's name in the cluster (it joined after this one's lease and
-    fence grace ran out): this process must stop acting and exit."""
 
 
-class ActiveJobExists(StoreError):
-    def __init__(self, server: str, job: int) -> None:
-        super().__init__(f"server {server} already has active job {job}")
-        self.server = server
-        self.job = job
 
 
 @dataclass(frozen=True, slots=True)
