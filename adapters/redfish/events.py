@@ -70,11 +70,10 @@ from adapters.redfish.client import (
 from monitor.core.clock import Clock, sleep_unless
 from monitor.core.config import RedfishEventsConfig
 from monitor.core.errors import AdapterError
-from monitor.core.events import Event, severity_rank
+from monitor.core.events import BMC_SERVICE_ATTRIBUTE, Event, severity_rank
 from monitor.core.metrics import Metrics
 from monitor.core.model import BmcEndpoint, Health, Server, bmc_service
 from monitor.core.ports import HealthReading
-from monitor.pipeline.resolve import BMC_SERVICE_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from monitor.app.client import api_base, api_call, api_token, follow_job, format_job
 from monitor.core.config import DEFAULT_CONFIG, LoadedConfig, load_config
-from monitor.core.errors import ConfigError
+from monitor.core.errors import ApiError, ConfigError
 
 log = logging.getLogger("monitor")
 
@@ -168,80 +166,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # --- API clients --------------------------------------------------------------------------------
-
-
-def api_base(loaded: LoadedConfig, override: str | None) -> str:
-    if override:
-        return override.rstrip("/")
-    host, _, port = loaded.config.http.listen.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    scheme = "https" if loaded.config.http.tls_cert else "http"
-    return f"{scheme}://{host}:{port}"
-
-
-def api_token(loaded: LoadedConfig) -> str | None:
-    env = os.environ.get("FAILOVER_API_TOKEN")
-    if env:
-        return env
-    token = loaded.config.http.token
-    return token.get_secret_value() if token else None
-
-
-class ApiError(Exception):
-    pass
-
-
-async def api_call(base: str, method: str, path: str, *, token: str | None = None,
-                   body: Any = None, timeout: float = 15.0) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
-                s.request(method, base + path, json=body, headers=headers) as r:
-            try:
-                data = await r.json(content_type=None)
-            except ValueError:
-                data = {"error": (await r.text())[:200]}
-            return r.status, data
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ApiError(f"cannot reach the monitor at {base}: {exc or type(exc).__name__}") from exc
-
-
-def format_job(job: dict[str, Any]) -> str:
-    lines = [f"job {job['job']}: {job['server']} -> {job.get('spare') or '?'} "
-             f"(profile {job.get('profile') or '?'}): {job['state']}"]
-    for s in job["steps"]:
-        lines.append(f"  {s['step']:<22} {s['state']:<8} {s['detail']}")
-    if job.get("error"):
-        lines.append(f"  error: {job['error']}")
-    if job.get("rediscovery"):
-        r = job["rediscovery"]
-        lines.append(f"  rediscovery: {r['state']} ({r.get('detail') or 'due ' + str(r.get('due'))})")
-    return "\n".join(lines)
-
-
-async def follow_job(base: str, job_id: int, *, token: str | None = None, interval: float = 0.2,
-                     out: Any = None, timeout: float = 3600.0) -> dict[str, Any]:
-    """Print each step change of a job until it ends; return the final job."""
-    out = out or sys.stdout
-    seen: dict[str, tuple[str, str]] = {}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        status, job = await api_call(base, "GET", f"/api/v1/jobs/{job_id}", token=token)
-        if status != 200:
-            raise ApiError(f"job {job_id}: HTTP {status}: {job.get('error')}")
-        for s in job["steps"]:
-            key = (s["state"], s["detail"])
-            if s["state"] != "pending" and (s["detail"] or s["state"] != "running") \
-                    and seen.get(s["step"]) != key:
-                seen[s["step"]] = key
-                print(f"  {s['step']:<22} {s['state']:<8} {s['detail']}", file=out, flush=True)
-        if job["state"] in ("completed", "failed"):
-            return dict(job)
-        if loop.time() > deadline:
-            raise ApiError(f"job {job_id} still {job['state']} after {timeout:g} s")
-        await asyncio.sleep(interval)  # polling the API of another process, not synchronising a test
 
 
 async def _failover(args: argparse.Namespace) -> int:

@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from monitor.app.cli import ApiError, api_call, follow_job
+from monitor.app.client import api_call, follow_job
 from monitor.app.trapsend import send_v2c_trap
 from monitor.core.config import LoadedConfig, MonitorConfig
+from monitor.core.errors import ApiError
 
 LAB_CONFIG: dict[str, Any] = {
     "listen": "127.0.0.1:0",

@@ -15,6 +15,7 @@
     │   ├── LeaseLost              its lease ran out
     │   └── FenceRefused           the outside system refused a stale fencing token
     ├── DuplicateInstance      another live monitor has this name
+    ├── ApiError               the command line got no answer from the monitor's API
     └── AdapterError           an outside system (BMC, manager, discovery, broker) failed; leaves name what
         ├── AdapterTimeout, AdapterUnavailable, AuthenticationFailed, NotFound
         ├── OperationRejected      the system answered and refused (`status`: its HTTP status)
@@ -128,6 +129,13 @@ class LeaseLost(FenceLost):
 
 class DuplicateInstance(MonitorError):
     """Another live monitor has this monitor's instance name: this one refuses to start."""
+
+
+# --- the command line's client -----------------------------------------------------------------------
+
+
+class ApiError(MonitorError):
+    """The command line could not get an answer from the monitor's API."""
 
 
 # --- adapters --------------------------------------------------------------------------------------

@@ -99,3 +99,7 @@ class Event(BaseModel):
             return self
         registry, key = split_message_id(self.message_id)
         return self.model_copy(update={"registry": registry, "message_key": key})
+
+
+BMC_SERVICE_ATTRIBUTE = "bmc_service"
+"""`Event.attributes` key: the BMC service (scheme://host:port) a Redfish event came from."""

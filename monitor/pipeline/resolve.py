@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from monitor.core.events import Event
+from monitor.core.events import BMC_SERVICE_ATTRIBUTE, Event
 from monitor.core.model import Inventory, Server, bmc_service, origin_member
 
 SYS_NAME = "1.3.6.1.2.1.1.5.0"
@@ -52,9 +52,6 @@ OA_ENCLOSURE_NAMES = (
     "1.3.6.1.4.1.232.22.2.6.1.1.1.4.",  # cpqRackNetConnectorEnclosureName (22046 interconnect failed)
 )
 """CPQRACK-MIB varbinds naming the enclosure of an Onboard Administrator trap."""
-
-BMC_SERVICE_ATTRIBUTE = "bmc_service"
-"""`Event.attributes` key: the BMC service (scheme://host:port) a Redfish event came from."""
 
 NO_MATCH = "no_match"
 AMBIGUOUS_SENDER = "ambiguous_sender"
