@@ -15,8 +15,9 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import (
@@ -29,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.core.clock import Clock
 from monitor.core.errors import (
     ActiveJobExists,
     AdapterError,
@@ -40,8 +42,10 @@ from monitor.core.errors import (
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server
-from monitor.jobs import JobRunner
+from monitor.core.ports import ProfileManager
+from monitor.jobs import GroupLocks, JobRunner
 from monitor.pipeline.pipeline import Pipeline
+from monitor.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +118,22 @@ class EventBatch(RootModel[EventIn | list[EventIn]]):
 M = TypeVar("M", bound=BaseModel)
 
 
-class HealthSource(Protocol):
-    async def health(self) -> dict[str, Any]:
-        """{"ok": bool, part: {"ok": bool, ...}, ...}"""
+@dataclass(frozen=True, slots=True)
+class ApiDeps:
+    """What the API reads and acts on; built by the composition root (monitor/app/daemon.py)."""
 
-    def inventory(self) -> Inventory | None: ...
+    runner: JobRunner
+    store: Store
+    manager: ProfileManager
+    locks: GroupLocks
+    clock: Clock
+    metrics: Metrics
+    health: Callable[[], Awaitable[dict[str, Any]]]
+    """{"ok": bool, part: {"ok": bool, ...}, ...}"""
+    inventory: Callable[[], Inventory | None]
+    pipeline: Pipeline | None = None
+    events: asyncio.Queue[Event] | None = None
+    """Where POST /api/v1/events puts what it accepts (None: the endpoint answers 503)."""
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -170,18 +185,16 @@ class RateLimiter:
 
 class Api:
     def __init__(
-        self, runner: JobRunner, source: HealthSource, metrics: Metrics, *, token: str | None,
-        max_body: int = 1 << 20, pipeline: Pipeline | None = None,
-        events: asyncio.Queue[Event] | None = None, extra_routes: list[web.RouteDef] | None = None,
-        rate_limiter: RateLimiter | None = None,
+        self, deps: ApiDeps, *, token: str | None, max_body: int = 1 << 20,
+        extra_routes: list[web.RouteDef] | None = None, rate_limiter: RateLimiter | None = None,
     ) -> None:
+        self.d = deps
         self.extra_routes = extra_routes or []
         self.rate_limiter = rate_limiter
-        self.runner = runner
-        self.pipeline = pipeline
-        self.events = events
-        self.source = source
-        self.metrics = metrics
+        self.runner = deps.runner
+        self.pipeline = deps.pipeline
+        self.events = deps.events
+        self.metrics = deps.metrics
         self._token = token.encode() if token else None
         self.max_body = max_body
 
@@ -327,7 +340,7 @@ class Api:
         state = q.get("state") or None
         if state and state not in ("queued", "running", "completed", "failed"):
             return _error(400, "state must be queued, running, completed or failed")
-        jobs = await self.runner.store.list_jobs(state=state, server=q.get("server") or None, limit=limit)
+        jobs = await self.d.store.list_jobs(state=state, server=q.get("server") or None, limit=limit)
         return web.json_response([j.public() for j in jobs])
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -335,7 +348,7 @@ class Api:
             job_id = int(request.match_info["job"])
         except ValueError:
             return _error(400, "a job number is a whole number")
-        job = await self.runner.store.get_job(job_id)
+        job = await self.d.store.get_job(job_id)
         if job is None:
             return _error(404, f"unknown job {job_id}")
         return web.json_response(job.public())
@@ -343,14 +356,14 @@ class Api:
     # --- inventory ----------------------------------------------------------------------------
 
     def _inventory(self) -> Inventory:
-        inv = self.source.inventory()
+        inv = self.d.inventory()
         if inv is None:
             raise web.HTTPServiceUnavailable(reason="inventory not loaded yet")
         return inv
 
     async def list_servers(self, request: web.Request) -> web.Response:
         inv = self._inventory()
-        active = await self.runner.store.active_by_server()
+        active = await self.d.store.active_by_server()
         servers = sorted(inv.servers.values(), key=lambda s: (s.enclosure, s.bay))
         group = request.query.get("domain_group")
         return web.json_response(
@@ -363,14 +376,14 @@ class Api:
         server: Server | None
         try:
             async with asyncio.timeout(10):
-                server = await self.runner.d.manager.server(sid)
+                server = await self.d.manager.server(sid)
         except NotFound:
             server = None
         except (AdapterError, TimeoutError):
             server = self._inventory().servers.get(sid)
         if server is None:
             return _error(404, f"unknown server {sid}")
-        active = await self.runner.store.active_by_server()
+        active = await self.d.store.active_by_server()
         return web.json_response(server.public(active.get(sid)))
 
     async def get_cluster(self, request: web.Request) -> web.Response:
@@ -397,8 +410,8 @@ class Api:
 
     async def list_groups(self, request: web.Request) -> web.Response:
         inv = self._inventory()
-        held = await self.runner.store.group_locks()
-        locks = self.runner.d.locks
+        held = await self.d.store.group_locks()
+        locks = self.d.locks
         return web.json_response([
             {"id": g, "locked_by": held.get(g), "waiting": locks.waiting(g),
              "domains": sorted(d.id for d in inv.domains.values() if d.group == g)}
@@ -421,7 +434,7 @@ class Api:
         except ValueError:
             return _error(400, "limit must be a whole number from 1 to 1000")
         await pipeline.flush()
-        rows = await self.runner.store.list_decisions(
+        rows = await self.d.store.list_decisions(
             server=request.query.get("server") or None, action=request.query.get("action") or None,
             limit=limit)
         return web.json_response(rows)
@@ -438,7 +451,7 @@ class Api:
         queued = 0
         for item in batch.root if isinstance(batch.root, list) else [batch.root]:
             try:
-                self.events.put_nowait(item.to_event(self.runner.d.clock.now()))
+                self.events.put_nowait(item.to_event(self.d.clock.now()))
                 queued += 1
             except asyncio.QueueFull:
                 self.metrics.inc("events_dropped_total", reason="queue_full")
@@ -458,7 +471,7 @@ class Api:
         batch = await self._body(request, EventBatch)
         if isinstance(batch, web.Response):
             return batch
-        now = self.runner.d.clock.now()
+        now = self.d.clock.now()
         items = batch.root if isinstance(batch.root, list) else [batch.root]
         if not items or len(items) > 1000:
             self._reject("bad_request")
@@ -487,7 +500,7 @@ class Api:
     # --- health and metrics ---------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        body = await self.source.health()
+        body = await self.d.health()
         return web.json_response(body, status=200 if body.get("ok") else 503)
 
     async def get_metrics(self, request: web.Request) -> web.Response:

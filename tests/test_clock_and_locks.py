@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from monitor.core.clock import FakeClock
+from monitor.core.errors import Parked
 from monitor.core.model import JobState, StepState
 from monitor.jobs.locks import GroupLocks
 from monitor.store.sqlite import SqliteStore
@@ -146,3 +147,21 @@ async def test_a_group_released_by_another_monitor_is_seen_by_polling(store: Sql
     await clock.advance(0.5)
     await asyncio.wait_for(task, 5)
     assert mine.holder("dg1") == b
+
+
+async def test_at_shutdown_a_job_waiting_for_its_group_parks_at_once(store: SqliteStore) -> None:
+    """Waiting for a group is a safe point: at shutdown the waiter stops with Parked, without waiting
+    for the holder (which may be parked itself, holding the group until the next start) or the clock."""
+    clock = FakeClock()
+    locks = GroupLocks(store, clock)
+    a, b = await waiting_job(store, "s1"), await waiting_job(store, "s2")
+    await locks.acquire("dg1", a)
+    waiter = asyncio.create_task(locks.acquire("dg1", b))
+    await asyncio.wait_for(clock.next_sleeper(), 5)  # b waits (on a clock that never moves)
+    locks.stop_waiting()
+    with pytest.raises(Parked, match="dg1"):
+        await asyncio.wait_for(waiter, 5)
+    assert locks.waiting("dg1") == [] and locks.held() == {"dg1": a}
+    c = await waiting_job(store, "s3")  # and a job that comes to the group later parks too
+    with pytest.raises(Parked):
+        await asyncio.wait_for(locks.acquire("dg1", c), 5)

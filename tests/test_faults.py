@@ -159,7 +159,7 @@ async def test_manager_down_at_job_start_touches_nothing(
     assert h.jobs == {} and (await h.api("GET", "/api/v1/jobs"))[1] == []
     assert await touched(lab_control, "reset", "move", "spare", "host") == []
     # The inventory refresh fails too: counted, the cached view is kept.
-    h.daemon._refresh_now.set()
+    h.daemon.inventory_view.wake()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
     while "failover_monitor_inventory_refresh_errors_total" not in (await h.api("GET", "/metrics"))[1]:

@@ -15,7 +15,7 @@ from monitor.core.errors import ConfigError
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import Server, iso
-from monitor.pipeline.pipeline import PolicyHolder
+from monitor.pipeline.policy import PolicyHolder
 from rules.engine import Decider, RuleState
 from rules.loader import load_policy
 from rules.matchers import compile_matcher

@@ -1,5 +1,7 @@
-"""The composition root: builds the store, adapters, job runner and HTTP API, and runs them under one
-TaskGroup until the stop event is set. Dependencies can be passed in (tests pass a fake clock)."""
+"""The composition root: builds the store, adapters, job runner, pipeline and HTTP API, runs them until
+the stop event is set, and takes them down in phases. It composes and does nothing else: the inventory
+view lives in monitor/pipeline/inventory.py, health in monitor/app/health.py. Dependencies can be passed
+in (tests pass a fake clock, or adapters)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,17 @@ import errno
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from monitor.api import Api, RateLimiter
-from monitor.core.clock import Clock, SystemClock, sleep_unless
+from monitor.api import Api, ApiDeps, RateLimiter
+from monitor.app.health import health
+from monitor.core.clock import Clock, SystemClock
 from monitor.core.config import LoadedConfig, parse_listen
 from monitor.core.errors import (
-    AdapterError,
     ConfigError,
     DuplicateInstance,
     MembershipLost,
@@ -27,17 +30,18 @@ from monitor.core.errors import (
 )
 from monitor.core.events import Event
 from monitor.core.metrics import Metrics
-from monitor.core.model import Inventory, Server
+from monitor.core.model import Inventory
 from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
 from monitor.jobs import FlowDeps, GroupLocks, JobRunner
-from monitor.pipeline.pipeline import LogAlertSink, Pipeline, PolicyHolder
+from monitor.pipeline.inventory import InventoryView
+from monitor.pipeline.pipeline import Pipeline
+from monitor.pipeline.policy import PolicyHolder
+from monitor.pipeline.sinks import LogAlertSink
 from monitor.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
 
-REFRESH_GAP = 2.0
-"""Seconds: the inventory view is refreshed at most this often."""
 
 
 
@@ -120,6 +124,13 @@ def tls_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
 
 
 class Daemon:
+    """The composition root. `run` builds every part on an AsyncExitStack (so each resource is closed,
+    in reverse order, whatever fails; a close that fails is logged and the rest still run), runs the
+    long-lived tasks under one TaskGroup, and stops in phases: the sources (HTTP API and Redfish
+    listener, SNMP, Redfish subscriptions/SSE/polling, inventory refresh) stop taking input → the
+    pipeline decides what is queued → the jobs park at safe points and the monitor leaves the cluster →
+    MQTT sends what it holds → the adapters and the store close."""
+
     def __init__(
         self, loaded: LoadedConfig, *, clock: Clock | None = None, adapters: Adapters | None = None,
     ) -> None:
@@ -131,9 +142,9 @@ class Daemon:
         self.instance = loaded.instance
         self.store: Store = open_store(self.config, loaded.store_path, self.clock.time)
         self.runner: JobRunner | None = None
-        self._inventory: Inventory | None = None
-        self._inventory_error: str | None = None
-        self._inventory_at: float | None = None
+        self.inventory_view = InventoryView(self.clock, self.metrics,
+                                            timeout=self.config.inventory.lab.timeout + 5,
+                                            interval=self.config.inventory.refresh_interval)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
         self.snmp_address: tuple[str, int] | None = None
@@ -149,7 +160,6 @@ class Daemon:
         if not len(self.policy.policy.ruleset):
             log.warning("no rules are loaded: events are recorded but nothing is decided")
         self.ready = asyncio.Event()
-        self._refresh_now = asyncio.Event()
         self._tls: ssl.SSLContext | None = None
         self._fatal: str | None = None
         """Why the daemon must stop (another live monitor has its name), once known."""
@@ -163,53 +173,11 @@ class Daemon:
         return self._adapters
 
     def inventory(self) -> Inventory | None:
-        return self._inventory
+        return self.inventory_view.current()
 
     async def health(self) -> dict[str, Any]:
-        parts: dict[str, Any] = {}
-        try:
-            async with asyncio.timeout(5):
-                await self.store.ping()
-            parts["store"] = {"ok": True}
-        except (StoreError, TimeoutError, OSError) as exc:
-            parts["store"] = {"ok": False, "error": str(exc)}
-        for name, task in self._tasks.items():
-            parts[name] = {"ok": not task.done()}
-        if self.runner is not None:
-            parts["cluster"] = {"ok": self.runner.ready and self.runner.lease_valid(),
-                                "instance": self.instance,
-                                "lease_left": round(max(self.runner.membership.left(), 0.0), 1)}
-        parts["inventory"] = {
-            "ok": self._inventory is not None,
-            "servers": len(self._inventory.servers) if self._inventory else 0,
-            "error": self._inventory_error,
-        }
-        ok = all(p["ok"] for p in parts.values())
-        return {"ok": ok, "instance": self.instance, **parts}
-
-    # --- inventory refresh ---------------------------------------------------------------------
-
-    async def refresh_inventory(self, manager: ProfileManager) -> None:
-        try:
-            async with asyncio.timeout(self.config.inventory.lab.timeout + 5):
-                self._inventory = await manager.inventory()
-            self._inventory_error = None
-            self._inventory_at = self.clock.time()
-        except (AdapterError, TimeoutError) as exc:
-            self._inventory_error = str(exc) or type(exc).__name__
-            self.metrics.inc("inventory_refresh_errors_total")
-            log.warning("inventory refresh failed: %s", self._inventory_error)
-
-    async def _refresh_loop(self, manager: ProfileManager, stop: asyncio.Event) -> None:
-        """Refresh the inventory view every `refresh_interval`, and soon after a job ends; wake-ups within
-        REFRESH_GAP of the last refresh are coalesced, so a burst of jobs costs one refresh."""
-        interval = self.config.inventory.refresh_interval
-        gap = min(REFRESH_GAP, interval)
-        while not stop.is_set():
-            self._refresh_now.clear()
-            await self.refresh_inventory(manager)
-            if not await sleep_unless(self.clock, gap, stop):
-                await sleep_unless(self.clock, interval - gap, stop, self._refresh_now)
+        return await health(instance=self.instance, store=self.store, tasks=self._tasks,
+                            runner=self.runner, inventory=self.inventory_view)
 
     def reload(self) -> list[str]:
         """SIGHUP: reread the rule files and the inventory file (static source). Returns the problems;
@@ -224,14 +192,178 @@ class Daemon:
                     log.error("reload: %s (the running inventory stays)", issue)
                 return problems + [str(i) for i in exc.issues]
             log.info("reload: inventory file reread")
-        self._refresh_now.set()
+        self.inventory_view.wake()
         return problems
 
-    def _servers(self) -> list[Server]:
-        inv = self._inventory
-        return list(inv.servers.values()) if inv else []
+    # --- run -----------------------------------------------------------------------------------
 
-    def _redfish_events(self, adapters: Adapters) -> dict[str, Any]:
+    def _action_timeouts(self) -> tuple[float, float]:
+        """(the discovery hooks' time limit, the longest one outside action of a job may take: the
+        adapters' own time limits — a Redfish request, a manager call, a discovery hook — plus a
+        second)."""
+        cfg = self.config
+        d = cfg.discovery
+        discovery = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
+                     d.command.timeout if d.kind == "command" and d.command else
+                     max(cfg.inventory.lab.timeout, cfg.redfish.timeout))
+        return discovery, max(cfg.redfish.timeout, cfg.inventory.lab.timeout, discovery) + 1.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            closing = _Closing(stack)
+            self._tls = tls_context(self.loaded)  # before binding: a bad certificate is a start-up error
+            sock = bind_tcp(self.config.http.listen)
+            closing.sync("the HTTP socket", sock.close)  # closed by the HTTP site once it has started
+            try:
+                await self.store.open()
+            except StoreError as exc:
+                raise StartupError(str(exc)) from exc
+            closing.add("the store", self.store.close)
+            try:
+                adapters = self._adapters or build_adapters(self.loaded, self.store)
+            except ConfigError as exc:
+                raise StartupError(str(exc)) from exc
+            self._adapters = adapters
+            closing.add("the discovery service", adapters.discovery.close)
+            closing.add("the profile manager", adapters.manager.close)
+            closing.add("the power adapter", adapters.power.close)
+            await self._serve(stop, sock, adapters, closing)
+        if self._fatal is not None:
+            raise StartupError(self._fatal)
+        log.info("%s stopped", self.instance)
+
+    async def _serve(self, stop: asyncio.Event, sock: socket.socket, adapters: Adapters,
+                     closing: _Closing) -> None:
+        cfg = self.config
+        locks = GroupLocks(self.store, self.clock)
+        deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
+                        self.clock, cfg.failover,
+                        enclosure_faults=lambda: self.policy.faulted_enclosures(self.clock.time()))
+        discovery_timeout, action_timeout = self._action_timeouts()
+        runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=cfg.cluster,
+                           discovery_timeout=discovery_timeout, action_timeout=action_timeout)
+        self.runner = runner
+        view = self.inventory_view
+
+        async def after_job(job: Any) -> None:
+            if not job.state.active:
+                view.wake()
+
+        runner.add_listener(after_job)
+        self.metrics.gauge("group_locks_held", lambda: {"": float(len(locks.held()))},
+                           "domain groups locked by a job")
+        self.metrics.gauge("jobs_running", lambda: {"": float(len(runner.running_jobs))},
+                           "jobs executing now")
+        sinks: list[AlertSink] = [LogAlertSink(self.clock)]
+        mqtt = None
+        if cfg.mqtt is not None:
+            from adapters.mqtt import MqttAdapterError, MqttPublisher
+
+            try:
+                mqtt = MqttPublisher(config=cfg.mqtt, instance=self.instance, metrics=self.metrics,
+                                     clock=self.clock)
+            except MqttAdapterError as exc:
+                raise StartupError(f"mqtt: {exc}") from exc
+            sinks.append(mqtt)
+            publisher = mqtt
+
+            async def job_to_mqtt(job: Any) -> None:
+                publisher.job(job)
+
+            runner.add_listener(job_to_mqtt)
+        pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
+                            sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=view.current,
+                            watch_interval=cfg.rules.watch_interval, power=adapters.power,
+                            failover=cfg.failover)
+        self.pipeline = pipeline
+        self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
+                           "events waiting for the rules")
+        self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))})
+        listener_routes, workers = self._redfish_events(adapters)
+        for worker in workers.values():
+            close = getattr(worker, "close", None)
+            if close is not None:
+                closing.add(f"the {worker.__class__.__name__}", close)
+        http = cfg.http
+        token = http.token
+        limiter = RateLimiter(http.rate_limit, http.rate_limit_burst) if http.rate_limit else None
+        api = Api(ApiDeps(runner=runner, store=self.store, manager=adapters.manager, locks=locks,
+                          clock=self.clock, metrics=self.metrics, health=self.health,
+                          inventory=view.current, pipeline=pipeline, events=self.events),
+                  token=token.get_secret_value() if token else None, max_body=http.max_body,
+                  extra_routes=listener_routes, rate_limiter=limiter)
+        web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await web_runner.setup()
+        closing.add("the HTTP server", web_runner.cleanup)
+        snmp = None
+        if cfg.snmp.listen:
+            from adapters.snmp.receiver import SnmpTrapReceiver
+
+            snmp = SnmpTrapReceiver(config=cfg.snmp, queue=self.events, metrics=self.metrics,
+                                    clock=self.clock)
+            self.snmp_address = await snmp.start()  # a port in use is a start-up error
+            closing.add("the SNMP receiver", snmp.close)
+            log.info("receiving SNMP traps on udp %s:%s", *self.snmp_address)
+        site = web.SockSite(web_runner, sock, ssl_context=self._tls)
+        await site.start()
+        self.http_address = sock.getsockname()[:2]
+        log.info("%s listening on %s://%s:%s", self.instance, "https" if self._tls else "http",
+                 *self.http_address)
+
+        # One stop event per phase, set in order once `stop` is.
+        sources_stop, pipeline_stop, jobs_stop, mqtt_stop = (asyncio.Event() for _ in range(4))
+        async with asyncio.TaskGroup() as tg:
+            async def jobs() -> None:
+                try:
+                    await runner.run(jobs_stop)
+                except (DuplicateInstance, MembershipLost) as exc:
+                    self._fatal = str(exc)
+                    log.critical("%s", exc)
+                    stop.set()
+
+            def start(name: str, coro: Any) -> asyncio.Task[Any]:
+                self._tasks[name] = task = tg.create_task(coro, name=name)
+                return task
+
+            sources: list[asyncio.Task[Any]] = []
+            jobs_task = start("jobs", jobs())
+            mqtt_task = start("mqtt", mqtt.run(mqtt_stop)) if mqtt is not None else None
+            if mqtt is not None:
+                # A crash may have lost buffered job states: publish the recent ones again (retained,
+                # so this only brings subscribers up to date).
+                for recent in reversed(await self.store.list_jobs(limit=100)):
+                    mqtt.job(recent)
+            sources.append(start("inventory_refresh", view.run(adapters.manager, sources_stop)))
+            pipeline_task = start("rules", pipeline.run(pipeline_stop))
+            if snmp is not None:
+                sources.append(start("snmp", snmp.run(sources_stop)))
+            for name, worker in workers.items():
+                sources.append(start(name, worker.run(sources_stop)))
+            # Ready once the runner has joined the cluster; a refusal to join (another live monitor has
+            # this name) sets `stop` instead.
+            waits = [asyncio.ensure_future(runner.wait_ready()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if runner.ready:
+                self.ready.set()
+            await stop.wait()
+            log.info("%s stopping: sources", self.instance)
+            sources_stop.set()
+            await site.stop()  # no more API requests or Redfish pushes
+            await asyncio.wait(sources)
+            log.info("%s stopping: the pipeline decides what is queued", self.instance)
+            pipeline_stop.set()
+            await asyncio.wait([pipeline_task])
+            log.info("%s stopping: jobs park", self.instance)
+            jobs_stop.set()
+            await asyncio.wait([jobs_task])
+            if mqtt_task is not None:
+                log.info("%s stopping: MQTT sends what it holds", self.instance)
+                mqtt_stop.set()
+                await asyncio.wait([mqtt_task])
+
+    def _redfish_events(self, adapters: Adapters) -> tuple[list[web.RouteDef], dict[str, Any]]:
         """The Redfish push listener's routes, and the subscription, SSE and health-poll workers."""
         from adapters.redfish.events import (
             BmcTokens,
@@ -242,165 +374,45 @@ class Daemon:
         )
 
         cfg = self.config.redfish_events
+        servers = self.inventory_view.servers
         secret = cfg.secret.get_secret_value() if cfg.secret else None
-        resolve: Any = BmcTokens(secret, self._servers) if secret else (lambda _token: None)
+        resolve: Any = BmcTokens(secret, servers) if secret else (lambda _token: None)
         listener = RedfishEventListener(cfg, self.events, self.metrics, self.clock, resolve)
-        workers: dict[str, Any] = {"routes": listener.routes()}
+        workers: dict[str, Any] = {}
         timeout = self.config.redfish.timeout
         if cfg.destination and cfg.subscribe:
-            workers["redfish-subscriptions"] = SubscriptionManager(cfg, self._servers, self.metrics,
+            workers["redfish-subscriptions"] = SubscriptionManager(cfg, servers, self.metrics,
                                                                    self.clock, timeout=timeout)
         if cfg.sse:
-            workers["redfish-sse"] = SseFollower(cfg, self._servers, self.events, self.metrics, self.clock,
+            workers["redfish-sse"] = SseFollower(cfg, servers, self.events, self.metrics, self.clock,
                                                  timeout=timeout)
         if cfg.poll_interval > 0:
-            workers["redfish-health-poll"] = HealthPoller(cfg, self._servers, adapters.power, self.events,
+            workers["redfish-health-poll"] = HealthPoller(cfg, servers, adapters.power, self.events,
                                                           self.metrics, self.clock)
-        return workers
+        return listener.routes(), workers
 
-    # --- run -----------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        self._tls = tls_context(self.loaded)  # before binding: a bad certificate is a start-up error
-        sock = bind_tcp(self.config.http.listen)
-        try:
-            await self.store.open()
-        except StoreError as exc:
-            sock.close()
-            raise StartupError(str(exc)) from exc
-        try:
-            await self._run(stop, sock)
-        finally:
-            sock.close()  # already closed by the HTTP site when it started; not when start-up failed
-            await self.store.close()
+class _Closing:
+    """Registers closes on the exit stack: each runs whatever happened before it, in reverse order of
+    registration; one that fails is logged and never skips the rest."""
 
-    async def _run(self, stop: asyncio.Event, sock: socket.socket) -> None:
-        try:
-            adapters = self._adapters or build_adapters(self.loaded, self.store)
-        except ConfigError as exc:
-            sock.close()
-            raise StartupError(str(exc)) from exc
-        self._adapters = adapters
-        locks = GroupLocks(self.store, self.clock)
-        deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
-                        self.clock, self.config.failover)
-        d = self.config.discovery
-        discovery_timeout = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
-                             d.command.timeout if d.kind == "command" and d.command else
-                             max(self.config.inventory.lab.timeout, self.config.redfish.timeout))
-        # The longest one outside action of a job may take: the adapters' own time limits (a Redfish
-        # request, a manager call, a discovery hook), plus a second.
-        action_timeout = max(self.config.redfish.timeout, self.config.inventory.lab.timeout,
-                             discovery_timeout) + 1.0
-        runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=self.config.cluster,
-                           discovery_timeout=discovery_timeout, action_timeout=action_timeout)
-        self.runner = runner
+    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
+        self._stack = stack
 
-        async def after_job(job: Any) -> None:
-            if not job.state.active:
-                self._refresh_now.set()
-
-        runner.add_listener(after_job)
-        self.metrics.gauge("group_locks_held", lambda: {"": float(len(locks.held()))},
-                           "domain groups locked by a job")
-        self.metrics.gauge("jobs_running", lambda: {"": float(len(runner.running_jobs))},
-                           "jobs executing now")
-        sinks: list[AlertSink] = [LogAlertSink(self.clock)]
-        mqtt = None
-        if self.config.mqtt is not None:
-            from adapters.mqtt import MqttAdapterError, MqttPublisher
-
+    def add(self, what: str, close: Callable[[], Awaitable[Any]]) -> None:
+        async def run() -> None:
             try:
-                mqtt = MqttPublisher(config=self.config.mqtt, instance=self.instance,
-                                     metrics=self.metrics, clock=self.clock)
-            except MqttAdapterError as exc:
-                raise StartupError(f"mqtt: {exc}") from exc
-            sinks.append(mqtt)
-            publisher = mqtt
+                await close()
+            except Exception:
+                log.exception("closing %s failed (the rest still close)", what)
 
-            async def job_to_mqtt(job: Any) -> None:
-                publisher.job(job)
+        self._stack.push_async_callback(run)
 
-            runner.add_listener(job_to_mqtt)
-        mqtt_stop = asyncio.Event()
-        pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
-                            sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=self.inventory,
-                            watch_interval=self.config.rules.watch_interval,
-                            power=adapters.power, failover=self.config.failover)
-        self.pipeline = pipeline
-        deps.enclosure_faults.append(lambda: pipeline.decider.state.faulted_enclosures(self.clock.time()))
-        self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
-                           "events waiting for the rules")
-        self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))})
-        redfish_tasks = self._redfish_events(adapters)
-        http = self.config.http
-        token = http.token
-        limiter = RateLimiter(http.rate_limit, http.rate_limit_burst) if http.rate_limit else None
-        api = Api(runner, self, self.metrics, token=token.get_secret_value() if token else None,
-                  max_body=http.max_body, pipeline=pipeline, events=self.events,
-                  extra_routes=redfish_tasks.pop("routes"), rate_limiter=limiter)
-        snmp = None
-        web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
-        await web_runner.setup()
-        try:
-            if self.config.snmp.listen:
-                from adapters.snmp.receiver import SnmpTrapReceiver
+    def sync(self, what: str, close: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                close()
+            except Exception:
+                log.exception("closing %s failed (the rest still close)", what)
 
-                snmp = SnmpTrapReceiver(config=self.config.snmp, queue=self.events, metrics=self.metrics,
-                                        clock=self.clock)
-                self.snmp_address = await snmp.start()  # a port in use is a start-up error
-                log.info("receiving SNMP traps on udp %s:%s", *self.snmp_address)
-            site = web.SockSite(web_runner, sock, ssl_context=self._tls)
-            await site.start()
-            self.http_address = sock.getsockname()[:2]
-            log.info("%s listening on %s://%s:%s", self.instance,
-                     "https" if self._tls else "http", *self.http_address)
-            async with asyncio.TaskGroup() as tg:
-                async def jobs_then_mqtt() -> None:
-                    try:  # MQTT stops after the jobs: their last states still go out
-                        await runner.run(stop)
-                    except (DuplicateInstance, MembershipLost) as exc:
-                        self._fatal = str(exc)
-                        log.critical("%s", exc)
-                        stop.set()
-                    finally:
-                        mqtt_stop.set()
-
-                self._tasks["jobs"] = tg.create_task(jobs_then_mqtt(), name="job-runner")
-                if mqtt is not None:
-                    self._tasks["mqtt"] = tg.create_task(mqtt.run(mqtt_stop), name="mqtt")
-                    # A crash may have lost buffered job states: publish the recent ones again (retained,
-                    # so this only brings subscribers up to date).
-                    for recent in reversed(await self.store.list_jobs(limit=100)):
-                        mqtt.job(recent)
-                self._tasks["inventory_refresh"] = tg.create_task(
-                    self._refresh_loop(adapters.manager, stop), name="inventory-refresh")
-                self._tasks["rules"] = tg.create_task(pipeline.run(stop), name="rules-pipeline")
-                if snmp is not None:
-                    self._tasks["snmp"] = tg.create_task(snmp.run(stop), name="snmp-traps")
-                for name, worker in redfish_tasks.items():
-                    self._tasks[name] = tg.create_task(worker.run(stop), name=name)
-                # Ready once the runner has joined the cluster; a refusal to join (another live
-                # monitor has this name) sets `stop` instead.
-                waits = [asyncio.ensure_future(runner.wait_ready()), asyncio.ensure_future(stop.wait())]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
-                if runner.ready:
-                    self.ready.set()
-                await stop.wait()
-        finally:
-            if snmp is not None:
-                await snmp.close()
-            for worker in redfish_tasks.values():
-                close = getattr(worker, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        await close()
-            await web_runner.cleanup()
-            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
-                with contextlib.suppress(Exception):
-                    await closer()
-        if self._fatal is not None:
-            raise StartupError(self._fatal)
-        log.info("%s stopped", self.instance)
+        self._stack.callback(run)

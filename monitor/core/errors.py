@@ -14,6 +14,7 @@
     ├── FenceLost              this monitor may no longer act for the job
     │   ├── LeaseLost              its lease ran out
     │   └── FenceRefused           the outside system refused a stale fencing token
+    ├── Parked                 a job stopped at a safe point for shutdown
     ├── DuplicateInstance      another live monitor has this name
     ├── ApiError               the command line got no answer from the monitor's API
     └── AdapterError           an outside system (BMC, manager, discovery, broker) failed; leaves name what
@@ -125,6 +126,11 @@ class FenceRefused(FenceLost):
 class LeaseLost(FenceLost):
     """This monitor's lease ran out (or another process took its name): stop acting on the job;
     whoever holds the store next (another monitor, or this one once it is back) carries it on."""
+
+
+class Parked(MonitorError):
+    """The job stopped at a safe point for shutdown (waiting for its domain group, nothing in flight);
+    it resumes at the next start."""
 
 
 class DuplicateInstance(MonitorError):

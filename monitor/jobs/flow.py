@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
@@ -65,8 +65,9 @@ class FlowDeps:
     locks: GroupLocks
     clock: Clock
     settings: FailoverConfig
-    enclosure_faults: list[Callable[[], set[str]]] = field(default_factory=list)
-    """Sources of enclosures that report an enclosure-wide fault: no spare is taken from them."""
+    enclosure_faults: Callable[[], set[str]] | None = None
+    """The enclosures that report an enclosure-wide fault now (the rules' state): no spare is taken
+    from them. None: no such source (a spare is then chosen on power and health alone)."""
 
 
 Note = Callable[[str], Awaitable[None]]
@@ -253,9 +254,7 @@ class FailoverFlow:
         group = [s for s in members if s.id != source.id]
         worth_reading = [s for s in group if needs_power_reading(source, s)]
         power = await self._read_power(worth_reading)
-        faulted: set[str] = set()
-        for source_of_faults in self.d.enclosure_faults:
-            faulted |= source_of_faults()
+        faulted = self.d.enclosure_faults() if self.d.enclosure_faults is not None else set()
         choice = select_spare(source, info, span, group, power, faulted_enclosures=faulted)
         if choice.spare is None:
             raise StepFailed(

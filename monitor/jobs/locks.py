@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from monitor.core.clock import Clock, sleep_unless
+from monitor.core.errors import Parked
 from monitor.store import Store
 
 Waiting = Callable[[int], Awaitable[None]]
@@ -25,6 +26,7 @@ class GroupLocks:
         self._held: dict[str, int] = {}
         self._waiting: dict[str, set[int]] = {}
         self._released: dict[str, asyncio.Event] = {}
+        self._closing = asyncio.Event()
 
     def holder(self, group: str) -> int | None:
         """The job of this monitor holding `group`, if any."""
@@ -36,9 +38,14 @@ class GroupLocks:
     def waiting(self, group: str) -> list[int]:
         return sorted(self._waiting.get(group, ()))
 
+    def stop_waiting(self) -> None:
+        """Shutdown: every job waiting for a group (now or later) stops waiting with `Parked`."""
+        self._closing.set()
+
     async def acquire(self, group: str, job: int, on_wait: Waiting | None = None) -> None:
         """Wait until `job` holds `group` (recorded in the store before this returns). `on_wait` is
-        told, once per new holder, which job the group waits for."""
+        told, once per new holder, which job the group waits for. `Parked` once `stop_waiting` is
+        called while the group is held by another job (waiting is a safe point)."""
         told: int | None = None
         self._waiting.setdefault(group, set()).add(job)
         try:
@@ -51,7 +58,10 @@ class GroupLocks:
                 if on_wait is not None and other != told:
                     told = other
                     await on_wait(other)
-                await sleep_unless(self._clock, self._poll, event)
+                if self._closing.is_set():
+                    raise Parked(f"job {job} stopped waiting for domain group {group} (job {other} "
+                                 "holds it): shutdown")
+                await sleep_unless(self._clock, self._poll, event, self._closing)
         finally:
             waiters = self._waiting.get(group)
             if waiters is not None:

@@ -28,6 +28,7 @@ from monitor.core.errors import (
     LeaseLost,
     LostOwnership,
     NotFound,
+    Parked,
     ShuttingDown,
     StoreError,
     StoreUnavailable,
@@ -116,6 +117,8 @@ class JobRunner:
         except NotFound:
             raise UnknownServer(server_id) from None
         async with self._adopting:  # a job created here is started here, never also taken as an orphan
+            if self._stopping.is_set():  # stopping began while the server was read
+                raise ShuttingDown("the monitor is not accepting jobs")
             job = await self.store.create_job(server.id, server.domain_group, trigger, self.d.clock.now(),
                                               owner=self.instance, token=self.membership.token)
             self.metrics.inc("failover_jobs_created_total")
@@ -169,7 +172,9 @@ class JobRunner:
     async def _park(self) -> bool:
         """Let running jobs finish their step or reach a safe point; cancel what overruns the grace.
         Returns whether nothing had to be cancelled (a clean stop: no action in flight)."""
-        jobs = list(self._running.values())
+        async with self._adopting:  # no submission or adoption is half-way: every started job is here
+            jobs = list(self._running.values())
+        self.d.locks.stop_waiting()  # a job waiting for its group parks at once
         if not jobs:
             return True
         if self.membership.lost.is_set():
@@ -233,18 +238,23 @@ class JobRunner:
             orphans = [j for j in await self.store.active_jobs()
                        if j.owner_token == self.membership.token and j.id not in self._running
                        and j.id not in taken and mono - self._ended.get(j.id, -1e9) >= _RESTART_GAP]
-        for job in adopted:
-            if job.id in self._running:  # cannot be: our own task's job has our token
-                continue
-            note = f"{iso(self.d.clock.now())}: taken over by {self.instance} (epoch {job.epoch})"
-            job.notes.append(note)
-            log.warning("job %s: %s", job.id, note)
-            self.metrics.inc("failover_jobs_taken_over_total")
-            self._start(job, adopted=True)
-        for job in orphans:
-            job.notes.append(f"{iso(self.d.clock.now())}: run again by {self.instance} after its lease "
-                             "lapsed")
-            self._start(job, adopted=True)
+            if self._stopping.is_set():
+                # Stopping began while the store was read: start nothing (what was taken stays ours
+                # and resumes at the next start, or another monitor takes it once our lease is over).
+                return
+            # Started under the lock: the shutdown's park (which takes it too) sees every job started.
+            for job in adopted:
+                if job.id in self._running:  # cannot be: our own task's job has our token
+                    continue
+                note = f"{iso(self.d.clock.now())}: taken over by {self.instance} (epoch {job.epoch})"
+                job.notes.append(note)
+                log.warning("job %s: %s", job.id, note)
+                self.metrics.inc("failover_jobs_taken_over_total")
+                self._start(job, adopted=True)
+            for job in orphans:
+                job.notes.append(f"{iso(self.d.clock.now())}: run again by {self.instance} after its "
+                                 "lease lapsed")
+                self._start(job, adopted=True)
 
     # --- one job ---------------------------------------------------------------------------------
 
@@ -284,6 +294,8 @@ class JobRunner:
             self.d.locks.forget(job.group, job.id)
             self.metrics.inc("failover_jobs_lost_total")
             log.error("job %s: %s; this monitor stops working on it", job.id, exc)
+        except Parked as exc:
+            log.info("job %s parked at a safe point for shutdown: %s", job.id, exc)
         except asyncio.CancelledError:
             # Shutdown overran its grace period: the write-ahead record lets the next owner resume.
             lost.set()
@@ -365,7 +377,7 @@ class JobRunner:
                 log.warning("job %s: %s: store unavailable (%s); the step runs again", job.id, spec.name, exc)
                 await clock.sleep(0.5)
                 continue
-            except (LostOwnership, FenceLost, asyncio.CancelledError):
+            except (LostOwnership, FenceLost, Parked, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 log.exception("job %s: internal error in %s", job.id, spec.name)

@@ -18,12 +18,9 @@ reported as FILE:LINE and the running rules stay in force.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from monitor.core.clock import Clock
@@ -31,7 +28,6 @@ from monitor.core.config import FailoverConfig
 from monitor.core.errors import (
     ActiveJobExists,
     AdapterError,
-    ConfigError,
     ShuttingDown,
     StoreError,
     UnknownServer,
@@ -42,10 +38,10 @@ from monitor.core.model import Inventory, Server, iso
 from monitor.core.ports import AlertSink, PowerControl
 from monitor.jobs import JobRunner
 from monitor.pipeline import confirmation
+from monitor.pipeline.policy import PolicyHolder
 from monitor.pipeline.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
 from monitor.store import Store
 from rules.engine import Decider, Decision, RuleState
-from rules.loader import Policy, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -55,84 +51,8 @@ SNAPSHOT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 """Decisions kept in memory while the store is away."""
 FLUSH_INTERVAL = 0.2
-
-
-class LogAlertSink:
-    """Alerts to the log (always on). The same alert (server, rule, action) is logged once per
-    `quiet` seconds, with the count of repeats it held back, so an alert storm cannot flood the log."""
-
-    def __init__(self, clock: Clock, quiet: float = 60.0) -> None:
-        self._clock = clock
-        self._quiet = quiet
-        self._last: dict[tuple[object, ...], tuple[float, int]] = {}
-
-    def alert(self, server: str | None, payload: dict[str, object]) -> None:
-        key = (server, payload.get("rule"), payload.get("action"), payload.get("guard"))
-        now = self._clock.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self._quiet:
-            self._last[key] = (last[0], last[1] + 1)
-            return
-        held = f" ({last[1]} repeats held back)" if last and last[1] else ""
-        if len(self._last) > 10_000:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        log.warning("ALERT %s %s: %s (%s)%s", payload.get("severity"), server or "unknown server",
-                    payload.get("rule"), payload.get("guard") or payload.get("action"), held)
-
-
-class PolicyHolder:
-    """The rules in force, and how to reload them without losing the rule state."""
-
-    def __init__(self, site_files: list[Path], *, builtin: bool, packs: list[str] | None,
-                 metrics: Metrics) -> None:
-        self.site_files = site_files
-        self.builtin = builtin
-        self.packs = packs
-        self.metrics = metrics
-        self.policy: Policy = load_policy(site_files, builtin=builtin, packs=packs)
-        self.decider = Decider(self.policy.ruleset, self.policy.guards, self.policy.silences)
-        self._mtimes = self._stat()
-
-    def _stat(self) -> dict[Path, tuple[float, int, str]]:
-        """Each rule file's mtime, size and content digest: two writes within one mtime tick still
-        differ by content."""
-        out: dict[Path, tuple[float, int, str]] = {}
-        for p in [*self.policy.files, *self.site_files]:
-            try:
-                st = os.stat(p)
-                digest = hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
-                out[p] = (st.st_mtime, st.st_size, digest)
-            except OSError:
-                out[p] = (-1.0, -1, "")
-        return out
-
-    def changed(self) -> bool:
-        return self._stat() != self._mtimes
-
-    def reload(self) -> list[str]:
-        """Reload the rule files. Returns the problems (the running rules stay) or [] on success."""
-        self._mtimes = self._stat()
-        try:
-            new = load_policy(self.site_files, builtin=self.builtin, packs=self.packs)
-        except ConfigError as exc:
-            self.metrics.inc("rules_reload_total", result="error")
-            for issue in exc.issues:
-                log.error("rules reload: %s (the running rules stay in force)", issue)
-            return [str(i) for i in exc.issues]
-        old = self.policy.ruleset.rules
-        added = sorted(set(new.ruleset.rules) - set(old))
-        removed = sorted(set(old) - set(new.ruleset.rules))
-        changed = sorted(r for r in set(old) & set(new.ruleset.rules)
-                         if old[r].spec != new.ruleset.rules[r].spec)
-        self.policy = new
-        self.decider.ruleset = new.ruleset
-        self.decider.guards = new.guards
-        self.decider.silences = Decider(new.ruleset, new.guards, new.silences).silences
-        self.metrics.inc("rules_reload_total", result="ok")
-        log.info("rules reloaded: %s; added %s, removed %s, changed %s", new.summary(),
-                 added or "none", removed or "none", changed or "none")
-        return []
+DRAIN_TIMEOUT = 5.0
+"""Seconds the pipeline goes on deciding queued events at stop."""
 
 
 class Pipeline:
@@ -156,6 +76,9 @@ class Pipeline:
         self._flushed = asyncio.Event()
         self.watch_interval = watch_interval
         self.processed = 0
+        self._busy = False
+        """The consumer is deciding an event (not waiting for one)."""
+        self._closing = False
 
     @property
     def decider(self) -> Decider:
@@ -297,15 +220,27 @@ class Pipeline:
             self.decider.paused = str(pause["reason"])
             log.warning("automatic failover is paused (since %s): %s", pause.get("since"), pause["reason"])
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, drain: float = DRAIN_TIMEOUT) -> None:
+        """Decide events until `stop`; then drain: what is already queued (the sources have stopped
+        first) is decided, for at most `drain` seconds; whatever is left then is counted as dropped
+        (`events_dropped_total{reason="shutdown"}`). Decisions and the rule state are stored last."""
         await self.restore()
         try:
             async with asyncio.TaskGroup() as tg:
                 consumer = tg.create_task(self._consume(), name="rules-consumer")
                 periodic = tg.create_task(self._periodic(stop), name="rules-periodic")
                 await stop.wait()
-                consumer.cancel()
                 periodic.cancel()
+                self._closing = True
+                if not self._busy and self.queue.empty():
+                    consumer.cancel()  # waiting for an event that will not come
+                else:
+                    done, _ = await asyncio.wait([consumer], timeout=drain)
+                    if not done:
+                        consumer.cancel()
+                        left = self.queue.qsize() + 1
+                        self.metrics.inc("events_dropped_total", left, reason="shutdown")
+                        log.error("at stop, %d queued event(s) were not decided within %g s", left, drain)
         finally:
             try:
                 await self.flush()
@@ -317,11 +252,16 @@ class Pipeline:
     async def _consume(self) -> None:
         while True:
             event = await self.queue.get()
+            self._busy = True
             try:
                 await self.handle(event)
             except Exception:
                 self.metrics.inc("events_dropped_total", reason="internal_error")
                 log.exception("event %s could not be decided", event.id)
+            finally:
+                self._busy = False
+            if self._closing and self.queue.empty():
+                return  # drained
 
     async def _periodic(self, stop: asyncio.Event) -> None:
         since_snapshot = 0.0

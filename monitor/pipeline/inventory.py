@@ -1,0 +1,64 @@
+"""The daemon's view of the inventory: read from the profile manager every `refresh_interval`, and soon
+after a job ends; the resolver, the API and the Redfish workers read it from here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from monitor.core.clock import Clock, sleep_unless
+from monitor.core.errors import AdapterError
+from monitor.core.metrics import Metrics
+from monitor.core.model import Inventory, Server
+from monitor.core.ports import ProfileManager
+
+log = logging.getLogger(__name__)
+
+REFRESH_GAP = 2.0
+"""Seconds: the inventory view is refreshed at most this often."""
+
+
+class InventoryView:
+    def __init__(self, clock: Clock, metrics: Metrics, *, timeout: float, interval: float) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self._timeout = timeout
+        self._interval = interval
+        self._inventory: Inventory | None = None
+        self.error: str | None = None
+        """Why the last refresh failed (None: it succeeded, or none ran yet)."""
+        self.at: float | None = None
+        """Clock time of the last successful refresh."""
+        self._wake = asyncio.Event()
+
+    def current(self) -> Inventory | None:
+        return self._inventory
+
+    def servers(self) -> list[Server]:
+        inv = self._inventory
+        return list(inv.servers.values()) if inv else []
+
+    def wake(self) -> None:
+        """Refresh soon (a job ended, the inventory file was reread)."""
+        self._wake.set()
+
+    async def refresh(self, manager: ProfileManager) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                self._inventory = await manager.inventory()
+            self.error = None
+            self.at = self._clock.time()
+        except (AdapterError, TimeoutError) as exc:
+            self.error = str(exc) or type(exc).__name__
+            self._metrics.inc("inventory_refresh_errors_total")
+            log.warning("inventory refresh failed: %s", self.error)
+
+    async def run(self, manager: ProfileManager, stop: asyncio.Event) -> None:
+        """Refresh every `interval`, and soon after `wake`; wake-ups within REFRESH_GAP of the last
+        refresh are coalesced, so a burst of jobs costs one refresh."""
+        gap = min(REFRESH_GAP, self._interval)
+        while not stop.is_set():
+            self._wake.clear()
+            await self.refresh(manager)
+            if not await sleep_unless(self._clock, gap, stop):
+                await sleep_unless(self._clock, self._interval - gap, stop, self._wake)
