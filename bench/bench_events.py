@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp
 from aiohttp import web
 
-from adapters.redfish.events import bmc_token
+from adapters.redfish.listener import bmc_token
 from lab.config import LabConfig
 from lab.main import LabSimulator
 from monitor.app.daemon import Daemon

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from adapters.redfish.client import check_identity
-from adapters.redfish.events import bmc_token, parse_event_payload
+from adapters.redfish.listener import bmc_token
+from adapters.redfish.payload import parse_event_payload
 from adapters.redfish.power import RedfishPower
 from lab.main import LabSimulator
 from monitor.app.cli import main

@@ -25,7 +25,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.redfish.events import NotAnEvent, bmc_token, parse_event_payload
+from adapters.redfish.listener import bmc_token
+from adapters.redfish.payload import NotAnEvent, parse_event_payload
 from lab.main import LabSimulator
 from monitor.app.cli import check_config
 from monitor.app.trapsend import encode_v2c_trap

@@ -24,22 +24,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.redfish.events import (
-    CONTEXT_PREFIX,
-    HEALTH_CHANGED,
-    LISTENER_PATH,
-    BmcTokens,
-    HealthPoller,
-    NotAnEvent,
-    RedfishEventListener,
-    RedfishReader,
-    SseFollower,
-    SubscriptionManager,
-    bmc_token,
-    normalize_bmc_url,
-    parse_event_payload,
-)
+from adapters.redfish.client import normalize_bmc_url
+from adapters.redfish.listener import LISTENER_PATH, BmcTokens, RedfishEventListener, bmc_token
+from adapters.redfish.payload import CONTEXT_PREFIX, NotAnEvent, parse_event_payload
+from adapters.redfish.poller import HEALTH_CHANGED, HealthPoller
 from adapters.redfish.power import RedfishPower
+from adapters.redfish.reader import RedfishReader
+from adapters.redfish.sse import SseFollower
+from adapters.redfish.subscriptions import SubscriptionManager
 from lab.main import LabSimulator
 from lab.world import FOREIGN_DESTINATION
 from monitor.core.clock import FakeClock, SystemClock

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 import yaml
 
-from adapters.redfish.events import CONTEXT_PREFIX, bmc_token
+from adapters.redfish.listener import bmc_token
+from adapters.redfish.payload import CONTEXT_PREFIX
 from lab.config import LabConfig
 from lab.main import LabSimulator
 from lab.tls import LabCertificate, generate_certificate

@@ -5,7 +5,7 @@
 per-connection lock and cached until `close()`, which logs out of the sessions it opened. It is the one
 place where library exceptions and timeouts become `monitor.core.ports` AdapterErrors (always with
 `endpoint=bmc.url`); `reply_error`/`check_reply` do the same for HTTP statuses. Used by
-adapters/redfish/power.py (`RedfishPower`) and adapters/redfish/events.py (`RedfishReader`).
+adapters/redfish/power.py (`RedfishPower`) and adapters/redfish/reader.py (`RedfishReader`).
 
 The library does not raise on HTTP error statuses (and `login(auth="basic")` sends nothing, so wrong
 credentials first show as a 401 on the next call): every response status is checked by the callers.

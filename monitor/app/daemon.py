@@ -365,13 +365,10 @@ class Daemon:
 
     def _redfish_events(self, adapters: Adapters) -> tuple[list[web.RouteDef], dict[str, Any]]:
         """The Redfish push listener's routes, and the subscription, SSE and health-poll workers."""
-        from adapters.redfish.events import (
-            BmcTokens,
-            HealthPoller,
-            RedfishEventListener,
-            SseFollower,
-            SubscriptionManager,
-        )
+        from adapters.redfish.listener import BmcTokens, RedfishEventListener
+        from adapters.redfish.poller import HealthPoller
+        from adapters.redfish.sse import SseFollower
+        from adapters.redfish.subscriptions import SubscriptionManager
 
         cfg = self.config.redfish_events
         servers = self.inventory_view.servers
