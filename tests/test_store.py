@@ -21,7 +21,8 @@ from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, 
 from monitor.core.model import FlowContext, JobState, MoveRecord, StepState
 from monitor.store import Store
 from monitor.store.postgres import MIGRATIONS, PostgresStore, redact
-from monitor.store.sqlite import SCHEMA_VERSION, SqliteStore
+from monitor.store.rows import SCHEMA_VERSION
+from monitor.store.sqlite import SqliteStore
 from tests.pg_peer import PgCluster, pg_cluster, pg_url, start_postgres  # noqa: F401 (fixtures)
 
 NOW = datetime(2026, 11, 27, 11, 0, tzinfo=UTC)

@@ -18,7 +18,7 @@ from monitor.core.metrics import Metrics
 from monitor.core.model import Job, iso
 from monitor.jobs.flow import FlowDeps
 from monitor.jobs.membership import Membership
-from monitor.store.sqlite import Timer
+from monitor.store.rows import Timer
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
-"""Choosing the store: `store: postgresql://…` (or postgres://) is the shared PostgreSQL store, anything
-else a SQLite file. `Store` is what both offer, for annotations."""
+"""The durable store. `Store` is the protocol both stores implement, each method's meaning in its
+docstring; `open_store` chooses: `store: postgresql://…` (or postgres://) is the shared PostgreSQL store
+(monitor/store/postgres.py), anything else a SQLite file (monitor/store/sqlite.py). What they share —
+row types, timestamps, rows → Job, query filters — is in monitor/store/rows.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.store.postgres import PostgresStore
-from monitor.store.sqlite import SCHEMA_VERSION, JoinResult, SqliteStore, Timer
+from monitor.store.rows import SCHEMA_VERSION, JoinResult, Timer
+from monitor.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from monitor.core.config import MonitorConfig
@@ -31,9 +34,13 @@ class Store(Protocol):
     `now` argument of None means "the store's clock" (PostgreSQL's `clock_timestamp()`; for SQLite,
     one host, the clock the store was built with); tests may pass their own."""
 
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and migrate to SCHEMA_VERSION; StoreError when the store is newer than this program
+        or cannot be reached."""
+    async def close(self) -> None:
+        """Release the connections (what was written is durable already)."""
+    async def ping(self) -> None:
+        """A round trip to the store; StoreError when it does not answer (health check)."""
     async def clock(self) -> float:
         """The store's clock, seconds since the epoch."""
 
@@ -42,20 +49,25 @@ class Store(Protocol):
         """A new queued job at epoch 1 of `owner`/`token`; ActiveJobExists when the server has one."""
     async def save_job(self, job: Job) -> None:
         """Write the job and its steps atomically while `job.epoch` is current; LostOwnership else."""
-    async def get_job(self, job_id: int) -> Job | None: ...
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job with its steps and ownership history; None when there is no such job."""
     async def list_jobs(
         self, *, state: str | None = None, server: str | None = None, limit: int = 100
     ) -> list[Job]:
         """Newest first."""
-    async def active_jobs(self) -> list[Job]: ...
-    async def active_by_server(self) -> dict[str, int]: ...
-    async def job_counts(self) -> dict[str, int]: ...
+    async def active_jobs(self) -> list[Job]:
+        """Every queued or running job, in job order."""
+    async def active_by_server(self) -> dict[str, int]:
+        """server -> its active job (at most one per server, enforced by the schema)."""
+    async def job_counts(self) -> dict[str, int]:
+        """state -> number of jobs in it."""
 
     async def lock_group(self, group: str, job: int, now: float | None = None) -> int | None:
         """Take the group for the job: None when it holds it, else the job that holds it or goes first."""
     async def unlock_group(self, group: str, job: int) -> bool:
         """Release the group if the job holds it; whether it did."""
-    async def group_locks(self) -> dict[str, int]: ...
+    async def group_locks(self) -> dict[str, int]:
+        """group -> the job holding it."""
     async def release_stale_locks(self) -> dict[str, int]:
         """Release, atomically, the locks of jobs that are no longer active; returns them."""
 
@@ -63,7 +75,8 @@ class Store(Protocol):
         """Schedule a timer once per (kind, job), due at `due` on the store's clock."""
     async def claim_due_timers(self, instance: str, now: float | None, hold: float) -> list[Timer]:
         """Claim, for `hold` seconds, the due timers nobody holds: each fires on one monitor."""
-    async def scheduled_timers(self) -> list[Timer]: ...
+    async def scheduled_timers(self) -> list[Timer]:
+        """The timers still scheduled, soonest first."""
     async def update_timer(
         self, timer_id: int, *, state: str, due: float | None = None, attempts: int | None = None,
         detail: str = "", claimed_by: str | None = None,
@@ -87,16 +100,24 @@ class Store(Protocol):
         """Claim `key` for `ttl` seconds: None when this monitor has it, else who had it first."""
 
     async def add_decisions(self, rows: list[tuple[float, str | None, str, str | None, dict[str, Any]]],
-                            keep: int = 100_000) -> list[int]: ...
+                            keep: int = 100_000) -> list[int]:
+        """Store decisions (at, server, action, rule, body) in one transaction, keeping the newest
+        `keep`; their ids, in order."""
     async def list_decisions(self, *, server: str | None = None, action: str | None = None,
-                             limit: int = 100) -> list[dict[str, Any]]: ...
+                             limit: int = 100) -> list[dict[str, Any]]:
+        """Decision bodies (with their `id`), newest first, filtered by server and action."""
 
-    async def get_value(self, key: str) -> Any: ...
-    async def set_value(self, key: str, value: Any) -> None: ...
+    async def get_value(self, key: str) -> Any:
+        """A small JSON value (rule state snapshot, pause switch); None when unset."""
+    async def set_value(self, key: str, value: Any) -> None:
+        """Set (None: delete) a small JSON value, durably."""
 
-    async def get_state(self, kind: str) -> dict[str, Any]: ...
-    async def set_state(self, kind: str, key: str, value: Any) -> None: ...
-    async def set_states(self, changes: list[tuple[str, str, Any]]) -> None: ...
+    async def get_state(self, kind: str) -> dict[str, Any]:
+        """Every key -> JSON value of one kind of inventory state (static source: moves, spares, hosts)."""
+    async def set_state(self, kind: str, key: str, value: Any) -> None:
+        """Set (None: delete) one inventory-state value, durably."""
+    async def set_states(self, changes: list[tuple[str, str, Any]]) -> None:
+        """Apply several (kind, key, value) changes in one transaction."""
 
 
 def _conforms(sqlite: SqliteStore, postgres: PostgresStore) -> tuple[Store, Store]:

@@ -28,15 +28,27 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, StoreError, StoreUnavailable
-from monitor.core.model import STEPS, FlowContext, Job, JobState, Step, StepState
-from monitor.store.sqlite import SCHEMA_VERSION, JoinResult, Timer, member_row, owner_entry
+from monitor.core.model import STEPS, Job, Step
+from monitor.store.rows import (
+    ACTIVE_SQL,
+    SCHEMA_VERSION,
+    JoinResult,
+    Timer,
+    job_from,
+    member_row,
+    owner_entry,
+    postgres_param,
+    step_from,
+    ts,
+    where,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +60,6 @@ LOCK_NS = 0x666D  # "fm"
 _MIGRATION_LOCK = 1
 _GROUP_LOCK = 2
 
-_ACTIVE = "('queued', 'running')"
 
 # Versioned migrations: each takes the store from version N-1 to N, in its own transaction. The numbers
 # follow SqliteStore's (version 1: the base tables, 2: owners, timer claims, members, dedupe).
@@ -68,7 +79,7 @@ MIGRATIONS: dict[int, list[str]] = {
             context TEXT NOT NULL DEFAULT '{}',
             notes TEXT NOT NULL DEFAULT '[]',
             rediscovery TEXT)""",
-        f"CREATE UNIQUE INDEX one_active_job_per_server ON jobs(server) WHERE state IN {_ACTIVE}",
+        f"CREATE UNIQUE INDEX one_active_job_per_server ON jobs(server) WHERE state IN {ACTIVE_SQL}",
         "CREATE INDEX jobs_by_state ON jobs(state)",
         "CREATE INDEX jobs_by_group ON jobs(grp) WHERE state IN ('queued', 'running')",
         """CREATE TABLE steps (
@@ -163,14 +174,6 @@ _ATTEMPTS = 5
 def redact(url: str) -> str:
     """The URL without its password (for messages and logs)."""
     return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def _ts(t: datetime | None) -> float | None:
-    return t.timestamp() if t else None
-
-
-def _dt(v: float | None) -> datetime | None:
-    return datetime.fromtimestamp(v, UTC) if v is not None else None
 
 
 def _text(s: str | None) -> str | None:
@@ -344,7 +347,7 @@ class PostgresStore:
                 job_id = await c.fetchval(
                     "INSERT INTO jobs(server, grp, state, trigger, created, owner, epoch, owner_token)"
                     " VALUES ($1, $2, 'queued', $3, $4, $5, 1, $6)"
-                    f" ON CONFLICT (server) WHERE state IN {_ACTIVE} DO NOTHING RETURNING id",
+                    f" ON CONFLICT (server) WHERE state IN {ACTIVE_SQL} DO NOTHING RETURNING id",
                     server, group, trigger_json, now.timestamp(), owner, token)
                 if job_id is not None:
                     since = float(await c.fetchval(
@@ -356,7 +359,7 @@ class PostgresStore:
                         job_id, list(STEPS))
                     return int(job_id)
                 holder = await c.fetchval(
-                    f"SELECT id FROM jobs WHERE server=$1 AND state IN {_ACTIVE}", server)
+                    f"SELECT id FROM jobs WHERE server=$1 AND state IN {ACTIVE_SQL}", server)
                 if holder is not None:
                     raise ActiveJobExists(server, int(holder))
                 # The holder ended between the two statements: try again.
@@ -371,10 +374,10 @@ class PostgresStore:
         job over)."""
         args = (
             job.id, job.owner, job.state.value, _text(job.profile), _text(job.spare), _text(job.error),
-            _ts(job.finished), _text(job.context.model_dump_json()), json.dumps(job.notes),
+            ts(job.finished), _text(job.context.model_dump_json()), json.dumps(job.notes),
             json.dumps(job.rediscovery) if job.rediscovery is not None else None,
             list(range(len(job.steps))), [s.state.value for s in job.steps],
-            [_ts(s.started) for s in job.steps], [_ts(s.finished) for s in job.steps],
+            [ts(s.started) for s in job.steps], [ts(s.finished) for s in job.steps],
             [_text(s.detail) for s in job.steps], job.epoch,
         )
 
@@ -404,24 +407,12 @@ class PostgresStore:
         steps: dict[int, list[Step]] = {int(r["id"]): [] for r in rows}
         for s in await c.fetch("SELECT * FROM steps WHERE job = ANY($1::bigint[]) ORDER BY job, position",
                                list(steps)):
-            steps[int(s["job"])].append(
-                Step(s["step"], StepState(s["state"]), _dt(s["started"]), _dt(s["finished"]), s["detail"]))
+            steps[int(s["job"])].append(step_from(s))
         owners: dict[int, list[dict[str, Any]]] = {i: [] for i in steps}
         for o in await c.fetch("SELECT job, epoch, owner, since FROM job_owners WHERE job = ANY($1::bigint[])"
                                " ORDER BY job, epoch", list(steps)):
             owners[int(o["job"])].append(owner_entry(o["epoch"], o["owner"], o["since"]))
-        return [
-            Job(
-                id=int(r["id"]), server=r["server"], group=r["grp"], state=JobState(r["state"]),
-                trigger=json.loads(r["trigger"]), created=_dt(r["created"]) or datetime.now(UTC),
-                steps=steps[int(r["id"])], profile=r["profile"], spare=r["spare"], error=r["error"],
-                finished=_dt(r["finished"]), context=FlowContext.model_validate_json(r["context"]),
-                notes=json.loads(r["notes"]),
-                rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None, owner=r["owner"],
-                epoch=int(r["epoch"]), owner_token=r["owner_token"], owners=owners[int(r["id"])],
-            )
-            for r in rows
-        ]
+        return [job_from(r, steps[int(r["id"])], owners[int(r["id"])]) for r in rows]
 
     async def _select_jobs(self, sql: str, *args: Any) -> list[Job]:
         async def _q(c: Conn) -> list[Job]:
@@ -438,24 +429,17 @@ class PostgresStore:
     async def list_jobs(
         self, *, state: str | None = None, server: str | None = None, limit: int = 100
     ) -> list[Job]:
-        where: list[str] = []
-        args: list[Any] = []
-        if state:
-            args.append(state)
-            where.append(f"state=${len(args)}")
-        if server:
-            args.append(server)
-            where.append(f"server=${len(args)}")
+        clause, args = where({"state": state, "server": server}, postgres_param)
         args.append(limit)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT * FROM jobs" + clause
         return await self._select_jobs(sql + f" ORDER BY id DESC LIMIT ${len(args)}", *args)
 
     async def active_jobs(self) -> list[Job]:
-        return await self._select_jobs(f"SELECT * FROM jobs WHERE state IN {_ACTIVE} ORDER BY id")
+        return await self._select_jobs(f"SELECT * FROM jobs WHERE state IN {ACTIVE_SQL} ORDER BY id")
 
     async def active_by_server(self) -> dict[str, int]:
         async def _q(c: Conn) -> dict[str, int]:
-            rows = await c.fetch(f"SELECT server, id FROM jobs WHERE state IN {_ACTIVE}")
+            rows = await c.fetch(f"SELECT server, id FROM jobs WHERE state IN {ACTIVE_SQL}")
             return {r[0]: int(r[1]) for r in rows}
 
         return await self._run(_q)
@@ -481,7 +465,7 @@ class PostgresStore:
             await c.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_NS + _GROUP_LOCK, group)
             holder = await c.fetchval(
                 "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
-                f" WHERE l.grp=$1 AND j.state IN {_ACTIVE}", group)
+                f" WHERE l.grp=$1 AND j.state IN {ACTIVE_SQL}", group)
             if holder is not None and int(holder) != job:
                 return int(holder)
             if holder is None:
@@ -518,7 +502,7 @@ class PostgresStore:
         async def _release(c: Conn) -> dict[str, int]:
             rows = await c.fetch(
                 "DELETE FROM group_locks l WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = l.job"
-                f" AND j.state IN {_ACTIVE}) RETURNING grp, job")
+                f" AND j.state IN {ACTIVE_SQL}) RETURNING grp, job")
             return {r[0]: int(r[1]) for r in rows}
 
         return await self._run(_release)
@@ -651,7 +635,7 @@ class PostgresStore:
             # changed: each job goes to one monitor, and its epoch grows once.
             t = float(await c.fetchval(f"SELECT {_now('$1')}", now))
             rows = await c.fetch(
-                f"UPDATE jobs SET owner=$1, owner_token=$2, epoch=epoch + 1 WHERE state IN {_ACTIVE}"
+                f"UPDATE jobs SET owner=$1, owner_token=$2, epoch=epoch + 1 WHERE state IN {ACTIVE_SQL}"
                 " AND owner_token IS DISTINCT FROM $2 AND (owner_token IS NULL OR owner_token NOT IN"
                 " (SELECT incarnation FROM members WHERE lease_until + $3 > $4)) RETURNING *",
                 instance, token, grace, t)
@@ -716,16 +700,9 @@ class PostgresStore:
 
     async def list_decisions(self, *, server: str | None = None, action: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if server:
-            args.append(server)
-            where.append(f"server=${len(args)}")
-        if action:
-            args.append(action)
-            where.append(f"action=${len(args)}")
+        clause, args = where({"server": server, "action": action}, postgres_param)
         args.append(limit)
-        sql = "SELECT id, body FROM decisions" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT id, body FROM decisions" + clause
         sql += f" ORDER BY id DESC LIMIT ${len(args)}"
 
         async def _q(c: Conn) -> list[dict[str, Any]]:

@@ -13,16 +13,26 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, StoreError, StoreUnavailable
-from monitor.core.model import STEPS, FlowContext, Job, JobState, Step, StepState, iso
+from monitor.core.model import STEPS, Job
+from monitor.store.rows import (
+    SCHEMA_VERSION,
+    JoinResult,
+    Timer,
+    job_from,
+    member_row,
+    owner_entry,
+    sqlite_param,
+    step_from,
+    ts,
+    where,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
 
 # Versioned migrations: each takes the store from version N-1 to N. Version 1 is _SCHEMA itself.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -122,49 +132,6 @@ CREATE TABLE IF NOT EXISTS inventory_state (
 
 
 
-
-
-@dataclass(frozen=True, slots=True)
-class JoinResult:
-    """The answer to `join`: joined, or the live holder of the name and when its lease (plus the fence
-    grace) runs out, in seconds of the store's clock from now."""
-
-    joined: bool
-    holder: str = ""
-    """The incarnation holding the name (when not joined)."""
-    lease_until: float = 0.0
-    wait: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Timer:
-    id: int
-    kind: str
-    job: int
-    server: str
-    due: float
-    state: str
-    attempts: int
-    detail: str
-
-
-def owner_entry(epoch: int, owner: str | None, since: float) -> dict[str, Any]:
-    """One entry of a job's ownership history, as the job JSON shows it."""
-    return {"epoch": int(epoch), "owner": owner, "since": iso(datetime.fromtimestamp(float(since), UTC))}
-
-
-def member_row(row: dict[str, Any], now: float) -> dict[str, Any]:
-    """A members row as `members()` answers it: `lease_left` in seconds, None once the lease is over."""
-    delta = float(row["lease_until"]) - now
-    return {**row, "lease_left": round(delta, 3) if delta > 0 else None, "lease_delta": delta}
-
-
-def _ts(t: datetime | None) -> float | None:
-    return t.timestamp() if t else None
-
-
-def _dt(v: float | None) -> datetime | None:
-    return datetime.fromtimestamp(v, UTC) if v is not None else None
 
 
 class SqliteStore:
@@ -287,12 +254,12 @@ class SqliteStore:
         the job's epoch (LostOwnership otherwise: another monitor, or a later start of this one, took the
         job over)."""
         row = (
-            job.state.value, job.profile, job.spare, job.error, _ts(job.finished),
+            job.state.value, job.profile, job.spare, job.error, ts(job.finished),
             job.context.model_dump_json(), json.dumps(job.notes),
             json.dumps(job.rediscovery) if job.rediscovery is not None else None, job.id,
         )
         steps = [
-            (s.state.value, _ts(s.started), _ts(s.finished), s.detail, job.id, i)
+            (s.state.value, ts(s.started), ts(s.finished), s.detail, job.id, i)
             for i, s in enumerate(job.steps)
         ]
 
@@ -323,24 +290,14 @@ class SqliteStore:
 
     @staticmethod
     def _job_from(c: sqlite3.Connection, r: sqlite3.Row) -> Job:
-        steps = [
-            Step(s["step"], StepState(s["state"]), _dt(s["started"]), _dt(s["finished"]), s["detail"])
-            for s in c.execute("SELECT * FROM steps WHERE job=? ORDER BY position", (r["id"],))
-        ]
+        steps = [step_from(s) for s in c.execute("SELECT * FROM steps WHERE job=? ORDER BY position",
+                                                 (r["id"],))]
         owners = [
             owner_entry(o["epoch"], o["owner"], o["since"])
             for o in c.execute("SELECT epoch, owner, since FROM job_owners WHERE job=? ORDER BY epoch",
                                (r["id"],))
         ]
-        return Job(
-            id=r["id"], server=r["server"], group=r["grp"], state=JobState(r["state"]),
-            trigger=json.loads(r["trigger"]), created=_dt(r["created"]) or datetime.now(UTC),
-            steps=steps, profile=r["profile"], spare=r["spare"], error=r["error"],
-            finished=_dt(r["finished"]), context=FlowContext.model_validate_json(r["context"]),
-            notes=json.loads(r["notes"]),
-            rediscovery=json.loads(r["rediscovery"]) if r["rediscovery"] else None, owner=r["owner"],
-            epoch=int(r["epoch"]), owner_token=r["owner_token"], owners=owners,
-        )
+        return job_from(r, steps, owners)
 
     async def get_job(self, job_id: int) -> Job | None:
         def _get(c: sqlite3.Connection) -> Job | None:
@@ -353,15 +310,8 @@ class SqliteStore:
         self, *, state: str | None = None, server: str | None = None, limit: int = 100
     ) -> list[Job]:
         def _list(c: sqlite3.Connection) -> list[Job]:
-            where, args = [], []
-            if state:
-                where.append("state=?")
-                args.append(state)
-            if server:
-                where.append("server=?")
-                args.append(server)
-            sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-            sql += " ORDER BY id DESC LIMIT ?"
+            clause, args = where({"state": state, "server": server}, sqlite_param)
+            sql = "SELECT * FROM jobs" + clause + " ORDER BY id DESC LIMIT ?"
             return [self._job_from(c, r) for r in c.execute(sql, (*args, limit)).fetchall()]
 
         return await self._run(_list)
@@ -675,14 +625,8 @@ class SqliteStore:
     async def list_decisions(self, *, server: str | None = None, action: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:
         def _q(c: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, args = [], []
-            if server:
-                where.append("server=?")
-                args.append(server)
-            if action:
-                where.append("action=?")
-                args.append(action)
-            sql = "SELECT id, body FROM decisions" + (" WHERE " + " AND ".join(where) if where else "")
+            clause, args = where({"server": server, "action": action}, sqlite_param)
+            sql = "SELECT id, body FROM decisions" + clause
             rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
             return [{**json.loads(r[1]), "id": int(r[0])} for r in rows]
 
