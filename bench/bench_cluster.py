@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Several monitors on one store: takeover time, kill rounds, and jobs per second through the store.
 
-  a) kill rounds (the rounds of tests/test_cluster.py): three daemons (separate processes) on one store
+  a) kill rounds (the rounds of tests/e2e/test_cluster.py): three daemons (separate processes) on one store
      and one lab (`enclosures` sized for the rounds); each round fails a blade over through the API,
      SIGKILLs the monitor running the job at a random moment (uniform over a calibrated job duration),
      restarts it under the same name, waits for the job to end and checks the invariants (every profile
@@ -12,8 +12,8 @@
   b) jobs per second through the store: three store handles (three monitors' worth) on one store, each
      running jobs with the store traffic of a real failover (create, lock the group, write-ahead save
      before and after each step, unlock, finish) with 8 jobs in flight per handle; SQLite (one shared
-     file, `synchronous=full`) is the baseline, PostgreSQL (tests/pg_peer.py, monitor/store/postgres.py) when
-     available, and the ratio.
+     file, `synchronous=full`) is the baseline, PostgreSQL (tests/peers/postgres.py,
+     monitor/store/postgres.py) when available, and the ratio.
 
 Run: `.venv/bin/python bench/bench_cluster.py [--rounds 50] [--quick] [--backends sqlite,postgresql]
 [--json FILE]`. Everything binds 127.0.0.1 (the lab's BMCs 127.77.x.y). The last line of stdout is the
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.core.model import JobState, StepState  # noqa: E402
 from monitor.store.sqlite import SqliteStore  # noqa: E402
-from tests.test_cluster import (  # noqa: E402
+from tests.e2e.test_cluster import (  # noqa: E402
     GRACE,
     SLACK,
     BackendMissing,
@@ -61,7 +61,7 @@ IN_FLIGHT = 8
 
 
 def pg_available() -> bool:
-    return (importlib.util.find_spec("tests.pg_peer") is not None
+    return (importlib.util.find_spec("tests.peers.postgres") is not None
             and importlib.util.find_spec("monitor.store.postgres") is not None)
 
 
@@ -169,7 +169,7 @@ async def store_throughput(backend: str, jobs: int, tmp: Path) -> float:
             return s
 
         return await jobs_per_second(open_sqlite, jobs)
-    pg_peer: Any = importlib.import_module("tests.pg_peer")
+    pg_peer: Any = importlib.import_module("tests.peers.postgres")
     store_pg: Any = importlib.import_module("monitor.store.postgres")
     async with pg_peer.start_postgres(tmp) as pg:
         url = pg.url()
@@ -192,8 +192,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     backends = [b for b in args.backends.split(",") if b]
     notes: list[str] = []
     if "postgresql" in backends and not pg_available():
-        notes.append("PostgreSQL store not available yet (tests/pg_peer.py or monitor/store/postgres.py "
-                     "missing): SQLite only")
+        notes.append("PostgreSQL store not available yet (tests/peers/postgres.py or "
+                     "monitor/store/postgres.py missing): SQLite only")
         backends.remove("postgresql")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     out: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(), "seed": seed,

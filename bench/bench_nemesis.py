@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The nemesis rounds at length: how often the fencing promise survives, and how fast a takeover is.
 
-The rounds of tests/test_nemesis.py (harness: tests/nemesis.py): one lab, three daemons on one PostgreSQL
-store (each through a TCP proxy the bench controls), a failover of a fresh blade per round under one
-attack (owner SIGSTOPped or SIGKILLed at a random point, cut or blackholed from the store, a clock ±30 s,
+The rounds of tests/e2e/test_nemesis.py (harness: tests/e2e/nemesis.py): one lab, three daemons on one
+PostgreSQL store (each through a TCP proxy the bench controls), a failover of a fresh blade per round under
+one attack (owner SIGSTOPped or SIGKILLed at a random point, cut or blackholed from the store, a clock ±30 s,
 a duplicate instance name, a crash inside the job's finish), the oracle after every round. A fresh
 cluster every `--rounds-per-cluster` rounds (the lab runs out of fresh blades).
 
@@ -36,8 +36,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import nemesis  # noqa: E402
-from tests.test_cluster import BackendMissing  # noqa: E402
+from tests.e2e import nemesis  # noqa: E402
+from tests.e2e.test_cluster import BackendMissing  # noqa: E402
 
 BENCH_MIX = ("pause", "kill", "partition", "pause", "skew", "kill", "finish", "pause", "partition",
              "duplicate", "kill", "pause", "partition", "finish", "pause", "kill", "skew", "partition",

@@ -1,0 +1,29 @@
+"""Sockets for test servers. An in-process server takes an already bound socket (`bound_socket`, or the
+`tcp_socket`/`udp_socket` fixtures of tests.peers.plugin): port 0, no check-then-bind. A peer process
+that only takes a port number (mosquitto, PostgreSQL, sushy-tools, the daemon and lab as processes) gets
+`reserve_port()`: a port free a moment ago; each peer's start retries on a clash."""
+
+from __future__ import annotations
+
+import socket
+
+
+def bound_socket(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to port 0 on `host` (a TCP one listening), owned by the caller."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    try:
+        sock.bind((host, 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago, for a peer process that cannot be handed a socket (the caller
+    retries if someone takes it meanwhile)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
