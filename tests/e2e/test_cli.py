@@ -125,6 +125,7 @@ async def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_failover_wait_and_jobs(lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
                                       token: str, monkeypatch: pytest.MonkeyPatch) -> None:
     h = await start_daemon(monitor_config(lab.manager_url, tmp_path, token))

@@ -73,6 +73,7 @@ async def test_source_bmc_fault_fails_safe(
     assert "not moved" in job["error"], job["error"]
 
 
+@pytest.mark.slow
 async def test_slow_bmc_within_the_timeout_completes(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:
@@ -146,6 +147,7 @@ async def test_move_error_on_the_spare_side_restores_everything(
     await assert_unlocked(h)
 
 
+@pytest.mark.slow
 async def test_manager_down_at_job_start_touches_nothing(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:
@@ -320,6 +322,7 @@ async def test_discovery_down_during_the_move_undoes_it(
 # --- the database restarting mid-job ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_database_restarting_mid_job_is_waited_for(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:

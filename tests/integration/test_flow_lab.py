@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lab.main import LabSimulator
 from monitor.core.model import STEPS
 from tests.support.harness import DaemonFactory, LabControl, monitor_config
@@ -96,6 +98,7 @@ async def test_power_off_not_confirmed_keeps_the_profile(
     await assert_unlocked(h)
 
 
+@pytest.mark.slow
 async def test_bmc_that_never_answers_fails_safe(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:

@@ -187,6 +187,7 @@ def test_parse_event_payload_pathological() -> None:
         assert len(dumped) < 20 << 20  # bounded, whatever came in
 
 
+@pytest.mark.slow
 async def test_redfish_listener_never_fails(daemon: Harness, lab: LabSimulator) -> None:
     h = daemon
     assert h.daemon.http_address is not None
@@ -221,6 +222,7 @@ async def test_redfish_listener_never_fails(daemon: Harness, lab: LabSimulator) 
     assert counter(metrics, "api_rejected_total", reason="internal_error") == 0
 
 
+@pytest.mark.slow
 async def test_redfish_listener_memory_is_bounded(daemon: Harness, lab: LabSimulator) -> None:
     h = daemon
     assert h.daemon.http_address is not None
@@ -247,6 +249,7 @@ async def test_redfish_listener_memory_is_bounded(daemon: Harness, lab: LabSimul
 # --- the JSON API -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_api_takes_any_json(daemon: Harness) -> None:
     h = daemon
     assert h.daemon.http_address is not None
@@ -348,6 +351,7 @@ async def send_and_count(h: Harness, port: int, batch: list[bytes], sent_before:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow
 async def test_snmp_garbage_keeps_the_daemon_healthy_and_is_counted(daemon: Harness) -> None:
     h = daemon
     assert h.daemon.snmp_address is not None
@@ -424,7 +428,12 @@ BAD_FILES["inventory-deep-json"] = {"monitor.yaml": "inventory: {source: static,
                                     "inv.json": "[" * 100_000 + "]" * 100_000}
 
 
-@pytest.mark.parametrize("case", sorted(BAD_FILES))
+SLOW_CASES = {"config-deep-with-anchor", "config-huge-string"}
+"""Cases that take seconds in process (tracemalloc traces every allocation of a 20,000-deep parse)."""
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c
+                                  for c in sorted(BAD_FILES)])
 def test_check_config_reports_file_line_never_a_traceback(tmp_path: Path, case: str) -> None:
     if case in KNOWN_TRACEBACKS:
         pytest.xfail(KNOWN_TRACEBACKS[case])

@@ -291,6 +291,7 @@ async def test_broker_outage_buffers_without_blocking_and_delivers_in_order(
         assert r.p.buffered == 0
 
 
+@pytest.mark.slow
 async def test_a_hung_broker_times_out_then_the_message_is_sent_again(
     tmp_path: Path, publisher: Starter
 ) -> None:

@@ -272,6 +272,7 @@ async def test_rule_files_reload_and_a_broken_one_keeps_the_rules(
                      interval=0)
 
 
+@pytest.mark.slow
 async def test_rules_explain_cli(lab: LabSimulator, tmp_path: Path, token: str) -> None:
     cfg = config(lab, tmp_path, token)
     cfg_file = tmp_path / "monitor.yaml"
@@ -351,6 +352,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_rules_explain_live_runs_the_guards_and_the_confirmation(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:

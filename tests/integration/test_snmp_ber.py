@@ -304,6 +304,7 @@ if find_spec("hypothesis") is not None:  # not a project dependency: `pip instal
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
+    @pytest.mark.slow
     @settings(max_examples=3000, deadline=None)
     @given(st.binary(max_size=300))
     def test_hypothesis_any_bytes(data: bytes) -> None:
@@ -311,6 +312,7 @@ if find_spec("hypothesis") is not None:  # not a project dependency: `pip instal
         _decode_unguarded(b"\x30" + bytes([len(data) & 0x7F]) + data)
         assert peek_version(data) is None or isinstance(peek_version(data), int)
 
+    @pytest.mark.slow
     @settings(max_examples=3000, deadline=None)
     @given(st.data())
     def test_hypothesis_edits_of_a_trap(data: Any) -> None:

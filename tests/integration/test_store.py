@@ -482,6 +482,7 @@ async def test_a_save_after_a_takeover_is_fenced(two: tuple[PostgresStore, Postg
     assert back is not None and back.public() == theirs.public()  # neither the job nor a step changed
 
 
+@pytest.mark.slow
 async def test_the_database_restarted_between_two_calls(tmp_path: Path) -> None:
     async with start_postgres(tmp_path) as cluster:
         s = PostgresStore(cluster.url(), max_size=4, timeout=3.0)

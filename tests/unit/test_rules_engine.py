@@ -319,6 +319,7 @@ def test_state_survives_a_snapshot(tmp_path: Path) -> None:
     assert restored.decide(trap(clock), server()).action == "alert"
 
 
+@pytest.mark.slow
 def test_cost_does_not_scan_rules_that_cannot_match(tmp_path: Path) -> None:
     clock = FakeClock()
     many = [{"id": f"r{i}", "action": "alert", "match": {"trap_oid": f"1.3.6.1.4.1.99.0.{i}"}}
