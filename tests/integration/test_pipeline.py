@@ -190,7 +190,7 @@ async def test_a_health_change_within_the_window_fails_the_server_over(
     await wait_decisions(h, 1)
     assert (await decisions(h, "enc1-bay4"))[0]["action"] == "declined"
     await crash(lab_control, "enc1-bay4")
-    # What the health poller emits when it sees the change (adapters/redfish_events.HealthPoller).
+    # What the health poller emits when it sees the change (adapters/redfish/poller.py, HealthPoller).
     await post_event(h, {"source": "redfish-poll", "sender": "127.77.1.4", "server": "enc1-bay4",
                          "message_key": "HealthChanged", "event_type": "StatusChange", "severity": "Critical",
                          "health": "Critical", "previous_health": "OK"})
