@@ -606,7 +606,7 @@ async def test_fast_path_communities_and_disabled(captured: dict[str, bytes]) ->
 
 
 def _strictness(datagram: bytes) -> bool:
-    """BER the fast decoder refuses on purpose where pyasn1 is lenient or raises (see adapters/snmp/ber.py)."""
+    """BER the fast decoder refuses on purpose where pyasn1 is lenient or raises (adapters/snmp/ber.py)."""
     try:
         snmp_ber.decode_trap(datagram)
     except snmp_ber.BerError as exc:
