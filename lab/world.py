@@ -58,11 +58,11 @@ RESET_TYPES: Final = ("On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRes
 
 SERVER_FAULTS: Final = frozenset(
     {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing",
-     "bmc_slow", "bmc_down"}
+     "bmc_slow", "bmc_down", "ome_job_fails", "ome_job_hangs"}
 )
-MANAGER_FAULTS: Final = frozenset({"manager_unavailable"})
-"""Faults of the manager itself (no server or domain): `manager_unavailable` answers 503 to every
-manager API call."""
+MANAGER_FAULTS: Final = frozenset({"manager_unavailable", "ome_unavailable", "ome_session_expiry"})
+"""Faults of a manager itself (no server or domain): `manager_unavailable` answers 503 to every
+manager API call; `ome_unavailable` and `ome_session_expiry` are the OME face's (lab/ome.py)."""
 DEFAULT_SLOW_S: Final = 1.0
 """`bmc_slow` without `delay_s`: seconds added to each of the BMC's answers."""
 DOMAIN_FAULTS: Final = {
@@ -584,16 +584,19 @@ class World:
         token: FenceToken | None = None,
         *,
         accepted: bool = True,
+        checked: bool = True,
     ) -> None:
         """Log one action (accepted or refused) with the monitor, job and epoch of its fencing token.
 
         The guard of the oracle: an accepted action whose epoch is below the highest seen for its job
-        is a violation (`stale_epoch`; only possible with `fencing: record`)."""
+        is a violation (`stale_epoch`; only possible with `fencing: record`). `checked=False`: the
+        action is a manager's job carrying out a request that was admitted earlier (lab/ome.py): it
+        is logged with that request's token, and not held against the epochs seen since."""
         self.log.append(
             {"time": time.time(), "kind": kind, "server": server, "detail": detail, "accepted": accepted,
              **token_fields(token)}
         )
-        if accepted and token is not None:
+        if accepted and checked and token is not None:
             seen = self.fence_jobs.get(token.job)
             if seen is not None and token.epoch < seen[0]:
                 self._violation(
@@ -664,6 +667,11 @@ class World:
         )
         self.record(kind, server, f"{action}: rejected ({refusal.message})", token, accepted=False)
         raise refusal
+
+    def admit(self, token: FenceToken | None, kind: str, server: str | None, action: str) -> None:
+        """The fence check alone, for a face that admits a request now and acts on it later (an OME
+        job): raises StaleFence as `_admit` does."""
+        self._admit(token, kind, server, action)
 
     def fencing_view(self) -> dict[str, Any]:
         return {
@@ -744,10 +752,14 @@ class World:
         server.power = "PoweringOn"
         self._schedule(server, self.latency.power_on_s, lambda: self._reach_on(server))
 
-    def reset(self, server_id: str, reset_type: str, token: FenceToken | None = None) -> None:
-        """A Redfish ComputerSystem.Reset on the server's BMC; raises on a stale token and the iLO quirks."""
+    def reset(self, server_id: str, reset_type: str, token: FenceToken | None = None, *,
+              admit: bool = True) -> None:
+        """A Redfish ComputerSystem.Reset on the server's BMC; raises on a stale token and the iLO quirks.
+
+        `admit=False`: the token was admitted when a manager accepted the request (see `admit`)."""
         server = self.server(server_id)
-        self._admit(token, "reset", server.id, reset_type)
+        if admit:
+            self._admit(token, "reset", server.id, reset_type)
         powers_on = reset_type in ("On", "ForceOn", "ForceRestart") or (
             reset_type == "PushPowerButton" and server.power == "Off"
         )
@@ -759,7 +771,7 @@ class World:
         if powers_on:
             server.powered_on_by = token
             self._check_previous_holder(server, token, reset_type)
-        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token)
+        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token, checked=admit)
 
     def _reset(self, server: Server, reset_type: str) -> None:
         power = server.power
@@ -787,13 +799,16 @@ class World:
 
     # --- the manager (VCEM role) ------------------------------------------------------------------------
 
-    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None, *,
+             admit: bool = True) -> Profile:
         """Move a profile between servers, atomically; every refusal leaves the world unchanged.
 
         The source's power is not checked (as a manager that does not check); moving off a server that
-        is not Off is recorded as a violation (`move_off_running`)."""
+        is not Off is recorded as a violation (`move_off_running`). `admit=False`: the token was
+        admitted when a manager accepted the request (see `admit`)."""
         action = f"{profile_id} {from_id} -> {to_id}"
-        self._admit(token, "move", from_id, action)
+        if admit:
+            self._admit(token, "move", from_id, action)
         try:
             profile = self.profile(profile_id)
             src = self.server(from_id)
@@ -812,7 +827,7 @@ class World:
                 "move_off_running", [src.id, dst.id], profile.id, token,
                 f"{profile.id} moved off {src.id} to {dst.id} while {src.id} is {src.power}",
             )
-        self.record("move", src.id, f"{action}: ok", token)
+        self.record("move", src.id, f"{action}: ok", token, checked=admit)
         return profile
 
     def _check_move(self, profile: Profile, src: Server, dst: Server) -> None:

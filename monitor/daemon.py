@@ -9,7 +9,7 @@ import errno
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -45,6 +45,8 @@ class Adapters:
     discovery: DiscoveryService
     reload: Any = None
     """A callable rereading the inventory file (static source), or None."""
+    retired: list[Any] = field(default_factory=list)
+    """Adapters replaced by another but still to be closed (the lab client when OME is the manager)."""
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
@@ -67,6 +69,11 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         inventory = StaticInventory(path, store)
         adapters = Adapters(power, StaticManager(inventory), StaticDiscovery(inventory, power),
                             inventory.reload)
+    if cfg.manager.kind == "ome" and cfg.manager.ome is not None:
+        from adapters.ome import build_ome_manager
+
+        adapters.retired.append(adapters.manager)  # its client may still serve discovery (the lab's SIM)
+        adapters.manager = build_ome_manager(cfg.manager.ome, resolve=lambda f: str(loaded.resolve(f)))
     d = cfg.discovery
     if d.kind != "inventory":
         from adapters.discovery_external import external_discovery
@@ -187,7 +194,7 @@ class Daemon:
 
     async def refresh_inventory(self, manager: ProfileManager) -> None:
         try:
-            async with asyncio.timeout(self.config.inventory.lab.timeout + 5):
+            async with asyncio.timeout(self.loaded.manager_timeout + 5):
                 self._inventory = await manager.inventory()
             self._inventory_error = None
             self._inventory_at = self.clock.time()
@@ -286,7 +293,7 @@ class Daemon:
                              max(self.config.inventory.lab.timeout, self.config.redfish.timeout))
         # The longest one outside action of a job may take: the adapters' own time limits (a Redfish
         # request, a manager call, a discovery hook), plus a second.
-        action_timeout = max(self.config.redfish.timeout, self.config.inventory.lab.timeout,
+        action_timeout = max(self.config.redfish.timeout, self.loaded.manager_timeout,
                              discovery_timeout) + 1.0
         runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=self.config.cluster,
                            discovery_timeout=discovery_timeout, action_timeout=action_timeout)
@@ -394,7 +401,8 @@ class Daemon:
                     with contextlib.suppress(Exception):
                         await close()
             await web_runner.cleanup()
-            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
+            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close,
+                           *(a.close for a in adapters.retired)):
                 with contextlib.suppress(Exception):
                     await closer()
         if self._fatal is not None:
