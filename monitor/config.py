@@ -191,6 +191,9 @@ class FailoverConfig(_Strict):
     poll_interval: Annotated[float, Field(gt=0)] = 1.0
     power_off_attempts: Annotated[int, Field(ge=1)] = 3
     """ForceOff requests sent before giving up (each followed by polling), as fence agents retry."""
+    move_task_timeout: Annotated[float, Field(gt=0)] = 1800.0
+    """Seconds a profile manager's move task (OneView, OME) is followed before move_profile gives up (the
+    task itself goes on: it is not cancelled); the step's default limit is this plus two minutes."""
     step_timeouts: dict[str, Annotated[float, Field(gt=0)]] = {}
     """Per-step limits in seconds, overriding the defaults (power steps: their timeout plus a minute)."""
     rediscovery: RediscoveryConfig = RediscoveryConfig()
