@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,9 @@ TYPE_CHASSIS = 2000
 PROFILE_DEPLOYED = 4
 STATIC_MEMBERSHIP = 12
 COMPLETED = 2060
+ACTIVE_STATES = (2020, 2030, 2040, 2050, 2080)
+"""Scheduled, Queued, Starting, Running, New: a job that has not ended."""
+DEVICE_ACTION = 3
 FAILED_STATES = frozenset({2070, 2090, 2100, 2101, 2102, 2103})
 """LastRunStatus ids of a job that ended without doing its work (Failed, Warning = completed with
 errors, Aborted, Paused, Stopped, Canceled)."""
@@ -143,12 +147,27 @@ class TargetIn(_In):
     Id: int
 
 
+class ParamIn(_In):
+    Key: str = ""
+    Value: str | None = None
+
+
+class JobTypeIn(_In):
+    Id: int | None = None
+    Name: str = ""
+
+
 class JobIn(_In):
     Id: int
     JobName: str = ""
     LastRunStatus: StatusIn
     Targets: list[TargetIn] = []
+    Params: list[ParamIn] = []
+    JobType: JobTypeIn | None = None
     LastRun: str | None = None
+
+    def param(self, key: str) -> str | None:
+        return next((p.Value for p in self.Params if p.Key.lower() == key.lower()), None)
 
 
 class DetailIn(_In):
@@ -185,9 +204,27 @@ def ome_time(text: str | None) -> float | None:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
 
+_UUID_EPOCH = 0x01B21DD213814000
+"""100-ns intervals between 1582-10-15 (the UUID v1/v6 epoch) and 1970-01-01."""
+
+
 def intent_time(intent: str) -> float | None:
-    """The moment a move was written ahead, from the intent the flow recorded: an ISO-8601 time, or a
-    string with one in it (None: it names no time)."""
+    """The moment a move was written ahead, when the intent the flow recorded says it: an ISO-8601 time
+    (or a string with one in it), or a time-based UUID (versions 1, 6, 7). None: it names no time (a
+    random UUID 4)."""
+    try:
+        u = uuid.UUID(intent.strip())
+    except ValueError:
+        u = None
+    if u is not None:
+        if u.version == 7:
+            return int(u.hex[:12], 16) / 1000.0
+        if u.version == 1:
+            return (u.time - _UUID_EPOCH) / 1e7
+        if u.version == 6:
+            h = u.hex
+            return ((int(h[:12], 16) << 12 | int(h[13:16], 16)) - _UUID_EPOCH) / 1e7
+        return None
     m = _ISO.search(intent)
     if m is None:
         return None
@@ -514,11 +551,11 @@ class OmeManager:
         if profile.ProfileState != PROFILE_DEPLOYED:
             raise OperationRejected(f"OME profile {profile_id} is not deployed (ProfileState "
                                     f"{profile.ProfileState}): MigrateProfile needs ProfileState 4",
-                                    endpoint=self.c.url)
+                                    endpoint=self.c.url, status=409)
         if profile.TargetId != src.Id:
             raise OperationRejected(f"OME profile {profile_id} is deployed on device {profile.TargetId} "
                                     f"({profile.TargetName}), not on {source} ({src.Id}): not moved",
-                                    endpoint=self.c.url)
+                                    endpoint=self.c.url, status=409)
         await self._check_target(profile, dst, target)
         before = profile.DeploymentTaskId or 0
         await self.c.request("POST", "/api/ProfileService/Actions/ProfileService.MigrateProfile",
@@ -536,6 +573,12 @@ class OmeManager:
                                             "is under way", endpoint=self.c.url)
                 return str(job)
             if self.clock.monotonic() >= deadline:
+                active = await self._active_move_job(profile, dst)
+                if active is not None:
+                    log.warning("OME profile %s: DeploymentTaskId still %s after %g s; following the "
+                                "active job %s that targets %s", profile_id, before, self.s.job_id_wait,
+                                active, target)
+                    return str(active)
                 raise AdapterTimeout(f"OME accepted MigrateProfile {profile_id} -> {target}, but the profile "
                                      f"named no new job within {self.s.job_id_wait:g} s (DeploymentTaskId "
                                      f"still {before})", endpoint=self.c.url)
@@ -553,26 +596,41 @@ class OmeManager:
         if isinstance(invalid, list) and dst.Id in invalid:
             raise OperationRejected(f"OME: {target} ({dst.Id}) is an invalid target for profile "
                                     f"{profile.ProfileName} (GetInvalidTargetsForAssignProfile): not moved",
-                                    endpoint=self.c.url)
+                                    endpoint=self.c.url, status=409)
 
     async def find_move(self, profile_id: str, target: str, *, intent: str) -> str | None:
         """The job the MigrateProfile written ahead as `intent` started: the profile's DeploymentTaskId,
         when that job targets `target` and started after the intent (less `clock_skew`); else None."""
         profile = await self._profile_in(profile_id)
-        ref = profile.DeploymentTaskId or 0
-        if not ref:
-            return None
         dst = await self._device(target)
-        try:
-            job = await self._job(ref)
-        except NotFound:
-            return None
-        if dst.Id not in {t.Id for t in job.Targets}:
-            return None
-        since, ran = intent_time(intent), ome_time(job.LastRun)
-        if since is not None and ran is not None and ran < since - self.s.clock_skew:
-            return None
-        return str(ref)
+        ref = profile.DeploymentTaskId or 0
+        job: JobIn | None = None
+        if ref:
+            try:
+                job = await self._job(ref)
+            except NotFound:
+                job = None
+        if job is not None and dst.Id in {t.Id for t in job.Targets}:
+            since, ran = intent_time(intent), ome_time(job.LastRun)
+            if since is None or ran is None or ran >= since - self.s.clock_skew:
+                return str(ref)
+        # OME names the job in the profile late: an active deployment job on the target, of this
+        # profile, is that request's too.
+        active = await self._active_move_job(profile, dst)
+        return str(active) if active is not None else None
+
+    async def _active_move_job(self, profile: ProfileIn, dst: DeviceIn) -> int | None:
+        """The one job that has not ended, targets `dst`, is not a device action (power) and names no
+        other profile; None when there is none (or several: nothing certain)."""
+        flt = " or ".join(f"LastRunStatus/Id eq {s}" for s in ACTIVE_STATES)
+        path = "/api/JobService/Jobs"
+        jobs = [_parse(JobIn, j, f"GET {path}", self.c.url + path)
+                for j in await self.c.collection(path, {"$filter": flt})]
+        found = [j.Id for j in jobs
+                 if dst.Id in {t.Id for t in j.Targets}
+                 and (j.JobType is None or j.JobType.Id != DEVICE_ACTION)
+                 and j.param("profileId") in (None, str(profile.Id))]
+        return found[0] if len(found) == 1 else None
 
     async def _job(self, ref: int | str) -> JobIn:
         path = f"/api/JobService/Jobs({int(ref)})"
