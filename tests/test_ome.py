@@ -484,3 +484,35 @@ async def test_takeover_while_the_job_runs_follows_it(
     powered = [e for e in world.log if e["kind"] == "reset" and e["server"] == "enc1-bay9"]
     assert [(e["monitor"], e["epoch"]) for e in powered] == [("b", 2)]
     assert world.violations == []
+
+
+async def test_session_expiring_mid_job_does_not_stop_the_flow(
+        ome_lab: LabSimulator, ome_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str) -> None:
+    f = face(ome_lab)
+    f.config.migrate_s = 0.6
+    h = await start_daemon(flow_config(ome_lab, tmp_path, token))
+    job_id = await h.failover("enc1-bay1")
+    await h.wait_for(lambda: job_id in h.jobs and h.jobs[job_id].context.move.task is not None, 20)
+    sessions = set(f.sessions)
+    await ome_control.fault("ome_session_expiry")
+    job = await h.wait_job(job_id)
+    assert job["state"] == "completed", job
+    assert sessions and not sessions & set(f.sessions)  # the old session expired, a new one was made
+    assert len(f.migrate_requests) == 1 and ome_lab.world.violations == []
+
+
+async def test_hung_job_ends_the_step_at_its_limit_and_nothing_is_powered_on(
+        ome_lab: LabSimulator, ome_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str) -> None:
+    await ome_control.fault("ome_job_hangs", server="enc1-bay9")
+    h = await start_daemon(flow_config(ome_lab, tmp_path, token, step_timeouts={"move_profile": 1.5}))
+    job = await h.wait_job(await h.failover("enc1-bay1"))
+    assert job["state"] == "failed"
+    st = states(job)
+    assert st["move_profile"] == "failed" and st["power_on_spare"] == "skipped"
+    world = ome_lab.world
+    assert world.profiles["prof-enc1-bay1"].server == "enc1-bay1"
+    assert world.servers["enc1-bay9"].power == "Off" and world.servers["enc1-bay1"].power == "Off"
+    assert len(face(ome_lab).migrate_requests) == 1 and world.violations == []
+    assert "did not finish within 1.5 s" in job["error"] and "Running (2050)" in job["error"], job["error"]
