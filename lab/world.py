@@ -56,11 +56,16 @@ BAYS_PER_ENCLOSURE: Final = 16
 
 RESET_TYPES: Final = ("On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRestart", "PushPowerButton")
 
+ONEVIEW_SERVER_FAULTS: Final = frozenset(
+    {"oneview_task_error", "oneview_task_hangs", "oneview_etag_conflict"}
+)
+"""Faults of the OneView face (lab.oneview) for the tasks and profiles of one server (lab/API.md)."""
+ONEVIEW_MANAGER_FAULTS: Final = frozenset({"oneview_unavailable", "oneview_sessions_expire"})
 SERVER_FAULTS: Final = frozenset(
     {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing",
-     "bmc_slow", "bmc_down"}
+     "bmc_slow", "bmc_down"} | ONEVIEW_SERVER_FAULTS
 )
-MANAGER_FAULTS: Final = frozenset({"manager_unavailable"})
+MANAGER_FAULTS: Final = frozenset({"manager_unavailable"} | ONEVIEW_MANAGER_FAULTS)
 """Faults of the manager itself (no server or domain): `manager_unavailable` answers 503 to every
 manager API call."""
 DEFAULT_SLOW_S: Final = 1.0
@@ -665,6 +670,10 @@ class World:
         self.record(kind, server, f"{action}: rejected ({refusal.message})", token, accepted=False)
         raise refusal
 
+    def admit(self, token: FenceToken | None, kind: str, server: str | None, action: str) -> None:
+        """The fence check, for the lab's other faces (lab.oneview): StaleFence for a stale token."""
+        self._admit(token, kind, server, action)
+
     def fencing_view(self) -> dict[str, Any]:
         return {
             "mode": self.fencing_mode,
@@ -787,13 +796,16 @@ class World:
 
     # --- the manager (VCEM role) ------------------------------------------------------------------------
 
-    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None, *,
+             admitted: bool = False) -> Profile:
         """Move a profile between servers, atomically; every refusal leaves the world unchanged.
 
         The source's power is not checked (as a manager that does not check); moving off a server that
-        is not Off is recorded as a violation (`move_off_running`)."""
+        is not Off is recorded as a violation (`move_off_running`). `admitted`: the request carrying
+        `token` passed the fence earlier (a manager task that takes effect later, lab.oneview)."""
         action = f"{profile_id} {from_id} -> {to_id}"
-        self._admit(token, "move", from_id, action)
+        if not admitted:
+            self._admit(token, "move", from_id, action)
         try:
             profile = self.profile(profile_id)
             src = self.server(from_id)
@@ -838,6 +850,41 @@ class World:
         for s in (src, dst):
             if self.has_fault(s, "move_error"):
                 raise InjectedFailure(f"VCEM job failed for {s.id} (injected move_error)")
+
+    def unassign(self, profile_id: str, from_id: str, token: FenceToken | None = None) -> Profile:
+        """Take a profile off its server (a manager's unassign; the request passed the fence already).
+        Taking it off a server that is not Off is a `move_off_running` violation."""
+        profile = self.profile(profile_id)
+        src = self.server(from_id)
+        if profile.server != src.id:
+            raise Conflict(f"profile {profile.id} is on {profile.server or 'no server'}, not on {src.id}")
+        src.profile = None
+        profile.server = None
+        profile.previous_server = src.id
+        if src.power != "Off":
+            self._violation("move_off_running", [src.id], profile.id, token,
+                            f"{profile.id} taken off {src.id} while {src.id} is {src.power}")
+        self.record("move", src.id, f"{profile.id} {src.id} -> none: ok", token)
+        return profile
+
+    def assign(self, profile_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+        """Put an unassigned profile on a server that is Off and has none (the request passed the fence)."""
+        profile = self.profile(profile_id)
+        dst = self.server(to_id)
+        if profile.server is not None:
+            raise Conflict(f"profile {profile.id} is on {profile.server}")
+        if dst.profile is not None:
+            raise Conflict(f"server {dst.id} already has profile {dst.profile}")
+        if not self.reported_present(dst):
+            raise Conflict(f"server {dst.id} is not present")
+        if dst.power != "Off":
+            raise Conflict(f"server {dst.id} is not powered off ({dst.power})")
+        if self.has_fault(dst, "move_error"):
+            raise InjectedFailure(f"VCEM job failed for {dst.id} (injected move_error)")
+        dst.profile = profile.id
+        profile.server = dst.id
+        self.record("move", dst.id, f"{profile.id} none -> {dst.id}: ok", token)
+        return profile
 
     def set_spare(self, server_id: str, spare: bool, token: FenceToken | None = None) -> Server:
         action = f"spare={str(spare).lower()}"

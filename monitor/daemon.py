@@ -9,7 +9,7 @@ import errno
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -45,6 +45,8 @@ class Adapters:
     discovery: DiscoveryService
     reload: Any = None
     """A callable rereading the inventory file (static source), or None."""
+    closers: list[Any] = field(default_factory=list)
+    """More async callables to close at the end (a client the replaced manager shared)."""
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
@@ -72,6 +74,12 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         from adapters.discovery_external import external_discovery
 
         adapters.discovery = external_discovery(d.kind, d.webhook, d.command, adapters.manager.server)
+    if cfg.manager.kind == "oneview":
+        from adapters.oneview.build import oneview_manager
+
+        assert cfg.manager.oneview is not None
+        adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
+        adapters.manager = oneview_manager(cfg.manager.oneview, cfg.failover, loaded.resolve)
     return adapters
 
 
@@ -286,8 +294,10 @@ class Daemon:
                              max(self.config.inventory.lab.timeout, self.config.redfish.timeout))
         # The longest one outside action of a job may take: the adapters' own time limits (a Redfish
         # request, a manager call, a discovery hook), plus a second.
-        action_timeout = max(self.config.redfish.timeout, self.config.inventory.lab.timeout,
-                             discovery_timeout) + 1.0
+        manager_timeout = self.config.inventory.lab.timeout
+        if self.config.manager.oneview is not None and self.config.manager.kind == "oneview":
+            manager_timeout = 2 * self.config.manager.oneview.timeout  # the move: GET (eTag), then PUT
+        action_timeout = max(self.config.redfish.timeout, manager_timeout, discovery_timeout) + 1.0
         runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=self.config.cluster,
                            discovery_timeout=discovery_timeout, action_timeout=action_timeout)
         self.runner = runner
@@ -394,7 +404,8 @@ class Daemon:
                     with contextlib.suppress(Exception):
                         await close()
             await web_runner.cleanup()
-            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
+            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close,
+                           *adapters.closers):
                 with contextlib.suppress(Exception):
                     await closer()
         if self._fatal is not None:
