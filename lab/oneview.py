@@ -989,6 +989,7 @@ async def get_hardware(request: web.Request) -> web.Response:
 
 async def put_power_state(request: web.Request) -> web.Response:
     face = _face(request)
+    face.count("power_put")
     server = _server(request)
     token = _token(request)
     body: PowerBody = _model(PowerBody, await _body(request))
@@ -1060,6 +1061,7 @@ async def get_profile(request: web.Request) -> web.Response:
 
 async def put_profile(request: web.Request) -> web.Response:
     face = _face(request)
+    face.count("profile_put")  # every PUT that reaches the appliance, refused or not
     pid = face.profile_at(f"/rest/server-profiles/{request.match_info['id']}")
     token = _token(request)
     body = await _body(request)
