@@ -20,6 +20,8 @@ __all__ = [
     "LabConfig",
     "Latency",
     "OmeLab",
+    "OneViewDurations",
+    "OneViewLab",
     "expand_env",
     "load_config",
     "parse_config",
@@ -58,6 +60,53 @@ class Latency(_Model):
     power_off_s: float = Field(default=1.0, ge=0)
     power_on_s: float = Field(default=1.0, ge=0)
     boot_s: float = Field(default=3.0, ge=0)
+
+
+class OneViewDurations(_Model):
+    """How long the OneView face's tasks take (lab/API.md, "OneView"). Real appliances take tens of
+    seconds for a profile move; tests make them short."""
+
+    task_start_s: float = Field(default=0.5, ge=0)
+    """A task's New -> Running."""
+    profile_move_s: float = Field(default=30.0, ge=0)
+    """A profile update that moves the profile: Running -> Completed (or Error)."""
+    power_s: float = Field(default=5.0, ge=0)
+    """The least a power task takes; it completes once the server reads the power state asked for."""
+    power_timeout_s: float = Field(default=120.0, gt=0)
+    """A power task whose state is not reached by then ends in Error."""
+    put_answer_delay_s: float = Field(default=0.0, ge=0, le=600)
+    """Seconds the answer to an accepted profile PUT is held back (its task already exists): a client
+    may die between sending the move and reading its task."""
+
+
+class OneViewLab(_Model):
+    """The HPE OneView face of the world (lab.oneview): HTTPS, its own listener."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:0"
+    username: str = Field(default="administrator", min_length=1)
+    password: str = Field(default="lab-oneview", min_length=1)
+    current_version: int = Field(default=5200, ge=1)
+    minimum_version: int = Field(default=120, ge=1)
+    session_idle_s: float = Field(default=86400.0, gt=0)
+    """A session not used for this long expires (the appliance's 24 h)."""
+    spare_label: str = Field(default="spare", min_length=1)
+    """The label the world's spare designation is shown as on server-hardware."""
+    page_size: int = Field(default=64, ge=1)
+    """Members per collection page when the request gives no `count`."""
+    durations: OneViewDurations = Field(default_factory=OneViewDurations)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _versions(self) -> OneViewLab:
+        if self.minimum_version > self.current_version:
+            raise ValueError("minimum_version must be at most current_version")
+        return self
 
 
 class OmeLab(_Model):
@@ -113,6 +162,7 @@ class LabConfig(_Model):
     `record`: it is let through and recorded as a violation (to show the oracle catches it)."""
     ome: OmeLab = Field(default_factory=OmeLab)
     """The emulated OME-Modular API (off unless `ome.enabled`)."""
+    oneview: OneViewLab = Field(default_factory=OneViewLab)
 
     @field_validator("listen")
     @classmethod

@@ -20,6 +20,7 @@ from lab.bmc import BmcFleet, BmcStartError
 from lab.config import ConfigError, LabConfig, load_config, split_host_port
 from lab.manager import create_manager_app
 from lab.ome import OmeFace
+from lab.oneview import OneViewFace, create_oneview_app
 from lab.tls import LabCertificate, generate_certificate
 from lab.world import World, generate_world
 
@@ -39,6 +40,10 @@ class LabSimulator:
         self.config = config
         self.world: World = generate_world(config)
         self.manager_url: str = ""
+        self.oneview_url: str = ""
+        """The OneView face's base URL (`https://127.0.0.1:PORT`) when `oneview.enabled`."""
+        self.oneview: OneViewFace | None = None
+        self._oneview_runner: web.AppRunner | None = None
         self.ome_url: str = ""
         """The emulated OME-Modular API (`ome.enabled`), else empty."""
         self.ome: OmeFace | None = OmeFace(self.world, config.ome) if config.ome.enabled else None
@@ -79,9 +84,10 @@ class LabSimulator:
     async def _start(self) -> None:
         cfg = self.config
         ips = [s.bmc_ip for s in self.world.bmc_servers()]
+        if cfg.oneview.enabled:
+            ips.append(_ip_or(split_host_port(cfg.oneview.listen)[0], "127.0.0.1"))
         if self.ome is not None and cfg.ome.tls:
-            with contextlib.suppress(ValueError):  # a host name: "localhost" is in the certificate
-                ips.append(str(ipaddress.ip_address(split_host_port(cfg.ome.listen)[0])))
+            ips.append(_ip_or(split_host_port(cfg.ome.listen)[0], "127.0.0.1"))
         self._cert = generate_certificate(ips)
         self._fleet = BmcFleet(
             self.world, cfg.credentials, self._cert.server_context(), self._shutdown, cfg.bmc_port
@@ -101,11 +107,31 @@ class LabSimulator:
         port = next(a[1] for a in self._runner.addresses if isinstance(a, tuple))
         host = f"[{cfg.listen_host}]" if ":" in cfg.listen_host else cfg.listen_host
         self.manager_url = f"http://{host}:{port}"
+        if cfg.oneview.enabled:
+            await self._start_oneview()
         if self.ome is not None:
             await self._start_ome()
         if cfg.ready_file:
             self._write_ready(Path(cfg.ready_file))
         log.info("lab serving: manager %s, %d BMCs", self.manager_url, len(self._fleet))
+
+    async def _start_oneview(self) -> None:
+        """The OneView face (lab.oneview): HTTPS with the lab's certificate, on its own listener."""
+        assert self._cert is not None
+        ov = self.config.oneview
+        self.oneview = OneViewFace(self.world, ov)
+        self._oneview_runner = web.AppRunner(create_oneview_app(self.oneview), access_log=None,
+                                             shutdown_timeout=1.0)
+        await self._oneview_runner.setup()
+        host, port = split_host_port(ov.listen)
+        site = web.TCPSite(self._oneview_runner, host, port, ssl_context=self._cert.server_context())
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LabStartError(
+                f"cannot listen on oneview.listen {ov.listen}: {exc.strerror or exc}") from exc
+        bound = next(a[1] for a in self._oneview_runner.addresses if isinstance(a, tuple))
+        self.oneview_url = f"https://{f'[{host}]' if ':' in host else host}:{bound}"
 
     async def _start_ome(self) -> None:
         assert self.ome is not None and self._cert is not None
@@ -126,6 +152,8 @@ class LabSimulator:
     def _write_ready(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
         ready: dict[str, object] = {"manager": self.manager_url, "pid": os.getpid()}
+        if self.oneview_url:
+            ready["oneview"] = self.oneview_url
         if self.ome_url:
             ready["ome"] = self.ome_url
         try:
@@ -138,6 +166,11 @@ class LabSimulator:
     async def stop(self) -> None:
         self._shutdown.set()  # releases requests hung by bmc_timeout
         self.world.close()
+        if self.oneview is not None:
+            self.oneview.close()
+        if self._oneview_runner is not None:
+            ov_runner, self._oneview_runner = self._oneview_runner, None
+            await ov_runner.cleanup()
         if self.ome is not None:
             self.ome.close()
         if self._ome_runner is not None:
@@ -158,6 +191,15 @@ class LabSimulator:
             self._ready_written = None
 
 
+def _ip_or(host: str, default: str) -> str:
+    """`host` when it is an IP address (a certificate SAN), else `default`."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return default
+    return host
+
+
 async def serve(config: LabConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     stop = asyncio.Event()
@@ -167,6 +209,8 @@ async def serve(config: LabConfig) -> None:
     try:
         async with LabSimulator(config) as lab:
             print(f"lab: manager API at {lab.manager_url}", file=sys.stderr, flush=True)
+            if lab.oneview_url:
+                print(f"lab: OneView API at {lab.oneview_url}", file=sys.stderr, flush=True)
             if lab.ome_url:
                 print(f"lab: OME-Modular API at {lab.ome_url}", file=sys.stderr, flush=True)
             await stop.wait()

@@ -10,7 +10,7 @@ power-on, whichever face asked for it.
 Jobs are state machines on the lab's clock (the event loop's): 2080 New, 2050 Running after
 `job_start_s`, then 2060 Completed or 2070 Failed after `migrate_s` / `power_s`. A request is admitted by
 the fence (`X-Failover-Fence`) when it is accepted; the job carries it out later under that token
-(`World.move(..., admit=False)`), as a manager that goes on when the monitor that asked is gone.
+(`World.move(..., admitted=True)`), as a manager that goes on when the monitor that asked is gone.
 """
 
 from __future__ import annotations
@@ -500,7 +500,7 @@ class OmeFace:
     def _finish_migrate(self, job: OmeJob) -> None:
         assert job.profile is not None and job.source is not None and job.target is not None
         try:
-            self.world.move(job.profile, job.source, job.target, job.token, admit=False)
+            self.world.move(job.profile, job.source, job.target, job.token, admitted=True)
         except LabError as exc:
             self._end(job, FAILED, f"Task Failed. Unable to migrate {job.profile} to {job.target}: "
                                    f"{exc.message}")
@@ -527,7 +527,7 @@ class OmeFace:
                 done.append(f"{server.id} already {server.power}")
                 continue
             try:
-                self.world.reset(server.id, reset, job.token, admit=False)
+                self.world.reset(server.id, reset, job.token, admitted=True)
             except LabError as exc:
                 self._end(job, FAILED, f"Task Failed. {POWER_VALUES[value]} of {server.id}: {exc.message}")
                 return

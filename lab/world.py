@@ -56,13 +56,21 @@ BAYS_PER_ENCLOSURE: Final = 16
 
 RESET_TYPES: Final = ("On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRestart", "PushPowerButton")
 
+ONEVIEW_SERVER_FAULTS: Final = frozenset(
+    {"oneview_task_error", "oneview_task_hangs", "oneview_etag_conflict"}
+)
+"""Faults of the OneView face (lab.oneview) for the tasks and profiles of one server (lab/API.md)."""
+ONEVIEW_MANAGER_FAULTS: Final = frozenset({"oneview_unavailable", "oneview_sessions_expire"})
+OME_SERVER_FAULTS: Final = frozenset({"ome_job_fails", "ome_job_hangs"})
+"""Faults of the OME face (lab.ome) for the jobs that target or move off one server (lab/API.md)."""
+OME_MANAGER_FAULTS: Final = frozenset({"ome_unavailable", "ome_session_expiry"})
 SERVER_FAULTS: Final = frozenset(
     {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing",
-     "bmc_slow", "bmc_down", "ome_job_fails", "ome_job_hangs"}
+     "bmc_slow", "bmc_down"} | ONEVIEW_SERVER_FAULTS | OME_SERVER_FAULTS
 )
-MANAGER_FAULTS: Final = frozenset({"manager_unavailable", "ome_unavailable", "ome_session_expiry"})
+MANAGER_FAULTS: Final = frozenset({"manager_unavailable"} | ONEVIEW_MANAGER_FAULTS | OME_MANAGER_FAULTS)
 """Faults of a manager itself (no server or domain): `manager_unavailable` answers 503 to every
-manager API call; `ome_unavailable` and `ome_session_expiry` are the OME face's (lab/ome.py)."""
+manager API call; the others are the OneView and OME faces' (lab.oneview, lab.ome)."""
 DEFAULT_SLOW_S: Final = 1.0
 """`bmc_slow` without `delay_s`: seconds added to each of the BMC's answers."""
 DOMAIN_FAULTS: Final = {
@@ -590,8 +598,8 @@ class World:
 
         The guard of the oracle: an accepted action whose epoch is below the highest seen for its job
         is a violation (`stale_epoch`; only possible with `fencing: record`). `checked=False`: the
-        action is a manager's job carrying out a request that was admitted earlier (lab/ome.py): it
-        is logged with that request's token, and not held against the epochs seen since."""
+        action is a manager's task carrying out a request admitted earlier (lab.oneview, lab.ome): it is
+        logged with that request's token, and not held against the epochs seen since."""
         self.log.append(
             {"time": time.time(), "kind": kind, "server": server, "detail": detail, "accepted": accepted,
              **token_fields(token)}
@@ -669,8 +677,8 @@ class World:
         raise refusal
 
     def admit(self, token: FenceToken | None, kind: str, server: str | None, action: str) -> None:
-        """The fence check alone, for a face that admits a request now and acts on it later (an OME
-        job): raises StaleFence as `_admit` does."""
+        """The fence check alone, for the lab's other faces (lab.oneview, lab.ome), which admit a request
+        now and act on it later (a manager's task or job): StaleFence for a stale token."""
         self._admit(token, kind, server, action)
 
     def fencing_view(self) -> dict[str, Any]:
@@ -753,12 +761,12 @@ class World:
         self._schedule(server, self.latency.power_on_s, lambda: self._reach_on(server))
 
     def reset(self, server_id: str, reset_type: str, token: FenceToken | None = None, *,
-              admit: bool = True) -> None:
+              admitted: bool = False) -> None:
         """A Redfish ComputerSystem.Reset on the server's BMC; raises on a stale token and the iLO quirks.
 
-        `admit=False`: the token was admitted when a manager accepted the request (see `admit`)."""
+        `admitted`: the token passed the fence when a manager accepted the request (see `admit`)."""
         server = self.server(server_id)
-        if admit:
+        if not admitted:
             self._admit(token, "reset", server.id, reset_type)
         powers_on = reset_type in ("On", "ForceOn", "ForceRestart") or (
             reset_type == "PushPowerButton" and server.power == "Off"
@@ -771,7 +779,8 @@ class World:
         if powers_on:
             server.powered_on_by = token
             self._check_previous_holder(server, token, reset_type)
-        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token, checked=admit)
+        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token,
+                    checked=not admitted)
 
     def _reset(self, server: Server, reset_type: str) -> None:
         power = server.power
@@ -800,14 +809,15 @@ class World:
     # --- the manager (VCEM role) ------------------------------------------------------------------------
 
     def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None, *,
-             admit: bool = True) -> Profile:
+             admitted: bool = False) -> Profile:
         """Move a profile between servers, atomically; every refusal leaves the world unchanged.
 
         The source's power is not checked (as a manager that does not check); moving off a server that
-        is not Off is recorded as a violation (`move_off_running`). `admit=False`: the token was
-        admitted when a manager accepted the request (see `admit`)."""
+        is not Off is recorded as a violation (`move_off_running`). `admitted`: the request carrying
+        `token` passed the fence earlier (a manager task that takes effect later, lab.oneview, lab.ome):
+        it is logged with that token and not held against the epochs seen since."""
         action = f"{profile_id} {from_id} -> {to_id}"
-        if admit:
+        if not admitted:
             self._admit(token, "move", from_id, action)
         try:
             profile = self.profile(profile_id)
@@ -827,7 +837,7 @@ class World:
                 "move_off_running", [src.id, dst.id], profile.id, token,
                 f"{profile.id} moved off {src.id} to {dst.id} while {src.id} is {src.power}",
             )
-        self.record("move", src.id, f"{action}: ok", token, checked=admit)
+        self.record("move", src.id, f"{action}: ok", token, checked=not admitted)
         return profile
 
     def _check_move(self, profile: Profile, src: Server, dst: Server) -> None:
@@ -853,6 +863,41 @@ class World:
         for s in (src, dst):
             if self.has_fault(s, "move_error"):
                 raise InjectedFailure(f"VCEM job failed for {s.id} (injected move_error)")
+
+    def unassign(self, profile_id: str, from_id: str, token: FenceToken | None = None) -> Profile:
+        """Take a profile off its server (a manager's unassign; the request passed the fence already).
+        Taking it off a server that is not Off is a `move_off_running` violation."""
+        profile = self.profile(profile_id)
+        src = self.server(from_id)
+        if profile.server != src.id:
+            raise Conflict(f"profile {profile.id} is on {profile.server or 'no server'}, not on {src.id}")
+        src.profile = None
+        profile.server = None
+        profile.previous_server = src.id
+        if src.power != "Off":
+            self._violation("move_off_running", [src.id], profile.id, token,
+                            f"{profile.id} taken off {src.id} while {src.id} is {src.power}")
+        self.record("move", src.id, f"{profile.id} {src.id} -> none: ok", token)
+        return profile
+
+    def assign(self, profile_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+        """Put an unassigned profile on a server that is Off and has none (the request passed the fence)."""
+        profile = self.profile(profile_id)
+        dst = self.server(to_id)
+        if profile.server is not None:
+            raise Conflict(f"profile {profile.id} is on {profile.server}")
+        if dst.profile is not None:
+            raise Conflict(f"server {dst.id} already has profile {dst.profile}")
+        if not self.reported_present(dst):
+            raise Conflict(f"server {dst.id} is not present")
+        if dst.power != "Off":
+            raise Conflict(f"server {dst.id} is not powered off ({dst.power})")
+        if self.has_fault(dst, "move_error"):
+            raise InjectedFailure(f"VCEM job failed for {dst.id} (injected move_error)")
+        dst.profile = profile.id
+        profile.server = dst.id
+        self.record("move", dst.id, f"{profile.id} none -> {dst.id}: ok", token)
+        return profile
 
     def set_spare(self, server_id: str, spare: bool, token: FenceToken | None = None) -> Server:
         action = f"spare={str(spare).lower()}"

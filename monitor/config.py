@@ -157,19 +157,6 @@ class OmeConfig(_Strict):
         return 2 * self.timeout + self.job_id_wait
 
 
-class ManagerConfig(_Strict):
-    kind: Literal["inventory", "ome"] = "inventory"
-    """`inventory`: the inventory source's own manager (the lab's, or the static file's); `ome`: Dell
-    OpenManage Enterprise / OME-Modular (its inventory, profiles, spares and power)."""
-    ome: OmeConfig | None = None
-
-    @model_validator(mode="after")
-    def _settings(self) -> ManagerConfig:
-        if self.kind == "ome" and self.ome is None:
-            raise ValueError("manager.ome is required when manager.kind is ome")
-        return self
-
-
 class RedfishConfig(_Strict):
     timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds for each Redfish request."""
@@ -372,6 +359,59 @@ class DiscoveryConfig(_Strict):
         return self
 
 
+class OneViewBmcAccess(_Strict):
+    """The blades' BMCs (iLO) as the monitor reaches them for power: OneView gives each one's address
+    (`mpIpAddress`); the account and port are the site's."""
+
+    username: str
+    password: SecretStr
+    port: Annotated[int, Field(ge=1, le=65535)] = 443
+    verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM CA file (relative to the config file) the iLO certificates are checked against."""
+
+
+class OneViewManagerConfig(_Strict):
+    """HPE OneView as the profile manager (adapters/oneview). Credentials as `${ENV}` references."""
+
+    address: Annotated[str, Field(pattern=r"^https://[^/\s]+/?$")]
+    """https://HOST[:PORT] of the appliance."""
+    username: str
+    password: SecretStr
+    login_domain: str = "Local"
+    """`authLoginDomain` of the login (a directory name, or Local)."""
+    api_version: Annotated[int, Field(ge=1)] | None = None
+    """X-API-Version sent with every call; None: the appliance's currentVersion (GET /rest/version)."""
+    spare_label: Annotated[str, Field(min_length=1, pattern=r"^[^']+$")] = "spare"
+    """The label that designates a server-hardware as a spare."""
+    group_by: Literal["enclosure_group", "scope"] = "enclosure_group"
+    """What a domain group is: a server's enclosure group, or its scope."""
+    verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM CA file (relative to the config file) the appliance's certificate is checked against."""
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds for each request to the appliance."""
+    bmc: OneViewBmcAccess
+    """How the blades' BMCs are reached (the flow powers servers off and on through them)."""
+
+
+class ManagerConfig(_Strict):
+    kind: Literal["inventory", "oneview", "ome"] = "inventory"
+    """inventory: the inventory source's own (the lab's manager API, or the static file); oneview: HPE
+    OneView; ome: Dell OpenManage Enterprise / OME-Modular (with either, the inventory source only keeps
+    the discovery service's role)."""
+    oneview: OneViewManagerConfig | None = None
+    ome: OmeConfig | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> ManagerConfig:
+        if self.kind == "oneview" and self.oneview is None:
+            raise ValueError("manager.oneview is required when manager.kind is oneview")
+        if self.kind == "ome" and self.ome is None:
+            raise ValueError("manager.ome is required when manager.kind is ome")
+        return self
+
+
 class ClusterConfig(_Strict):
     """Several monitors sharing one store: each renews a lease on its membership; when a monitor's
     lease runs out, another adopts its jobs (resuming or failing them safe, per failover.recovery)."""
@@ -432,10 +472,10 @@ class MonitorConfig(_Strict):
     sqlite: StoreSqlite = StoreSqlite()
     postgres: StorePostgres = StorePostgres()
     inventory: InventoryConfig = InventoryConfig()
-    manager: ManagerConfig = ManagerConfig()
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    manager: ManagerConfig = ManagerConfig()
     cluster: ClusterConfig = ClusterConfig()
     rules: RulesConfig = RulesConfig()
     snmp: SnmpConfig = SnmpConfig()
@@ -493,6 +533,8 @@ class LoadedConfig:
         m = self.config.manager
         if m.kind == "ome" and m.ome is not None:
             return m.ome.action_timeout
+        if m.kind == "oneview" and m.oneview is not None:
+            return 2 * m.oneview.timeout  # the move: GET (eTag), then PUT
         return self.config.inventory.lab.timeout
 
     @property

@@ -45,8 +45,8 @@ class Adapters:
     discovery: DiscoveryService
     reload: Any = None
     """A callable rereading the inventory file (static source), or None."""
-    retired: list[Any] = field(default_factory=list)
-    """Adapters replaced by another but still to be closed (the lab client when OME is the manager)."""
+    closers: list[Any] = field(default_factory=list)
+    """More async callables to close at the end (a client the replaced manager shared)."""
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
@@ -69,16 +69,23 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         inventory = StaticInventory(path, store)
         adapters = Adapters(power, StaticManager(inventory), StaticDiscovery(inventory, power),
                             inventory.reload)
-    if cfg.manager.kind == "ome" and cfg.manager.ome is not None:
-        from adapters.ome import build_ome_manager
-
-        adapters.retired.append(adapters.manager)  # its client may still serve discovery (the lab's SIM)
-        adapters.manager = build_ome_manager(cfg.manager.ome, resolve=lambda f: str(loaded.resolve(f)))
     d = cfg.discovery
     if d.kind != "inventory":
         from adapters.discovery_external import external_discovery
 
         adapters.discovery = external_discovery(d.kind, d.webhook, d.command, adapters.manager.server)
+    if cfg.manager.kind == "oneview":
+        from adapters.oneview.build import oneview_manager
+
+        assert cfg.manager.oneview is not None
+        adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
+        adapters.manager = oneview_manager(cfg.manager.oneview, cfg.failover, loaded.resolve)
+    if cfg.manager.kind == "ome":
+        from adapters.ome import build_ome_manager
+
+        assert cfg.manager.ome is not None
+        adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
+        adapters.manager = build_ome_manager(cfg.manager.ome, resolve=lambda f: str(loaded.resolve(f)))
     return adapters
 
 
@@ -402,7 +409,7 @@ class Daemon:
                         await close()
             await web_runner.cleanup()
             for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close,
-                           *(a.close for a in adapters.retired)):
+                           *adapters.closers):
                 with contextlib.suppress(Exception):
                     await closer()
         if self._fatal is not None:
