@@ -19,6 +19,9 @@ __all__ = [
     "Credentials",
     "LabConfig",
     "Latency",
+    "OmeLab",
+    "OneViewDurations",
+    "OneViewLab",
     "expand_env",
     "load_config",
     "parse_config",
@@ -59,6 +62,88 @@ class Latency(_Model):
     boot_s: float = Field(default=3.0, ge=0)
 
 
+class OneViewDurations(_Model):
+    """How long the OneView face's tasks take (lab/API.md, "OneView"). Real appliances take tens of
+    seconds for a profile move; tests make them short."""
+
+    task_start_s: float = Field(default=0.5, ge=0)
+    """A task's New -> Running."""
+    profile_move_s: float = Field(default=30.0, ge=0)
+    """A profile update that moves the profile: Running -> Completed (or Error)."""
+    power_s: float = Field(default=5.0, ge=0)
+    """The least a power task takes; it completes once the server reads the power state asked for."""
+    power_timeout_s: float = Field(default=120.0, gt=0)
+    """A power task whose state is not reached by then ends in Error."""
+    put_answer_delay_s: float = Field(default=0.0, ge=0, le=600)
+    """Seconds the answer to an accepted profile PUT is held back (its task already exists): a client
+    may die between sending the move and reading its task."""
+
+
+class OneViewLab(_Model):
+    """The HPE OneView face of the world (lab.oneview): HTTPS, its own listener."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:0"
+    username: str = Field(default="administrator", min_length=1)
+    password: str = Field(default="lab-oneview", min_length=1)
+    current_version: int = Field(default=5200, ge=1)
+    minimum_version: int = Field(default=120, ge=1)
+    session_idle_s: float = Field(default=86400.0, gt=0)
+    """A session not used for this long expires (the appliance's 24 h)."""
+    spare_label: str = Field(default="spare", min_length=1)
+    """The label the world's spare designation is shown as on server-hardware."""
+    page_size: int = Field(default=64, ge=1)
+    """Members per collection page when the request gives no `count`."""
+    durations: OneViewDurations = Field(default_factory=OneViewDurations)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _versions(self) -> OneViewLab:
+        if self.minimum_version > self.current_version:
+            raise ValueError("minimum_version must be at most current_version")
+        return self
+
+
+class OmeLab(_Model):
+    """The emulated Dell OpenManage Enterprise / OME-Modular API (lab/ome.py), a face of the same world.
+    Durations are seconds on the lab's clock (the event loop's)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:0"
+    tls: bool = True
+    """HTTPS with the lab's self-signed certificate (as OME); false: plain HTTP."""
+    credentials: Credentials = Field(default_factory=Credentials)
+    session_idle_s: float = Field(default=1800.0, gt=0)
+    """A session not used for this long expires (OME's default idle timeout is 30 minutes)."""
+    job_start_s: float = Field(default=2.0, ge=0)
+    """A new job (2080 New) starts Running (2050) after this."""
+    job_id_delay_s: float = Field(default=3.0, ge=0)
+    """After MigrateProfile, the profile's DeploymentTaskId names the new job only after this (the
+    Ansible modules sleep 3-5 s before reading it)."""
+    migrate_s: float = Field(default=60.0, ge=0)
+    """A running MigrateProfile job takes this long before the profile is on the target."""
+    power_s: float = Field(default=8.0, ge=0)
+    """A running POWER_CONTROL job takes this long before the command reaches the sled (whose power
+    then follows the world's latencies)."""
+    spare_group: str = Field(default="failover-spares", min_length=1)
+    """The static group whose members are the world's designated spares."""
+    page_size: int = Field(default=50, ge=1, le=1000)
+    """Members per page of a collection when the request gives no $top."""
+    request_ms: float = Field(default=0.0, ge=0)
+    """Added to every /api/ request."""
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+
 class LabConfig(_Model):
     """The whole lab configuration; every key is optional."""
 
@@ -75,6 +160,9 @@ class LabConfig(_Model):
     fencing: FenceMode = "enforce"
     """`enforce`: a request with a fencing token older than the newest seen for its job is refused (409);
     `record`: it is let through and recorded as a violation (to show the oracle catches it)."""
+    ome: OmeLab = Field(default_factory=OmeLab)
+    """The emulated OME-Modular API (off unless `ome.enabled`)."""
+    oneview: OneViewLab = Field(default_factory=OneViewLab)
 
     @field_validator("listen")
     @classmethod

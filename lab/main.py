@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -16,8 +17,10 @@ from types import TracebackType
 from aiohttp import web
 
 from lab.bmc import BmcFleet, BmcStartError
-from lab.config import ConfigError, LabConfig, load_config
+from lab.config import ConfigError, LabConfig, load_config, split_host_port
 from lab.manager import create_manager_app
+from lab.ome import OmeFace
+from lab.oneview import OneViewFace, create_oneview_app
 from lab.tls import LabCertificate, generate_certificate
 from lab.world import World, generate_world
 
@@ -37,6 +40,14 @@ class LabSimulator:
         self.config = config
         self.world: World = generate_world(config)
         self.manager_url: str = ""
+        self.oneview_url: str = ""
+        """The OneView face's base URL (`https://127.0.0.1:PORT`) when `oneview.enabled`."""
+        self.oneview: OneViewFace | None = None
+        self._oneview_runner: web.AppRunner | None = None
+        self.ome_url: str = ""
+        """The emulated OME-Modular API (`ome.enabled`), else empty."""
+        self.ome: OmeFace | None = OmeFace(self.world, config.ome) if config.ome.enabled else None
+        self._ome_runner: web.AppRunner | None = None
         self._shutdown = asyncio.Event()
         self._cert: LabCertificate | None = None
         self._fleet: BmcFleet | None = None
@@ -72,7 +83,12 @@ class LabSimulator:
 
     async def _start(self) -> None:
         cfg = self.config
-        self._cert = generate_certificate([s.bmc_ip for s in self.world.bmc_servers()])
+        ips = [s.bmc_ip for s in self.world.bmc_servers()]
+        if cfg.oneview.enabled:
+            ips.append(_ip_or(split_host_port(cfg.oneview.listen)[0], "127.0.0.1"))
+        if self.ome is not None and cfg.ome.tls:
+            ips.append(_ip_or(split_host_port(cfg.ome.listen)[0], "127.0.0.1"))
+        self._cert = generate_certificate(ips)
         self._fleet = BmcFleet(
             self.world, cfg.credentials, self._cert.server_context(), self._shutdown, cfg.bmc_port
         )
@@ -91,16 +107,57 @@ class LabSimulator:
         port = next(a[1] for a in self._runner.addresses if isinstance(a, tuple))
         host = f"[{cfg.listen_host}]" if ":" in cfg.listen_host else cfg.listen_host
         self.manager_url = f"http://{host}:{port}"
+        if cfg.oneview.enabled:
+            await self._start_oneview()
+        if self.ome is not None:
+            await self._start_ome()
         if cfg.ready_file:
             self._write_ready(Path(cfg.ready_file))
         log.info("lab serving: manager %s, %d BMCs", self.manager_url, len(self._fleet))
 
+    async def _start_oneview(self) -> None:
+        """The OneView face (lab.oneview): HTTPS with the lab's certificate, on its own listener."""
+        assert self._cert is not None
+        ov = self.config.oneview
+        self.oneview = OneViewFace(self.world, ov)
+        self._oneview_runner = web.AppRunner(create_oneview_app(self.oneview), access_log=None,
+                                             shutdown_timeout=1.0)
+        await self._oneview_runner.setup()
+        host, port = split_host_port(ov.listen)
+        site = web.TCPSite(self._oneview_runner, host, port, ssl_context=self._cert.server_context())
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LabStartError(
+                f"cannot listen on oneview.listen {ov.listen}: {exc.strerror or exc}") from exc
+        bound = next(a[1] for a in self._oneview_runner.addresses if isinstance(a, tuple))
+        self.oneview_url = f"https://{f'[{host}]' if ':' in host else host}:{bound}"
+
+    async def _start_ome(self) -> None:
+        assert self.ome is not None and self._cert is not None
+        ome = self.config.ome
+        host, port = split_host_port(ome.listen)
+        self._ome_runner = web.AppRunner(self.ome.app(), access_log=None, shutdown_timeout=1.0)
+        await self._ome_runner.setup()
+        tls = self._cert.server_context() if ome.tls else None
+        try:
+            await web.TCPSite(self._ome_runner, host, port, ssl_context=tls).start()
+        except OSError as exc:
+            raise LabStartError(f"cannot listen on ome.listen {ome.listen}: {exc.strerror or exc}") from exc
+        bound = next(a[1] for a in self._ome_runner.addresses if isinstance(a, tuple))
+        shown = f"[{host}]" if ":" in host else host
+        self.ome_url = f"{'https' if ome.tls else 'http'}://{shown}:{bound}"
+        log.info("lab serving the OME-Modular API at %s", self.ome_url)
+
     def _write_ready(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
+        ready: dict[str, object] = {"manager": self.manager_url, "pid": os.getpid()}
+        if self.oneview_url:
+            ready["oneview"] = self.oneview_url
+        if self.ome_url:
+            ready["ome"] = self.ome_url
         try:
-            tmp.write_text(
-                json.dumps({"manager": self.manager_url, "pid": os.getpid()}) + "\n", encoding="utf-8"
-            )
+            tmp.write_text(json.dumps(ready) + "\n", encoding="utf-8")
             tmp.replace(path)
         except OSError as exc:
             raise LabStartError(f"cannot write the ready file {path}: {exc.strerror or exc}") from exc
@@ -109,6 +166,16 @@ class LabSimulator:
     async def stop(self) -> None:
         self._shutdown.set()  # releases requests hung by bmc_timeout
         self.world.close()
+        if self.oneview is not None:
+            self.oneview.close()
+        if self._oneview_runner is not None:
+            ov_runner, self._oneview_runner = self._oneview_runner, None
+            await ov_runner.cleanup()
+        if self.ome is not None:
+            self.ome.close()
+        if self._ome_runner is not None:
+            ome_runner, self._ome_runner = self._ome_runner, None
+            await ome_runner.cleanup()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -124,6 +191,15 @@ class LabSimulator:
             self._ready_written = None
 
 
+def _ip_or(host: str, default: str) -> str:
+    """`host` when it is an IP address (a certificate SAN), else `default`."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return default
+    return host
+
+
 async def serve(config: LabConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     stop = asyncio.Event()
@@ -133,6 +209,10 @@ async def serve(config: LabConfig) -> None:
     try:
         async with LabSimulator(config) as lab:
             print(f"lab: manager API at {lab.manager_url}", file=sys.stderr, flush=True)
+            if lab.oneview_url:
+                print(f"lab: OneView API at {lab.oneview_url}", file=sys.stderr, flush=True)
+            if lab.ome_url:
+                print(f"lab: OME-Modular API at {lab.ome_url}", file=sys.stderr, flush=True)
             await stop.wait()
             log.info("lab stopping")
     finally:

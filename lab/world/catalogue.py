@@ -17,15 +17,21 @@ BAYS_PER_ENCLOSURE: Final = 16
 RESET_TYPES: Final = ("On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRestart", "PushPowerButton")
 
 
+ONEVIEW_SERVER_FAULTS: Final = frozenset(
+    {"oneview_task_error", "oneview_task_hangs", "oneview_etag_conflict"}
+)
+"""Faults of the OneView face (lab.oneview) for the tasks and profiles of one server (lab/API.md)."""
+ONEVIEW_MANAGER_FAULTS: Final = frozenset({"oneview_unavailable", "oneview_sessions_expire"})
+OME_SERVER_FAULTS: Final = frozenset({"ome_job_fails", "ome_job_hangs"})
+"""Faults of the OME face (lab.ome) for the jobs that target or move off one server (lab/API.md)."""
+OME_MANAGER_FAULTS: Final = frozenset({"ome_unavailable", "ome_session_expiry"})
 SERVER_FAULTS: Final = frozenset(
     {"power_off_hangs", "power_on_fails", "bmc_timeout", "bmc_error", "move_error", "spare_missing",
-     "bmc_slow", "bmc_down"}
+     "bmc_slow", "bmc_down"} | ONEVIEW_SERVER_FAULTS | OME_SERVER_FAULTS
 )
-
-
-MANAGER_FAULTS: Final = frozenset({"manager_unavailable"})
-"""Faults of the manager itself (no server or domain): `manager_unavailable` answers 503 to every
-manager API call."""
+MANAGER_FAULTS: Final = frozenset({"manager_unavailable"} | ONEVIEW_MANAGER_FAULTS | OME_MANAGER_FAULTS)
+"""Faults of a manager itself (no server or domain): `manager_unavailable` answers 503 to every
+manager API call; the others are the OneView and OME faces' (lab.oneview, lab.ome)."""
 
 
 DEFAULT_SLOW_S: Final = 1.0

@@ -62,10 +62,14 @@ class PowerPart(WorldState):
         server.power = "PoweringOn"
         self._schedule(server, self.latency.power_on_s, lambda: self._reach_on(server))
 
-    def reset(self, server_id: str, reset_type: str, token: FenceToken | None = None) -> None:
-        """A Redfish ComputerSystem.Reset on the server's BMC; raises on a stale token and the iLO quirks."""
+    def reset(self, server_id: str, reset_type: str, token: FenceToken | None = None, *,
+              admitted: bool = False) -> None:
+        """A Redfish ComputerSystem.Reset on the server's BMC; raises on a stale token and the iLO quirks.
+
+        `admitted`: the token passed the fence when a manager accepted the request (see `admit`)."""
         server = self.server(server_id)
-        self._admit(token, "reset", server.id, reset_type)
+        if not admitted:
+            self._admit(token, "reset", server.id, reset_type)
         powers_on = reset_type in ("On", "ForceOn", "ForceRestart") or (
             reset_type == "PushPowerButton" and server.power == "Off"
         )
@@ -77,7 +81,8 @@ class PowerPart(WorldState):
         if powers_on:
             server.powered_on_by = token
             self._check_previous_holder(server, token, reset_type)
-        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token)
+        self.record("reset", server.id, f"{reset_type}: accepted ({server.power})", token,
+                    checked=not admitted)
 
     def _reset(self, server: Server, reset_type: str) -> None:
         power = server.power

@@ -11,13 +11,17 @@ from lab.world.state import HostRecord, Profile, Server, WorldState, wall_time
 
 
 class ProfilesPart(WorldState):
-    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+    def move(self, profile_id: str, from_id: str, to_id: str, token: FenceToken | None = None, *,
+             admitted: bool = False) -> Profile:
         """Move a profile between servers, atomically; every refusal leaves the world unchanged.
 
         The source's power is not checked (as a manager that does not check); moving off a server that
-        is not Off is recorded as a violation (`move_off_running`)."""
+        is not Off is recorded as a violation (`move_off_running`). `admitted`: the request carrying
+        `token` passed the fence earlier (a manager task that takes effect later, lab.oneview, lab.ome):
+        it is logged with that token and not held against the epochs seen since."""
         action = f"{profile_id} {from_id} -> {to_id}"
-        self._admit(token, "move", from_id, action)
+        if not admitted:
+            self._admit(token, "move", from_id, action)
         try:
             profile = self.profile(profile_id)
             src = self.server(from_id)
@@ -36,7 +40,7 @@ class ProfilesPart(WorldState):
                 "move_off_running", [src.id, dst.id], profile.id, token,
                 f"{profile.id} moved off {src.id} to {dst.id} while {src.id} is {src.power}",
             )
-        self.record("move", src.id, f"{action}: ok", token)
+        self.record("move", src.id, f"{action}: ok", token, checked=not admitted)
         return profile
 
     def _check_move(self, profile: Profile, src: Server, dst: Server) -> None:
@@ -62,6 +66,41 @@ class ProfilesPart(WorldState):
         for s in (src, dst):
             if self.has_fault(s, "move_error"):
                 raise InjectedFailure(f"VCEM job failed for {s.id} (injected move_error)")
+
+    def unassign(self, profile_id: str, from_id: str, token: FenceToken | None = None) -> Profile:
+        """Take a profile off its server (a manager's unassign; the request passed the fence already).
+        Taking it off a server that is not Off is a `move_off_running` violation."""
+        profile = self.profile(profile_id)
+        src = self.server(from_id)
+        if profile.server != src.id:
+            raise Conflict(f"profile {profile.id} is on {profile.server or 'no server'}, not on {src.id}")
+        src.profile = None
+        profile.server = None
+        profile.previous_server = src.id
+        if src.power != "Off":
+            self._violation("move_off_running", [src.id], profile.id, token,
+                            f"{profile.id} taken off {src.id} while {src.id} is {src.power}")
+        self.record("move", src.id, f"{profile.id} {src.id} -> none: ok", token)
+        return profile
+
+    def assign(self, profile_id: str, to_id: str, token: FenceToken | None = None) -> Profile:
+        """Put an unassigned profile on a server that is Off and has none (the request passed the fence)."""
+        profile = self.profile(profile_id)
+        dst = self.server(to_id)
+        if profile.server is not None:
+            raise Conflict(f"profile {profile.id} is on {profile.server}")
+        if dst.profile is not None:
+            raise Conflict(f"server {dst.id} already has profile {dst.profile}")
+        if not self.reported_present(dst):
+            raise Conflict(f"server {dst.id} is not present")
+        if dst.power != "Off":
+            raise Conflict(f"server {dst.id} is not powered off ({dst.power})")
+        if self.has_fault(dst, "move_error"):
+            raise InjectedFailure(f"VCEM job failed for {dst.id} (injected move_error)")
+        dst.profile = profile.id
+        profile.server = dst.id
+        self.record("move", dst.id, f"{profile.id} none -> {dst.id}: ok", token)
+        return profile
 
     def set_spare(self, server_id: str, spare: bool, token: FenceToken | None = None) -> Server:
         action = f"spare={str(spare).lower()}"

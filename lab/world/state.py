@@ -333,16 +333,19 @@ class WorldState:
         token: FenceToken | None = None,
         *,
         accepted: bool = True,
+        checked: bool = True,
     ) -> None:
         """Log one action (accepted or refused) with the monitor, job and epoch of its fencing token.
 
         The guard of the oracle: an accepted action whose epoch is below the highest seen for its job
-        is a violation (`stale_epoch`; only possible with `fencing: record`)."""
+        is a violation (`stale_epoch`; only possible with `fencing: record`). `checked=False`: the
+        action is a manager's task carrying out a request admitted earlier (lab.oneview, lab.ome): it is
+        logged with that request's token, and not held against the epochs seen since."""
         self.log.append(
             {"time": time.time(), "kind": kind, "server": server, "detail": detail, "accepted": accepted,
              **token_fields(token)}
         )
-        if accepted and token is not None:
+        if accepted and checked and token is not None:
             seen = self.fence_jobs.get(token.job)
             if seen is not None and token.epoch < seen[0]:
                 self._violation(
@@ -411,6 +414,11 @@ class WorldState:
         )
         self.record(kind, server, f"{action}: rejected ({refusal.message})", token, accepted=False)
         raise refusal
+
+    def admit(self, token: FenceToken | None, kind: str, server: str | None, action: str) -> None:
+        """The fence check alone, for the lab's other faces (lab.oneview, lab.ome), which admit a request
+        now and act on it later (a manager's task or job): StaleFence for a stale token."""
+        self._admit(token, kind, server, action)
 
     def fencing_view(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -53,6 +53,8 @@ class Adapters:
     discovery: DiscoveryService
     reload: Any = None
     """A callable rereading the inventory file (static source), or None."""
+    closers: list[Any] = field(default_factory=list)
+    """More async callables to close at the end (a client the replaced manager shared)."""
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
@@ -80,6 +82,18 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         from adapters.discovery_external import external_discovery
 
         adapters.discovery = external_discovery(d.kind, d.webhook, d.command, adapters.manager.server)
+    if cfg.manager.kind == "oneview":
+        from adapters.oneview.build import oneview_manager
+
+        assert cfg.manager.oneview is not None
+        adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
+        adapters.manager = oneview_manager(cfg.manager.oneview, cfg.failover, loaded.resolve)
+    if cfg.manager.kind == "ome":
+        from adapters.ome import build_ome_manager
+
+        assert cfg.manager.ome is not None
+        adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
+        adapters.manager = build_ome_manager(cfg.manager.ome, resolve=lambda f: str(loaded.resolve(f)))
     return adapters
 
 
@@ -143,7 +157,7 @@ class Daemon:
         self.store: Store = open_store(self.config, loaded.store_path, self.clock.time)
         self.runner: JobRunner | None = None
         self.inventory_view = InventoryView(self.clock, self.metrics,
-                                            timeout=self.config.inventory.lab.timeout + 5,
+                                            timeout=self.loaded.manager_timeout + 5,
                                             interval=self.config.inventory.refresh_interval)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
@@ -206,7 +220,7 @@ class Daemon:
         discovery = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
                      d.command.timeout if d.kind == "command" and d.command else
                      max(cfg.inventory.lab.timeout, cfg.redfish.timeout))
-        return discovery, max(cfg.redfish.timeout, cfg.inventory.lab.timeout, discovery) + 1.0
+        return discovery, max(cfg.redfish.timeout, self.loaded.manager_timeout, discovery) + 1.0
 
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -224,6 +238,8 @@ class Daemon:
             except ConfigError as exc:
                 raise StartupError(str(exc)) from exc
             self._adapters = adapters
+            for n, extra in enumerate(adapters.closers):
+                closing.add(f"a shared client ({n + 1})", extra)
             closing.add("the discovery service", adapters.discovery.close)
             closing.add("the profile manager", adapters.manager.close)
             closing.add("the power adapter", adapters.power.close)

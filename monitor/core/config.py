@@ -93,6 +93,71 @@ class InventoryConfig(_Strict):
         return self
 
 
+class OmeBmcConfig(_Strict):
+    """The iDRAC account the monitor's Redfish power path uses for sleds found through OME (OME gives
+    each sled's iDRAC address, `ManagementURL`, never its credentials)."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+
+class OmeDomainGroups(_Strict):
+    source: Literal["chassis_groups", "device_groups"] = "chassis_groups"
+    """`chassis_groups`: a domain group is an OME static group of chassis; each sled belongs to its
+    chassis' group. `device_groups`: a domain group is an OME static group of sleds (list them)."""
+    names: list[Annotated[str, Field(min_length=1)]] = []
+    """The OME groups that are domain groups. Empty with `chassis_groups`: every static group with a
+    chassis among its members (but the spare group)."""
+
+    @model_validator(mode="after")
+    def _names_for_devices(self) -> OmeDomainGroups:
+        if self.source == "device_groups" and not self.names:
+            raise ValueError("manager.ome.domain_groups.names is required with source: device_groups")
+        return self
+
+
+class OmeConfig(_Strict):
+    """Dell OpenManage Enterprise or OME-Modular (MX7000) as the profile manager (README "Profile
+    managers")."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")]
+    """The appliance, `https://ome.example.com` (the API is under /api)."""
+    username: str = Field(min_length=1)
+    password: SecretStr
+    verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM file of the CA that signed the appliance's certificate (relative to the config file)."""
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds for each request."""
+    session_idle: Annotated[float, Field(gt=0)] = 1500.0
+    """Seconds after which an unused session is replaced before the next request (OME's idle timeout
+    is 30 minutes by default); a 401 renews it at any time."""
+    job_id_wait: Annotated[float, Field(gt=0)] = 20.0
+    """Seconds MigrateProfile may take to name its job in the profile's DeploymentTaskId."""
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between reads while waiting for that job id."""
+    domain_groups: OmeDomainGroups = OmeDomainGroups()
+    spare_group: str = Field(default="failover-spares", min_length=1)
+    """The static group of designated spares; removing the designation removes the sled from it."""
+    server_id: Literal["device_name", "service_tag"] = "device_name"
+    """What names a server in the monitor: the sled's DeviceName or its service tag."""
+    force_migrate: bool = True
+    """MigrateProfile's ForceMigrate: migrate even when OME cannot contact the source (the failed blade).
+    The monitor moves a profile only once the source reads Off, whatever this says."""
+    clock_skew: Annotated[float, Field(ge=0)] = 300.0
+    """Seconds OME's clock may be behind ours: after a crash, a migrate job that started up to this much
+    before the move was written ahead still counts as that move."""
+    bmc: OmeBmcConfig | None = None
+    """Credentials of the sleds' iDRACs for Redfish power and health; none: servers carry no BMC."""
+
+    @property
+    def action_timeout(self) -> float:
+        """The longest one manager action takes: a request, then the wait for its job id."""
+        return 2 * self.timeout + self.job_id_wait
+
+
 class RedfishConfig(_Strict):
     timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds for each Redfish request."""
@@ -114,6 +179,9 @@ class FailoverConfig(_Strict):
     poll_interval: Annotated[float, Field(gt=0)] = 1.0
     power_off_attempts: Annotated[int, Field(ge=1)] = 3
     """ForceOff requests sent before giving up (each followed by polling), as fence agents retry."""
+    move_task_timeout: Annotated[float, Field(gt=0)] = 1800.0
+    """Seconds a profile manager's move task (OneView, OME) is followed before move_profile gives up (the
+    task itself goes on: it is not cancelled); the step's default limit is this plus two minutes."""
     step_timeouts: dict[str, Annotated[float, Field(gt=0)]] = {}
     """Per-step limits in seconds, overriding the defaults (power steps: their timeout plus a minute)."""
     rediscovery: RediscoveryConfig = RediscoveryConfig()
@@ -292,6 +360,59 @@ class DiscoveryConfig(_Strict):
         return self
 
 
+class OneViewBmcAccess(_Strict):
+    """The blades' BMCs (iLO) as the monitor reaches them for power: OneView gives each one's address
+    (`mpIpAddress`); the account and port are the site's."""
+
+    username: str
+    password: SecretStr
+    port: Annotated[int, Field(ge=1, le=65535)] = 443
+    verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM CA file (relative to the config file) the iLO certificates are checked against."""
+
+
+class OneViewManagerConfig(_Strict):
+    """HPE OneView as the profile manager (adapters/oneview). Credentials as `${ENV}` references."""
+
+    address: Annotated[str, Field(pattern=r"^https://[^/\s]+/?$")]
+    """https://HOST[:PORT] of the appliance."""
+    username: str
+    password: SecretStr
+    login_domain: str = "Local"
+    """`authLoginDomain` of the login (a directory name, or Local)."""
+    api_version: Annotated[int, Field(ge=1)] | None = None
+    """X-API-Version sent with every call; None: the appliance's currentVersion (GET /rest/version)."""
+    spare_label: Annotated[str, Field(min_length=1, pattern=r"^[^']+$")] = "spare"
+    """The label that designates a server-hardware as a spare."""
+    group_by: Literal["enclosure_group", "scope"] = "enclosure_group"
+    """What a domain group is: a server's enclosure group, or its scope."""
+    verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM CA file (relative to the config file) the appliance's certificate is checked against."""
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds for each request to the appliance."""
+    bmc: OneViewBmcAccess
+    """How the blades' BMCs are reached (the flow powers servers off and on through them)."""
+
+
+class ManagerConfig(_Strict):
+    kind: Literal["inventory", "oneview", "ome"] = "inventory"
+    """inventory: the inventory source's own (the lab's manager API, or the static file); oneview: HPE
+    OneView; ome: Dell OpenManage Enterprise / OME-Modular (with either, the inventory source only keeps
+    the discovery service's role)."""
+    oneview: OneViewManagerConfig | None = None
+    ome: OmeConfig | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> ManagerConfig:
+        if self.kind == "oneview" and self.oneview is None:
+            raise ValueError("manager.oneview is required when manager.kind is oneview")
+        if self.kind == "ome" and self.ome is None:
+            raise ValueError("manager.ome is required when manager.kind is ome")
+        return self
+
+
 class ClusterConfig(_Strict):
     """Several monitors sharing one store: each renews a lease on its membership; when a monitor's
     lease runs out, another adopts its jobs (resuming or failing them safe, per failover.recovery)."""
@@ -355,6 +476,7 @@ class MonitorConfig(_Strict):
     redfish: RedfishConfig = RedfishConfig()
     failover: FailoverConfig = FailoverConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    manager: ManagerConfig = ManagerConfig()
     cluster: ClusterConfig = ClusterConfig()
     rules: RulesConfig = RulesConfig()
     snmp: SnmpConfig = SnmpConfig()
@@ -405,6 +527,16 @@ class LoadedConfig:
         if self.config.store == ":memory:":
             return ":memory:"
         return str(self.resolve(self.config.store))
+
+    @property
+    def manager_timeout(self) -> float:
+        """The longest one call of the profile manager may take (its adapter's own time limits)."""
+        m = self.config.manager
+        if m.kind == "ome" and m.ome is not None:
+            return m.ome.action_timeout
+        if m.kind == "oneview" and m.oneview is not None:
+            return 2 * m.oneview.timeout  # the move: GET (eTag), then PUT
+        return self.config.inventory.lab.timeout
 
     @property
     def inventory_file(self) -> Path | None:

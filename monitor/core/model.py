@@ -430,6 +430,7 @@ class StepTimeouts(Protocol):
     power_off_timeout: float
     power_off_attempts: int
     power_on_timeout: float
+    move_task_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +458,8 @@ STEP_TABLE: tuple[StepSpec, ...] = (
     StepSpec("check_product", lambda _t: _MINUTES_2, acts=False),
     StepSpec("power_off_source", lambda t: t.power_off_timeout * t.power_off_attempts + 60.0),
     StepSpec("select_spare", lambda _t: _MINUTES_2, acts=False),
-    StepSpec("move_profile", lambda _t: _MINUTES_2, compensation="undo_move"),
+    # A manager's move task (OneView, OME) runs for minutes: the step follows it up to its own limit.
+    StepSpec("move_profile", lambda t: t.move_task_timeout + _MINUTES_2, compensation="undo_move"),
     StepSpec("power_on_spare", lambda t: t.power_on_timeout + 60.0),
     StepSpec("schedule_rediscovery", lambda _t: _MINUTES_2),
     StepSpec("unlock_group", lambda _t: _MINUTES_2, always=True),
@@ -498,6 +500,12 @@ class MoveRecord(_Record):
     host_removed: bool = False
     moving: bool = False
     """The profile's move was announced (it may have happened: read where the profile is)."""
+    intent: str | None = None
+    """A manager with move tasks (ports.TaskedMoves): the id of the move request, written ahead of it
+    (a new owner asks the manager for the task that request started)."""
+    task: str | None = None
+    """The manager's task of the move, written as soon as the request returned it: a new owner follows
+    it and never sends the move again."""
     moved: bool = False
     undone: bool = False
 

@@ -12,12 +12,18 @@ Compensation (the table's `compensation`, run by the runner on any failure of th
   spare it stays there; when its place is unknown nothing is undone.
 - power_on_spare: none: the profile stays on the spare, which an operator can power on once the source
   reads Off.
+
+A manager whose move is an asynchronous task (`ports.TaskedMoves`: OneView, OME) gets the move's request
+id (`MoveRecord.intent`) written ahead and its task (`MoveRecord.task`) written as soon as the request
+returns it; the step then follows the task on the injectable clock. A new owner follows the recorded
+task (or the one `find_move` names) and never sends the move while the manager holds one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +31,7 @@ from typing import Protocol, TypeVar
 
 from monitor.core.clock import Clock
 from monitor.core.config import FailoverConfig
-from monitor.core.errors import AdapterError
+from monitor.core.errors import AdapterError, NotFound, OperationRejected
 from monitor.core.model import (
     FlowContext,
     HostRecord,
@@ -36,7 +42,13 @@ from monitor.core.model import (
     identify_product,
     iso,
 )
-from monitor.core.ports import DiscoveryService, PowerControl, ProfileManager
+from monitor.core.ports import (
+    DiscoveryService,
+    PowerControl,
+    ProfileManager,
+    TaskedMoves,
+    TaskState,
+)
 from monitor.jobs.locks import GroupLocks
 from monitor.jobs.spares import needs_power_reading, select_spare
 from monitor.store import Store
@@ -286,6 +298,11 @@ class FailoverFlow:
         if profile is None or spare_id is None:
             raise StepFailed("internal: move_profile without a profile or a spare")
         m = self.ctx.move
+        tasked = self.d.manager if isinstance(self.d.manager, TaskedMoves) else None
+        if tasked is not None and m.moving and not m.moved:
+            # A move request was announced before a restart or a takeover: follow its task; the move is
+            # sent again only when the manager holds none (the request never took effect).
+            await self._resume_move_task(tasked, note, profile, spare_id)
         where = await self._where(profile)
         if where == spare_id:
             m.moved = True  # a restart after the move itself: finish the bookkeeping below
@@ -317,11 +334,14 @@ class FailoverFlow:
             if not off:
                 raise StepFailed(f"{source_id} no longer reads Off ({reading}): profile not moved")
             m.moving = True
-            await note(f"about to move profile {profile} from {source_id} to {spare_id}")
-            await self.actor.act(f"move profile {profile} to {spare_id}",
-                                 lambda: self.d.manager.move_profile(profile, source_id, spare_id))
-            m.moved = True
-            await note(f"profile {profile} moved to {spare_id}")
+            if tasked is not None:
+                await self._start_move_task(tasked, note, profile, source_id, spare_id)
+            else:
+                await note(f"about to move profile {profile} from {source_id} to {spare_id}")
+                await self.actor.act(f"move profile {profile} to {spare_id}",
+                                     lambda: self.d.manager.move_profile(profile, source_id, spare_id))
+                m.moved = True
+                await note(f"profile {profile} moved to {spare_id}")
         if m.spare_clearing and not m.spare_cleared:
             await self._retry(f"clear the spare flag of {spare_id}",
                               lambda: self.d.manager.set_spare(spare_id, False))
@@ -331,6 +351,100 @@ class FailoverFlow:
                      if host else "the management server had no host record for the source")
         return (f"profile {profile} moved {source_id} -> {spare_id}; {host_text}; "
                 f"spare designation removed from {spare_id}")
+
+    # A manager whose move is a task (ports.TaskedMoves): the request's intent is written ahead, the
+    # task's reference as soon as the request returns it; then the task is followed (reads only) until
+    # it ends or the step's time limit passes. A new owner follows the recorded task, or the one the
+    # manager says the announced request started; it sends the move again only when there is none.
+
+    async def _start_move_task(self, tasked: TaskedMoves, note: Note, profile: str, source_id: str,
+                               spare_id: str) -> None:
+        m = self.ctx.move
+        intent = str(uuid.uuid4())
+        m.intent, m.task = intent, None
+        await note(f"about to move profile {profile} from {source_id} to {spare_id} (request {intent})")
+        try:
+            ref = await self.actor.act(
+                f"move profile {profile} to {spare_id}",
+                lambda: tasked.start_move(profile, source_id, spare_id, intent=intent))
+        except OperationRejected as exc:
+            if exc.status is not None and exc.status < 500:  # the manager answered no: nothing started
+                raise StepFailed(f"the manager refused the move of profile {profile} to {spare_id}: "
+                                 f"{_err(exc)}") from exc
+            ref = await self._find_after_error(tasked, profile, spare_id, intent, exc)
+        except AdapterError as exc:  # no clear answer (a timeout, a 5xx): the request may have started
+            ref = await self._find_after_error(tasked, profile, spare_id, intent, exc)
+        m.task = ref
+        await note(f"move of profile {profile} to {spare_id} started: task {ref}")
+        await self._follow_move_task(tasked, note, profile, spare_id)
+
+    async def _find_after_error(self, tasked: TaskedMoves, profile: str, spare_id: str, intent: str,
+                                error: AdapterError) -> str:
+        try:
+            found = await tasked.find_move(profile, spare_id, intent=intent)
+        except AdapterError as exc:
+            raise StepFailed(f"move of profile {profile} to {spare_id}: {_err(error)}; whether the manager "
+                             f"started it cannot be read ({_err(exc)})") from exc
+        if found is None:
+            raise StepFailed(f"move of profile {profile} to {spare_id} not started: {_err(error)}") from error
+        log.warning("job %s: the move request answered %s, yet the manager started task %s", self.job.id,
+                    _err(error), found)
+        return found
+
+    async def _resume_move_task(self, tasked: TaskedMoves, note: Note, profile: str,
+                                spare_id: str) -> None:
+        m = self.ctx.move
+        if m.task is None:
+            try:
+                found = await tasked.find_move(profile, spare_id, intent=m.intent or "")
+            except AdapterError as exc:
+                raise StepFailed(f"cannot ask the manager for the task of the move of profile {profile} "
+                                 f"announced before a restart: {_err(exc)}; not sent again") from exc
+            if found is None:  # the announced request never took effect: it may be sent (again)
+                m.moving, m.intent = False, None
+                return
+            m.task = found
+            await note(f"move of profile {profile} to {spare_id}, sent before a restart: task {found}")
+        await self._follow_move_task(tasked, note, profile, spare_id)
+
+    async def _follow_move_task(self, tasked: TaskedMoves, note: Note, profile: str,
+                                spare_id: str) -> None:
+        """Read the move's task until it ends (reads are not actions: no gate). A read that fails is
+        tried again at the next poll; the step's time limit bounds the whole."""
+        m = self.ctx.move
+        ref = m.task
+        assert ref is not None
+        said = ""
+        while True:
+            try:
+                status = await tasked.task(ref)
+            except NotFound as exc:
+                raise StepFailed(f"the manager no longer knows task {ref} of the move of profile {profile}: "
+                                 f"{_err(exc)}") from exc
+            except AdapterError as exc:
+                log.warning("job %s: task %s not read: %s", self.job.id, ref, _err(exc))
+                now = f"moving profile {profile} to {spare_id}: task {ref} not read ({_err(exc)})"
+            else:
+                if status.state is TaskState.COMPLETED:
+                    where = await self._where(profile)
+                    if where != spare_id:
+                        raise StepFailed(f"task {ref} of the move ended {status.message or 'completed'} but "
+                                         f"profile {profile} is on {where or 'no server'}, not on "
+                                         f"{spare_id}")
+                    m.moved = True
+                    await note(f"profile {profile} moved to {spare_id} (task {ref}"
+                               f"{': ' + status.message if status.message else ''})")
+                    return
+                if status.state is TaskState.FAILED:
+                    raise StepFailed(f"the manager's task {ref} moving profile {profile} to {spare_id} "
+                                     f"failed: {status.message or 'no reason given'}")
+                percent = f", {status.percent}%" if status.percent is not None else ""
+                message = f" ({status.message})" if status.message else ""
+                now = f"moving profile {profile} to {spare_id}: task {ref} running{percent}{message}"
+            if now != said:
+                await note(now)
+                said = now
+            await self.d.clock.sleep(self.d.settings.poll_interval)
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[None]]) -> None:
         last: AdapterError | None = None
