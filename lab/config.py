@@ -19,6 +19,7 @@ __all__ = [
     "Credentials",
     "LabConfig",
     "Latency",
+    "OaConfig",
     "expand_env",
     "load_config",
     "parse_config",
@@ -59,6 +60,16 @@ class Latency(_Model):
     boot_s: float = Field(default=3.0, ge=0)
 
 
+class OaConfig(_Model):
+    """The enclosures' Onboard Administrators (lab.oa_ssh): an SSH server per enclosure speaking the OA
+    CLI, bound to 127.0.0.1 on a free port."""
+
+    enclosures: list[str] = Field(default_factory=list)
+    """Enclosure ids (`enc1`, …) that get an OA; empty: every enclosure."""
+    username: str = Field(default="Administrator", min_length=1)
+    password: str = Field(default="oa-password", min_length=1)
+
+
 class LabConfig(_Model):
     """The whole lab configuration; every key is optional."""
 
@@ -75,6 +86,8 @@ class LabConfig(_Model):
     fencing: FenceMode = "enforce"
     """`enforce`: a request with a fencing token older than the newest seen for its job is refused (409);
     `record`: it is let through and recorded as a violation (to show the oracle catches it)."""
+    oa: OaConfig | None = None
+    """When set, each enclosure's Onboard Administrator is served over SSH (lab.oa_ssh)."""
 
     @field_validator("listen")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from monitor.fence_config import FencingConfig
 from monitor.model import STEP_SPECS, STEPS
 from monitor.yamlfile import ConfigError, ConfigIssue, load_model
 
@@ -130,6 +131,9 @@ class FailoverConfig(_Strict):
     reading it unhealthy, within it fails the server over."""
     confirm_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds the confirmation waits for the BMC's answer (an unanswered read is "unreachable")."""
+    fencing: FencingConfig = FencingConfig()
+    """The fence levels tried in order to power the source off (monitor/fence_config.py); by default
+    the BMC over Redfish alone."""
 
     @field_validator("step_timeouts")
     @classmethod
@@ -142,6 +146,8 @@ class FailoverConfig(_Strict):
     def step_timeout(self, step: str) -> float:
         if step in self.step_timeouts:
             return self.step_timeouts[step]
+        if step == "power_off_source":  # every level of the longest order, each with its own timing
+            return self.fencing.longest(self.power_off_attempts, self.power_off_timeout) + 60.0
         return STEP_SPECS[step].timeout(self)
 
 
@@ -360,6 +366,13 @@ class MonitorConfig(_Strict):
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()
     mqtt: MqttConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _manager_level_needs_manager_power(self) -> MonitorConfig:
+        if "manager" in self.failover.fencing.used() and self.inventory.source == "static":
+            raise ValueError("failover.fencing: fence level manager needs a profile manager with power "
+                             "control; inventory.source static has none")
+        return self
 
     @field_validator("store")
     @classmethod

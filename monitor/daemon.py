@@ -18,6 +18,7 @@ from monitor.api import Api, RateLimiter
 from monitor.clock import Clock, SystemClock, sleep_unless
 from monitor.config import LoadedConfig, parse_listen
 from monitor.events import Event
+from monitor.fence_levels import FenceTopology
 from monitor.jobs import DuplicateInstance, FlowDeps, GroupLocks, JobRunner
 from monitor.metrics import Metrics
 from monitor.model import Inventory, Server
@@ -45,6 +46,8 @@ class Adapters:
     discovery: DiscoveryService
     reload: Any = None
     """A callable rereading the inventory file (static source), or None."""
+    fence: FenceTopology | None = None
+    """The fence levels (failover.fencing); None: the BMC through `power` alone."""
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
@@ -72,6 +75,9 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         from adapters.discovery_external import external_discovery
 
         adapters.discovery = external_discovery(d.kind, d.webhook, d.command, adapters.manager.server)
+    from adapters.fence.build import build_topology
+
+    adapters.fence = build_topology(loaded, adapters.power, adapters.manager)
     return adapters
 
 
@@ -279,7 +285,7 @@ class Daemon:
         self._adapters = adapters
         locks = GroupLocks(self.store, self.clock)
         deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
-                        self.clock, self.config.failover)
+                        self.clock, self.config.failover, fence=adapters.fence)
         d = self.config.discovery
         discovery_timeout = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
                              d.command.timeout if d.kind == "command" and d.command else
@@ -287,7 +293,7 @@ class Daemon:
         # The longest one outside action of a job may take: the adapters' own time limits (a Redfish
         # request, a manager call, a discovery hook), plus a second.
         action_timeout = max(self.config.redfish.timeout, self.config.inventory.lab.timeout,
-                             discovery_timeout) + 1.0
+                             discovery_timeout, self.config.failover.fencing.request_timeout()) + 1.0
         runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=self.config.cluster,
                            discovery_timeout=discovery_timeout, action_timeout=action_timeout)
         self.runner = runner
@@ -394,7 +400,10 @@ class Daemon:
                     with contextlib.suppress(Exception):
                         await close()
             await web_runner.cleanup()
-            for closer in (adapters.power.close, adapters.manager.close, adapters.discovery.close):
+            closers = [adapters.power.close, adapters.manager.close, adapters.discovery.close]
+            if adapters.fence is not None:
+                closers.insert(0, adapters.fence.close)
+            for closer in closers:
                 with contextlib.suppress(Exception):
                     await closer()
         if self._fatal is not None:
