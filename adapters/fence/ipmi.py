@@ -112,15 +112,14 @@ class IpmiFence:
 
     async def _call(self, target: IpmiTarget, what: str, op: Callable[[Any], T]) -> T:
         def run() -> T:
-            session = ipmi_command.Command(bmc=target.host, userid=target.username,
-                                           password=target.password, port=target.port, keepalive=False)
-            try:
-                return op(session)
-            finally:
-                try:
-                    session.ipmi_session.logout()
-                except Exception:  # a session the BMC already dropped
-                    log.debug("IPMI logout from %s failed", target.endpoint, exc_info=True)
+            # pyghmi shares one session per BMC and account between Command objects and logs an idle
+            # one out by itself (keepalive=False); a broken one is replaced at the next Command. The
+            # account goes as bytes: pyghmi 1.6 keys its sessions by the bytes it encodes, and with str
+            # a second Command for the same account waits forever on the first one's login.
+            session = ipmi_command.Command(bmc=target.host, userid=target.username.encode(),
+                                           password=target.password.encode(), port=target.port,
+                                           keepalive=False)
+            return op(session)
 
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # the action's fence follows the call into the thread
