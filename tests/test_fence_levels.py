@@ -224,6 +224,42 @@ async def test_oa_level_reads_and_forces_off_through_the_oa(
         await level.close()
 
 
+async def test_the_lab_oa_speaks_the_cli_over_a_pty(oa_lab: LabSimulator, oa_control: LabControl) -> None:
+    """The peer itself, driven by hand: banner and prompt, the commands fence_hpblade sends, exit."""
+    assert oa_lab.oa is not None
+    endpoint = oa_lab.oa.endpoints["enc2"]
+    assert (await oa_control.call("GET", "/lab/v1/oa"))["enclosures"]["enc2"] == {
+        "host": endpoint.host, "port": endpoint.port}
+    async with asyncssh.connect(endpoint.host, endpoint.port, username=OA_USER, password=OA_PASSWORD,
+                                known_hosts=None, client_keys=None, agent_path=None, config=None) as conn:
+        process = await conn.create_process(term_type="vt100")
+
+        async def until_prompt() -> str:
+            text = ""
+            async with asyncio.timeout(5):
+                while not text.rstrip().endswith("enc2oa>"):
+                    text += (await process.stdout.read(4096)).replace("\r", "")
+            return text
+
+        assert "Onboard Administrator" in await until_prompt()
+        process.stdin.write("show enclosure info\n")
+        assert "Enclosure Type: BladeSystem c7000" in await until_prompt()
+        process.stdin.write("SHOW SERVER STATUS 9\n")  # a spare, Off; commands are case-insensitive
+        assert "Power: Off" in await until_prompt()
+        process.stdin.write("poweron server 9\n")
+        assert "Powering on blade 9." in await until_prompt()
+        process.stdin.write("show server status 16\n")  # covered by the BL870c in bays 15-16
+        assert "There is no blade installed in bay 16." in await until_prompt()
+        process.stdin.write("reboot everything\n")
+        assert "Invalid command: reboot everything" in await until_prompt()
+        process.stdin.write("exit\n")
+        async with asyncio.timeout(5):
+            await process.wait_closed()
+    assert (await oa_control.server("enc2-bay9"))["power"] in ("PoweringOn", "On")
+    assert [(e["server"], e["detail"]) for e in await oa_control.log() if e["kind"] == "power"] == [
+        ("enc2-bay9", "oa On: accepted (PoweringOn)")]
+
+
 async def test_oa_level_refuses_wrong_credentials_and_a_wrong_host_key(
         oa_lab: LabSimulator, tmp_path: Path) -> None:
     source = await lab_server(oa_lab.manager_url, "enc1-bay1")

@@ -106,25 +106,28 @@ class OaSsh:
         host, port, username, password = self._target(server)
         endpoint = f"ssh://{host}:{port}"
         key = server.enclosure
+        written = answered = False
         try:
             async with asyncio.timeout(self._s.request_timeout):
                 session = await self._session(key, host, port, username, password, endpoint)
                 async with session.lock:
                     if mutating:
                         check_fence()  # the last moment before the command leaves
+                    written = True
                     session.process.stdin.write(command + "\n")
                     output = await self._read_to_prompt(session, endpoint)
+                    answered = True
         except TimeoutError:
-            await self._drop(key)
             raise AdapterTimeout(f"the OA gave no answer within {self._s.request_timeout:g} s to "
                                  f"{command!r}", endpoint=endpoint) from None
-        except AdapterError:
-            await self._drop(key)
-            raise
         except (OSError, asyncssh.Error) as exc:
-            await self._drop(key)
             raise AdapterUnavailable(f"OA session broke during {command!r}: {exc}", endpoint=endpoint) \
                 from exc
+        finally:
+            if written and not answered:
+                # A command whose answer was not read to its prompt (an error, a timeout, the caller
+                # cancelled): its output would be taken for the next command's. Log in afresh next time.
+                self._drop(key)
         return _strip_echo(output, command)
 
     async def _session(self, key: str, host: str, port: int, username: str, password: str,
@@ -181,7 +184,7 @@ class OaSsh:
                 raise AdapterError(f"the OA printed {len(text)} characters without its prompt",
                                    endpoint=endpoint)
 
-    async def _drop(self, key: str) -> None:
+    def _drop(self, key: str) -> None:
         session = self._sessions.pop(key, None)
         if session is not None:
             session.conn.close()
