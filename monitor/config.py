@@ -313,7 +313,7 @@ class ClusterConfig(_Strict):
     fence_grace: Annotated[float, Field(ge=0)] | None = None
     """Seconds another monitor waits after this one's lease ran out before it takes its jobs over: room
     for a request still in flight, or executed late by a BMC or manager. None: the longest action
-    deadline (the Redfish, manager and discovery time limits, plus a second)."""
+    deadline (the Redfish, manager, discovery and fence-level request time limits, plus a second)."""
 
     @model_validator(mode="after")
     def _heartbeat_under_lease(self) -> ClusterConfig:
