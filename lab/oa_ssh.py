@@ -137,21 +137,23 @@ class OaFleet:
         async def session(process: asyncssh.SSHServerProcess[str]) -> None:
             prompt = f"{enclosure}oa> "
             process.stdout.write(BANNER + "\n" + prompt)
-            try:
-                while True:
+            while True:
+                try:
                     line = await process.stdin.readline()
-                    if not line:
-                        break
-                    words = line.split()
-                    if [w.lower() for w in words] in (["exit"], ["quit"], ["logout"]):
-                        break
-                    if words:
-                        process.stdout.write(self.run(enclosure, words))
-                    process.stdout.write(prompt)
-            except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
-                pass
-            except (OSError, asyncssh.Error):
-                return
+                except asyncssh.TerminalSizeChanged:
+                    continue
+                except asyncssh.BreakReceived:
+                    break
+                except (OSError, asyncssh.Error):
+                    return
+                if not line:
+                    break
+                words = line.split()
+                if [w.lower() for w in words] in (["exit"], ["quit"], ["logout"]):
+                    break
+                if words:
+                    process.stdout.write(self.run(enclosure, words))
+                process.stdout.write(prompt)
             process.exit(0)
 
         return session
