@@ -130,6 +130,11 @@ class InventoryIn(_Lenient):
     profiles: list[ProfileIn] = []
 
 
+class PowerIn(_Lenient):
+    server: str
+    power: str
+
+
 class DiscoverIn(_Lenient):
     server: str
     found: bool
@@ -246,6 +251,21 @@ class LabManager:
 
     async def set_spare(self, server_id: str, spare: bool) -> None:
         await self._c.call("PUT", f"/api/v1/servers/{server_id}/spare", {"spare": spare})
+
+    # --- ManagerPower: the manager's own power control (the `manager` fence level) ---------------------
+
+    async def manager_power_state(self, server_id: str) -> PowerState:
+        p: PowerIn = await self._c.parse(PowerIn, "GET", f"/api/v1/servers/{server_id}/power")
+        return PowerState.parse(p.power)
+
+    async def manager_force_off(self, server_id: str) -> str | None:
+        """The lab's manager acts at once (no task): None."""
+        await self._c.call("POST", f"/api/v1/servers/{server_id}/power", {"action": "ForceOff"})
+        return None
+
+    async def manager_power_on(self, server_id: str) -> str | None:
+        await self._c.call("POST", f"/api/v1/servers/{server_id}/power", {"action": "On"})
+        return None
 
     async def close(self) -> None:
         await self._c.close()

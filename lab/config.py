@@ -19,6 +19,7 @@ __all__ = [
     "Credentials",
     "LabConfig",
     "Latency",
+    "OaConfig",
     "OmeLab",
     "OneViewDurations",
     "OneViewLab",
@@ -144,6 +145,16 @@ class OmeLab(_Model):
         return value
 
 
+class OaConfig(_Model):
+    """The enclosures' Onboard Administrators (lab.oa_ssh): an SSH server per enclosure speaking the OA
+    CLI, bound to 127.0.0.1 on a free port."""
+
+    enclosures: list[str] = Field(default_factory=list)
+    """Enclosure ids (`enc1`, …) that get an OA; empty: every enclosure."""
+    username: str = Field(default="Administrator", min_length=1)
+    password: str = Field(default="oa-password", min_length=1)
+
+
 class LabConfig(_Model):
     """The whole lab configuration; every key is optional."""
 
@@ -163,6 +174,8 @@ class LabConfig(_Model):
     ome: OmeLab = Field(default_factory=OmeLab)
     """The emulated OME-Modular API (off unless `ome.enabled`)."""
     oneview: OneViewLab = Field(default_factory=OneViewLab)
+    oa: OaConfig | None = None
+    """When set, each enclosure's Onboard Administrator is served over SSH (lab.oa_ssh)."""
 
     @field_validator("listen")
     @classmethod

@@ -19,6 +19,7 @@ from aiohttp import web
 from lab.bmc import BmcFleet, BmcStartError
 from lab.config import ConfigError, LabConfig, load_config, split_host_port
 from lab.manager import create_manager_app
+from lab.oa_ssh import OaFleet, OaStartError
 from lab.ome import OmeFace
 from lab.oneview import OneViewFace, create_oneview_app
 from lab.tls import LabCertificate, generate_certificate
@@ -51,6 +52,8 @@ class LabSimulator:
         self._shutdown = asyncio.Event()
         self._cert: LabCertificate | None = None
         self._fleet: BmcFleet | None = None
+        self.oa: OaFleet | None = None
+        """The enclosures' Onboard Administrators over SSH (config `oa`), once started."""
         self._runner: web.AppRunner | None = None
         self._ready_written: Path | None = None
 
@@ -96,7 +99,14 @@ class LabSimulator:
             await self._fleet.start()
         except BmcStartError as exc:
             raise LabStartError(str(exc)) from exc
-        app = create_manager_app(self.world, cfg.api_token, self._fleet.sync_presence)
+        if cfg.oa is not None:
+            self.oa = OaFleet(self.world, cfg.oa)
+            try:
+                await self.oa.start()
+            except OaStartError as exc:
+                raise LabStartError(str(exc)) from exc
+        app = create_manager_app(self.world, cfg.api_token, self._fleet.sync_presence,
+                                 self.oa.view if self.oa is not None else None)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.listen_host, cfg.listen_port)
@@ -182,6 +192,9 @@ class LabSimulator:
         if self._fleet is not None:
             fleet, self._fleet = self._fleet, None
             await fleet.stop()
+        if self.oa is not None:
+            oa, self.oa = self.oa, None
+            await oa.stop()
         if self._cert is not None:
             cert, self._cert = self._cert, None
             cert.cleanup()

@@ -38,6 +38,10 @@ class SpareBody(_Body):
     spare: StrictBool
 
 
+class PowerBody(_Body):
+    action: Literal["ForceOff", "On"]
+
+
 class HostBody(_Body):
     name: str = Field(min_length=1)
     ip: str
@@ -136,6 +140,8 @@ class ManagerState:
     world: World
     api_token: str | None
     on_presence: PresenceHook | None
+    oa_view: Callable[[], dict[str, Any]] | None = None
+    """The Onboard Administrators the lab serves (lab.oa_ssh), for GET /lab/v1/oa."""
 
 
 STATE = web.AppKey("manager_state", ManagerState)
@@ -245,6 +251,22 @@ async def put_spare(request: web.Request) -> web.Response:
     token = _token(request)
     body = await _body(request, SpareBody)
     return _json(world.server_view(world.set_spare(request.match_info["id"], body.spare, token)))
+
+
+async def get_power(request: web.Request) -> web.Response:
+    world = _world(request)
+    server = world.server(request.match_info["id"])
+    return _json({"server": server.id, "power": server.power})
+
+
+async def post_power(request: web.Request) -> web.Response:
+    """The manager's own power control (as OneView's powerState PUT or OME's POWER_CONTROL job, done at
+    once): it reaches the blade through the enclosure, not through the blade's BMC."""
+    world = _world(request)
+    token = _token(request)
+    body = await _body(request, PowerBody)
+    server = world.enclosure_power(request.match_info["id"], body.action, "manager", token)
+    return _json({"server": server.id, "power": server.power})
 
 
 async def get_hosts(request: web.Request) -> web.Response:
@@ -400,21 +422,31 @@ async def delete_fencing(request: web.Request) -> web.Response:
     return _json({"cleared": _world(request).clear_fencing()})
 
 
+async def get_oa(request: web.Request) -> web.Response:
+    view = request.app[STATE].oa_view
+    if view is None:
+        return _error(404, "the lab serves no Onboard Administrator (config `oa` not set)")
+    return _json(view())
+
+
 async def get_health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
 def create_manager_app(
-    world: World, api_token: str | None = None, on_presence: PresenceHook | None = None
+    world: World, api_token: str | None = None, on_presence: PresenceHook | None = None,
+    oa_view: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """The manager + control application; `on_presence(server_id)` runs after a blade is pulled/inserted."""
     app = web.Application(middlewares=[error_middleware, auth_middleware, latency_middleware])
-    app[STATE] = ManagerState(world, api_token, on_presence)
+    app[STATE] = ManagerState(world, api_token, on_presence, oa_view)
     r = app.router
     r.add_get("/api/v1/inventory", get_inventory)
     r.add_get("/api/v1/servers", get_servers)
     r.add_get("/api/v1/servers/{id}", get_server)
     r.add_put("/api/v1/servers/{id}/spare", put_spare)
+    r.add_get("/api/v1/servers/{id}/power", get_power)
+    r.add_post("/api/v1/servers/{id}/power", post_power)
     r.add_get("/api/v1/domains", get_domains)
     r.add_get("/api/v1/domains/{id}", get_domain)
     r.add_get("/api/v1/profiles", get_profiles)
@@ -443,5 +475,6 @@ def create_manager_app(
     r.add_get("/lab/v1/fencing", get_fencing)
     r.add_put("/lab/v1/fencing", put_fencing)
     r.add_delete("/lab/v1/fencing", delete_fencing)
+    r.add_get("/lab/v1/oa", get_oa)
     r.add_get("/lab/v1/health", get_health)
     return app

@@ -4,11 +4,11 @@ at each power-on."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from lab.fencing import FenceToken
 from lab.world.catalogue import RESET_TYPES
-from lab.world.errors import InvalidPowerState, LabError, UnknownResetType
+from lab.world.errors import Conflict, InvalidPowerState, LabError, UnknownResetType
 from lab.world.state import Server, WorldState, wall_time
 
 
@@ -107,3 +107,29 @@ class PowerPart(WorldState):
             self._start_power_off(server, then_on=True)
         else:  # PushPowerButton during a transition
             raise invalid
+
+    def enclosure_power(self, server_id: str, action: Literal["ForceOff", "On"], via: str,
+                        token: FenceToken | None = None) -> Server:
+        """Power control from outside the blade's BMC: the manager's power API or the enclosure's
+        Onboard Administrator (`via`: "manager" or "oa"). It reaches the blade through the enclosure,
+        so it works while the BMC is down (`bmc_down`, `bmc_timeout`, `bmc_error`); the blade's own
+        faults (`power_off_hangs`, `power_on_fails`) still apply. Already in the asked state is not an
+        error. Logged as kind `power`."""
+        server = self.server(server_id)
+        self._admit(token, "power", server.id, f"{via} {action}")
+        if not server.installed or server.product is None:
+            self.record("power", server.id, f"{via} {action}: refused (no blade in the bay)", token,
+                        accepted=False)
+            raise Conflict(f"there is no blade in {server.id}")
+        if action == "ForceOff":
+            if server.power in ("On", "PoweringOn"):
+                self._start_power_off(server)
+        elif server.power == "Off":
+            self._start_power_on(server)
+            server.powered_on_by = token
+            self._check_previous_holder(server, token, f"{via} On")
+        elif server.power == "PoweringOff":
+            self.record("power", server.id, f"{via} On: refused (powering off)", token, accepted=False)
+            raise Conflict(f"{server.id} is powering off")
+        self.record("power", server.id, f"{via} {action}: accepted ({server.power})", token)
+        return server

@@ -29,6 +29,7 @@ from monitor.core.errors import (
     StoreError,
 )
 from monitor.core.events import Event
+from monitor.core.fence_levels import FenceTopology
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory
 from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
@@ -55,6 +56,8 @@ class Adapters:
     """A callable rereading the inventory file (static source), or None."""
     closers: list[Any] = field(default_factory=list)
     """More async callables to close at the end (a client the replaced manager shared)."""
+    fence: FenceTopology | None = None
+    """The fence levels (failover.fencing); None: the BMC through `power` alone."""
 
 
 def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
@@ -94,6 +97,10 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         assert cfg.manager.ome is not None
         adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
         adapters.manager = build_ome_manager(cfg.manager.ome, resolve=lambda f: str(loaded.resolve(f)))
+    from adapters.fence.build import build_topology
+
+    # Last: the manager level uses the manager in use (a OneView or OME one replaces the inventory's).
+    adapters.fence = build_topology(loaded, adapters.power, adapters.manager)
     return adapters
 
 
@@ -220,7 +227,8 @@ class Daemon:
         discovery = (d.webhook.timeout if d.kind == "webhook" and d.webhook else
                      d.command.timeout if d.kind == "command" and d.command else
                      max(cfg.inventory.lab.timeout, cfg.redfish.timeout))
-        return discovery, max(cfg.redfish.timeout, self.loaded.manager_timeout, discovery) + 1.0
+        return discovery, max(cfg.redfish.timeout, self.loaded.manager_timeout, discovery,
+                              cfg.failover.fencing.request_timeout()) + 1.0
 
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -243,6 +251,8 @@ class Daemon:
             closing.add("the discovery service", adapters.discovery.close)
             closing.add("the profile manager", adapters.manager.close)
             closing.add("the power adapter", adapters.power.close)
+            if adapters.fence is not None:
+                closing.add("the fence levels", adapters.fence.close)
             await self._serve(stop, sock, adapters, closing)
         if self._fatal is not None:
             raise StartupError(self._fatal)
@@ -254,7 +264,8 @@ class Daemon:
         locks = GroupLocks(self.store, self.clock)
         deps = FlowDeps(self.store, adapters.manager, adapters.power, adapters.discovery, locks,
                         self.clock, cfg.failover,
-                        enclosure_faults=lambda: self.policy.faulted_enclosures(self.clock.time()))
+                        enclosure_faults=lambda: self.policy.faulted_enclosures(self.clock.time()),
+                        fence=adapters.fence)
         discovery_timeout, action_timeout = self._action_timeouts()
         runner = JobRunner(deps, self.metrics, instance=self.instance, cluster=cfg.cluster,
                            discovery_timeout=discovery_timeout, action_timeout=action_timeout)

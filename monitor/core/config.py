@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from monitor.core.errors import ConfigError, ConfigIssue
+from monitor.core.fence_config import FencingConfig
 from monitor.core.model import STEP_SPECS, STEPS
 from monitor.core.yamlfile import load_model
 
@@ -199,6 +200,9 @@ class FailoverConfig(_Strict):
     reading it unhealthy, within it fails the server over."""
     confirm_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds the confirmation waits for the BMC's answer (an unanswered read is "unreachable")."""
+    fencing: FencingConfig = FencingConfig()
+    """The fence levels tried in order to power the source off (monitor/fence_config.py); by default
+    the BMC over Redfish alone."""
 
     @field_validator("step_timeouts")
     @classmethod
@@ -211,6 +215,8 @@ class FailoverConfig(_Strict):
     def step_timeout(self, step: str) -> float:
         if step in self.step_timeouts:
             return self.step_timeouts[step]
+        if step == "power_off_source":  # every level of the longest order, each with its own timing
+            return self.fencing.longest(self.power_off_attempts, self.power_off_timeout) + 60.0
         return STEP_SPECS[step].timeout(self)
 
 
@@ -429,7 +435,7 @@ class ClusterConfig(_Strict):
     fence_grace: Annotated[float, Field(ge=0)] | None = None
     """Seconds another monitor waits after this one's lease ran out before it takes its jobs over: room
     for a request still in flight, or executed late by a BMC or manager. None: the longest action
-    deadline (the Redfish, manager and discovery time limits, plus a second)."""
+    deadline (the Redfish, manager, discovery and fence-level request time limits, plus a second)."""
 
     @model_validator(mode="after")
     def _heartbeat_under_lease(self) -> ClusterConfig:
@@ -483,6 +489,13 @@ class MonitorConfig(_Strict):
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()
     mqtt: MqttConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _manager_level_needs_manager_power(self) -> MonitorConfig:
+        if "manager" in self.failover.fencing.used() and self.inventory.source == "static":
+            raise ValueError("failover.fencing: fence level manager needs a profile manager with power "
+                             "control; inventory.source static has none")
+        return self
 
     @field_validator("store")
     @classmethod

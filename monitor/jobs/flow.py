@@ -31,7 +31,15 @@ from typing import Protocol, TypeVar
 
 from monitor.core.clock import Clock
 from monitor.core.config import FailoverConfig
-from monitor.core.errors import AdapterError, NotFound, OperationRejected
+from monitor.core.errors import (
+    AdapterError,
+    AdapterUnavailable,
+    AuthenticationFailed,
+    IdentityMismatch,
+    NotFound,
+    OperationRejected,
+)
+from monitor.core.fence_levels import BmcLevel, FenceLevel, FenceTopology, reads_off
 from monitor.core.model import (
     FlowContext,
     HostRecord,
@@ -57,6 +65,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+FORCE_OFF = {"bmc": "press and hold, ForceOff", "manager": "the manager's forced power-off",
+             "oa": "poweroff server BAY force", "ipmi": "chassis power off"}
+"""What each fence level sends, for the write-ahead note."""
+
+UNDELIVERED = (AdapterUnavailable, AuthenticationFailed, IdentityMismatch, NotFound)
+"""A forced power-off that failed with one of these did not reach the server: no point waiting for Off."""
+
 
 class Actor(Protocol):
     """Runs one outside action of the job under its owner's lease and fencing token (jobs.gate.Gate)."""
@@ -80,6 +95,8 @@ class FlowDeps:
     enclosure_faults: Callable[[], set[str]] | None = None
     """The enclosures that report an enclosure-wide fault now (the rules' state): no spare is taken
     from them. None: no such source (a spare is then chosen on power and health alone)."""
+    fence: FenceTopology | None = None
+    """The fence levels tried in order to power the source off (None: the BMC through `power` alone)."""
 
 
 Note = Callable[[str], Awaitable[None]]
@@ -167,13 +184,28 @@ class FailoverFlow:
 
     # --- power_off_source --------------------------------------------------------------------
 
-    async def _poll_power(self, server: Server, want: PowerState, timeout: float) -> tuple[bool, str]:
-        """Poll the BMC until it reads `want` or `timeout` passes. Returns (confirmed, last reading)."""
+    def _levels(self, server: Server) -> list[FenceLevel]:
+        """The fence levels of the server, in order (without a topology: the BMC alone)."""
+        if self.d.fence is None:
+            return [BmcLevel(self.d.power)]
+        return self.d.fence.order(server)
+
+    def _timing(self, level: FenceLevel) -> tuple[int, float]:
+        s = self.d.settings
+        if self.d.fence is None:
+            return s.power_off_attempts, s.power_off_timeout
+        return self.d.fence.timing(level.name, s.power_off_attempts, s.power_off_timeout)
+
+    async def _poll_power(self, server: Server, want: PowerState, timeout: float,
+                          level: FenceLevel | None = None) -> tuple[bool, str]:
+        """Poll the BMC (or `level`) until it reads `want` or `timeout` passes. Returns (confirmed, last
+        reading)."""
+        read = level.power_state if level is not None else self.d.power.power_state
         deadline = self.d.clock.monotonic() + timeout
         last = "not read"
         while True:
             try:
-                state = await self.d.power.power_state(server)
+                state = await read(server)
                 last = state.value
                 if state is want:
                     return True, last
@@ -186,39 +218,83 @@ class FailoverFlow:
 
     async def power_off_source(self, note: Note) -> str:
         source = await self._source()
-        s = self.d.settings
+        levels = self._levels(source)
         started = self.d.clock.monotonic()
+        first = levels[0]
         try:
-            before = (await self.d.power.power_state(source)).value
+            before = (await first.power_state(source)).value
+            first_read = before
         except AdapterError as exc:
             before = f"unknown ({_err(exc)})"
+            first_read = f"unreadable: {_err(exc)}"
         confirmation = await self._confirm(source)
         record = self.ctx.power_off or PowerOffRecord(before=before)
         self.ctx.power_off = record
         if before == PowerState.OFF.value:
             record.confirmed = True
-            return f"{confirmation}{source.id} already Off (counts as confirmed); no power action sent"
-        last = before
-        for attempt in range(record.attempt + 1, record.attempt + s.power_off_attempts + 1):
-            record.attempt = attempt
-            await note(f"about to power off {source.id} (press and hold, ForceOff; attempt {attempt}, "
-                       f"was {before})")
-            try:
-                await self.actor.act(f"ForceOff {source.id}", lambda: self.d.power.force_off(source))
-            except AdapterError as exc:
-                last = f"ForceOff failed: {_err(exc)}"
-                log.warning("job %s: %s: %s", self.job.id, source.id, last)
-            confirmed, reading = await self._poll_power(source, PowerState.OFF, s.power_off_timeout)
+            record.levels.append(f"{first.name}: ok after 0.0 s (reads Off)")
+            return (f"{confirmation}{source.id} already Off (counts as confirmed, read by {first.name}); "
+                    "no power action sent")
+        done = len(record.levels)  # levels that ended before a restart are not tried again
+        for level in levels[done:]:
+            known = first_read if level is first else None  # already read just above
+            confirmed, result = await self._fence_through(level, source, record, note, known)
+            record.levels.append(result)
             if confirmed:
                 took = self.d.clock.monotonic() - started
                 record.confirmed = True
-                return (f"{confirmation}{source.id} confirmed Off after {took:.1f} s (press and hold; "
-                        f"was {before})")
-            last = f"{last}; last read {reading}" if last.startswith("ForceOff failed") else reading
+                return (f"{confirmation}{source.id} confirmed Off by {level.name} after {took:.1f} s "
+                        f"(was {before}); fence levels: {'; '.join(record.levels)}")
+            await note(f"{source.id} not confirmed Off by {level.name}: {result}")
         raise StepFailed(
-            f"power-off of {source.id} not confirmed after {s.power_off_attempts} attempt(s) of "
-            f"{s.power_off_timeout:g} s (last: {last}); the profile was not moved"
+            f"power-off of {source.id} not confirmed by any fence level ({'; '.join(record.levels)}); "
+            "the profile was not moved"
         )
+
+    async def _fence_through(self, level: FenceLevel, source: Server, record: PowerOffRecord,
+                             note: Note, known: str | None = None) -> tuple[bool, str]:
+        """One fence level: a reading (Off already counts; `known`: read just before, not Off), then up to
+        its attempts of a forced power-off through the gate, each followed by polling for Off. Returns
+        (confirmed, the level's result: ok or failed, why, how long)."""
+        attempts, timeout = self._timing(level)
+        started = self.d.clock.monotonic()
+
+        def result(ok: bool, why: str) -> str:
+            took = self.d.clock.monotonic() - started
+            return f"{level.name}: {'ok' if ok else 'failed'} after {took:.1f} s ({why})"
+
+        if known is not None:
+            was = known
+        else:
+            try:
+                state = await level.power_state(source)
+                if state is PowerState.OFF:
+                    return True, result(True, "reads Off")
+                was = state.value
+            except AdapterError as exc:
+                was = f"unreadable: {_err(exc)}"
+        last = was
+        for n in range(1, attempts + 1):
+            record.attempt += 1
+            sends = FORCE_OFF.get(level.name, "forced off")
+            await note(f"about to power off {source.id} through {level.name} ({sends}; attempt {n} of "
+                       f"{attempts}, was {was})")
+            failure, undelivered = "", False
+            try:
+                await self.actor.act(f"ForceOff {source.id} via {level.name}",
+                                     lambda: level.force_off(source))
+            except AdapterError as exc:
+                failure = f"ForceOff failed: {_err(exc)}"
+                # Refused or unreachable: the command did not get through, so there is nothing to wait
+                # for; one reading, then the next attempt.
+                undelivered = isinstance(exc, UNDELIVERED)
+                log.warning("job %s: %s via %s: %s", self.job.id, source.id, level.name, failure)
+            confirmed, reading = await self._poll_power(source, PowerState.OFF, 0 if undelivered else timeout,
+                                                        level)
+            if confirmed:
+                return True, result(True, f"confirmed Off, attempt {n}")
+            last = f"{failure}; last read {reading}" if failure else f"last read {reading}"
+        return False, result(False, f"{attempts} attempt(s) of {timeout:g} s; {last}")
 
     async def _confirm(self, source: Server) -> str:
         """Rule-triggered jobs: re-read the source's health from its BMC before fencing and record it.
@@ -287,9 +363,12 @@ class FailoverFlow:
             raise StepFailed(f"cannot read profile {profile}: {_err(exc)}") from exc
 
     async def _source_reads_off(self) -> tuple[bool, str]:
-        """Read the source's power right now: (Off confirmed, what was read). An error is not Off."""
+        """Read the source's power right now through every fence level: (Off confirmed, what each read).
+        Off when at least one level answers and every level that answers reads Off; an unreadable level
+        is not Off (monitor.fence_levels.reads_off)."""
         source = await self._source()
-        return await self._poll_power(source, PowerState.OFF, 0)
+        check = await reads_off(self._levels(source), source)
+        return check.off, check.text()
 
     async def move_profile(self, note: Note) -> str:
         profile = self.job.profile
