@@ -482,7 +482,8 @@ class OneViewManager:
 
     async def set_spare(self, server_id: str, spare: bool) -> None:
         uri = await self._hardware_uri(server_id)
-        current = LabelsIn.model_validate(await self._c.get(f"/rest/labels/resources{uri}"))
+        path = f"/rest/labels/resources{uri}"
+        current = _parse(LabelsIn, await self._c.get(path), f"GET {path}", self._c.address + path)
         names = [str(lab.get("name")) for lab in current.labels if lab.get("name")]
         has = self.spare_label in names
         if has == spare:

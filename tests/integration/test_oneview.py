@@ -324,6 +324,32 @@ async def test_pages_labels_power_and_the_fence(ov_lab: LabSimulator) -> None:
         await m.close()
 
 
+async def test_the_oracle_watches_the_oneview_face(ov_lab: LabSimulator) -> None:
+    """`fencing: record` lets a stale move through OneView: the oracle flags it when the task takes effect."""
+    w = ov_lab.world
+    w.set_fencing_mode("record")
+    m = manager(ov_lab)
+    try:
+        await _force_off(ov_lab, m, SOURCE)
+        with acting(Fence(9, 2, "m2", lambda: True)):
+            await m.set_spare("enc1-bay9", False)
+        with acting(Fence(9, 1, "m1", lambda: True)):
+            ref = await m.start_move(PROFILE, SOURCE, "enc1-bay9", intent=INTENT)
+        assert (await _follow(m, ref)).state is TaskState.COMPLETED
+        assert [(v["kind"], v["epoch"]) for v in w.violations] == [("stale_epoch", 1)]
+    finally:
+        await m.close()
+
+
+def test_config_needs_the_oneview_section() -> None:
+    with pytest.raises(ValueError, match=r"manager\.oneview is required"):
+        ManagerConfig.model_validate({"kind": "oneview"})
+    with pytest.raises(ValueError, match="address"):
+        ManagerConfig.model_validate({"kind": "oneview", "oneview": {
+            "address": "http://plain", "username": "u", "password": "p",
+            "bmc": {"username": "a", "password": "b"}}})
+
+
 async def test_login_and_version_errors(ov_lab: LabSimulator) -> None:
     bad = OneViewClient(ov_lab.oneview_url, USER, "wrong", tls=False, timeout=5)
     with pytest.raises(AuthenticationFailed, match=r"Invalid user name or password.*AUTHN_AUTH_FAIL.*401"):
