@@ -195,6 +195,8 @@ class WorldState:
         """job -> (the highest epoch seen for it, the monitor that sent it first)."""
         self.fenced: list[dict[str, Any]] = []
         """The requests refused for a stale fencing token."""
+        self.stale_admitted: set[tuple[int, int]] = set()
+        """(job, epoch) of requests `fencing: record` let through with a stale token."""
         self._fault_seq = 0
         self._closed = False
         self.event_services: dict[str, EventServiceState] = {}
@@ -340,12 +342,13 @@ class WorldState:
         The guard of the oracle: an accepted action whose epoch is below the highest seen for its job
         is a violation (`stale_epoch`; only possible with `fencing: record`). `checked=False`: the
         action is a manager's task carrying out a request admitted earlier (lab.oneview, lab.ome): it is
-        logged with that request's token, and not held against the epochs seen since."""
+        logged with that request's token, and not held against the epochs seen since — unless the
+        request was already stale when it was admitted (let through by `fencing: record`)."""
         self.log.append(
             {"time": time.time(), "kind": kind, "server": server, "detail": detail, "accepted": accepted,
              **token_fields(token)}
         )
-        if accepted and checked and token is not None:
+        if accepted and token is not None and (checked or (token.job, token.epoch) in self.stale_admitted):
             seen = self.fence_jobs.get(token.job)
             if seen is not None and token.epoch < seen[0]:
                 self._violation(
@@ -406,7 +409,10 @@ class WorldState:
                 )
             return
         if self.fencing_mode == "record":
-            return  # let through: `record` flags it (`stale_epoch`) once it has taken effect
+            # Let through: `record` flags it (`stale_epoch`) once it has taken effect, also when a
+            # manager's task carries it out later (`record(checked=False)`).
+            self.stale_admitted.add((token.job, token.epoch))
+            return
         refusal = StaleFence(token, *seen)
         self.fenced.append(
             {"time": time.time(), "kind": kind, "server": server, "action": action, **refusal.view(),
@@ -436,6 +442,7 @@ class WorldState:
         count = len(self.fence_jobs)
         self.fence_jobs.clear()
         self.fenced.clear()
+        self.stale_admitted.clear()
         return count
 
     def clear_log(self) -> int:

@@ -439,7 +439,7 @@ class FailoverFlow:
     async def _start_move_task(self, tasked: TaskedMoves, note: Note, profile: str, source_id: str,
                                spare_id: str) -> None:
         m = self.ctx.move
-        intent = str(uuid.uuid4())
+        intent = str(uuid.uuid1())  # time-based: a manager can tell this request from older ones
         m.intent, m.task = intent, None
         await note(f"about to move profile {profile} from {source_id} to {spare_id} (request {intent})")
         try:
@@ -537,6 +537,26 @@ class FailoverFlow:
         assert last is not None
         raise StepFailed(_err(last)) from last
 
+    async def _move_in_flight(self, profile: str, spare_id: str) -> str | None:
+        """Whether a manager's move task may still take effect (None: it cannot: no task was started,
+        or it has ended). A task that cannot be read counts as in flight."""
+        m = self.ctx.move
+        manager = self.d.manager
+        if not (m.moving and isinstance(manager, TaskedMoves)):
+            return None
+        ref = m.task
+        try:
+            if ref is None:
+                ref = await manager.find_move(profile, spare_id, intent=m.intent or "")
+                if ref is None:
+                    return None  # the manager holds no task of this request: it never took effect
+            status = await manager.task(ref)
+        except AdapterError as exc:
+            return f"the manager's move task {ref or '(not named)'} could not be read ({_err(exc)})"
+        if status.state is TaskState.RUNNING:
+            return f"the manager's move task {ref} is still running"
+        return None
+
     async def undo_move(self, error: str) -> str:
         """move_profile's compensation, after any failure of it (its own, a timeout, a restart): find
         where the profile is, and undo what this run did — only when the profile is known to be still on
@@ -560,6 +580,13 @@ class FailoverFlow:
             return (f"move of profile {profile} from {source_id} to {spare_id} failed: {error}; profile "
                     f"{profile} is {place}: the spare designation and host record are left as they are "
                     "(check by hand before anything is powered on)")
+        in_flight = await self._move_in_flight(profile, spare_id)
+        if in_flight is not None:
+            # The profile is still on the source, but the manager's task may yet move it: undoing now
+            # would flag as a spare a blade that is about to carry the profile.
+            return (f"move of profile {profile} from {source_id} to {spare_id} failed: {error}; {in_flight}: "
+                    "the spare designation and host record are left as they are (check the manager's "
+                    "task by hand before anything is powered on)")
         undone: list[str] = []
         if m.host_removing and m.host_before:
             host = m.host_before

@@ -500,3 +500,5 @@ async def test_hung_job_ends_the_step_at_its_limit_and_nothing_is_powered_on(
     assert world.servers["enc1-bay9"].power == "Off" and world.servers["enc1-bay1"].power == "Off"
     assert len(face(ome_lab).migrate_requests) == 1 and world.violations == []
     assert "did not finish within 1.5 s" in job["error"] and "Running (2050)" in job["error"], job["error"]
+    # The job may still move the profile: nothing is undone (the blade is not flagged a spare again).
+    assert "is still running" in job["error"] and world.servers["enc1-bay9"].spare is False, job["error"]
