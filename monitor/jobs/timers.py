@@ -65,7 +65,9 @@ class DurableTimers:
             # Another monitor may hold a due timer (or add one): look again within a heartbeat.
             try:
                 upcoming = [t.due for t in await self.d.store.scheduled_timers() if t.due > now]
+                asked = clock.monotonic()
                 now = await self.d.store.clock()  # time passed while reading
+                now += clock.monotonic() - asked  # and while the answer came back
             except StoreError:
                 upcoming = []
             upcoming.append(now + heartbeat)
