@@ -19,7 +19,7 @@ from monitor.core.errors import (
     NotFound,
     error_for_status,
 )
-from monitor.core.fencing import check_fence, fence_headers
+from monitor.core.fencing import check_fence, fence_headers, read_headers
 from monitor.core.model import (
     BmcEndpoint,
     Domain,
@@ -169,8 +169,7 @@ class LabClient:
         endpoint = f"{self.url}{path}"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         mutating = method.upper() in MUTATING
-        if mutating:
-            headers.update(fence_headers())
+        headers.update(fence_headers() if mutating else read_headers())
         http = self._http()
         try:
             if mutating:

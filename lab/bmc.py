@@ -306,6 +306,19 @@ def _credentials_ok(user: str, password: str, credentials: Credentials) -> bool:
 
 
 @web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A read carrying a fencing token tells the world the job's newest epoch (World.observe)."""
+    if request.method == "GET" and FENCE_HEADER in request.headers:
+        try:
+            token = parse_fence(request.headers.getall(FENCE_HEADER, []))
+        except MalformedFence:
+            token = None  # a read is never refused for its header
+        if token is not None:
+            request.app[STATE].world.observe(token)
+    return await handler(request)
+
+
+@web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     path = request.path
@@ -796,7 +809,8 @@ def create_bmc_app(
     events: EventDispatcher | None = None,
 ) -> web.Application:
     """The Redfish application of one blade's BMC."""
-    app = web.Application(middlewares=[error_middleware, fault_middleware, auth_middleware])
+    app = web.Application(
+        middlewares=[error_middleware, fault_middleware, auth_middleware, observe_middleware])
     app[STATE] = BmcState(world, server_id, credentials, shutdown, events=events)
     r = app.router
     r.add_get("/redfish", get_redfish)

@@ -183,6 +183,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 @web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A read carrying a fencing token tells the world the job's newest epoch (World.observe)."""
+    if request.method == "GET" and FENCE_HEADER in request.headers:
+        try:
+            token = parse_fence(request.headers.getall(FENCE_HEADER, []))
+        except MalformedFence:
+            token = None  # a read is never refused for its header
+        if token is not None:
+            request.app[STATE].world.observe(token)
+    return await handler(request)
+
+
+@web.middleware
 async def latency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     world = request.app[STATE].world
     if request.path.startswith("/api/") and world.latency.manager_ms > 0:
@@ -438,7 +451,8 @@ def create_manager_app(
     oa_view: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """The manager + control application; `on_presence(server_id)` runs after a blade is pulled/inserted."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware, latency_middleware])
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware, observe_middleware, latency_middleware])
     app[STATE] = ManagerState(world, api_token, on_presence, oa_view)
     r = app.router
     r.add_get("/api/v1/inventory", get_inventory)

@@ -56,7 +56,7 @@ from monitor.core.errors import (
     NotFound,
     error_for_status,
 )
-from monitor.core.fencing import check_fence, current_fence, fence_headers
+from monitor.core.fencing import check_fence, current_fence, fence_headers, read_headers
 from monitor.core.model import SYSTEMS_PATH, BmcEndpoint, Health, PowerState, Server
 from monitor.core.ports import HealthReading
 
@@ -235,7 +235,7 @@ class RedfishConnections:
 
     async def _send(self, bmc: BmcEndpoint, client: Any, method: str, path: str, body: object) -> Reply:
         if method == "GET":
-            raw = await self._call(bmc, client.get(path))
+            raw = await self._call(bmc, client.get(path, headers=read_headers() or None))
         elif method in ("POST", "PATCH", "DELETE"):
             headers = fence_headers() or None
             check_fence()  # FenceLost (not an AdapterError) propagates: the request is not sent

@@ -421,6 +421,14 @@ class WorldState:
         self.record(kind, server, f"{action}: rejected ({refusal.message})", token, accepted=False)
         raise refusal
 
+    def observe(self, token: FenceToken) -> None:
+        """A read carrying a fencing token (the owner of a job reading the world): its epoch becomes the
+        job's highest when it is newer, so later requests under older epochs are refused. A read is
+        never refused and never a violation."""
+        seen = self.fence_jobs.get(token.job)
+        if seen is None or token.epoch > seen[0]:
+            self.fence_jobs[token.job] = (token.epoch, token.monitor)
+
     def admit(self, token: FenceToken | None, kind: str, server: str | None, action: str) -> None:
         """The fence check alone, for the lab's other faces (lab.oneview, lab.ome), which admit a request
         now and act on it later (a manager's task or job): StaleFence for a stale token."""

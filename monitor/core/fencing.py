@@ -76,6 +76,28 @@ def fence_headers() -> dict[str, str]:
     return {FENCE_HEADER: fence.header()} if fence is not None else {}
 
 
+_observing: ContextVar[Fence | None] = ContextVar("failover_observing", default=None)
+
+
+@contextlib.contextmanager
+def observing(fence: Fence) -> Iterator[Fence]:
+    """Within the block (a job's whole run on its owner), reads carry the job's fencing token too: a
+    system that honours tokens learns the newest epoch as soon as the new owner reads from it, so a
+    stale request of a paused former owner that arrives after it is refused. Reads are never refused
+    and never checked (`check_fence` checks actions only)."""
+    token = _observing.set(fence)
+    try:
+        yield fence
+    finally:
+        _observing.reset(token)
+
+
+def read_headers() -> dict[str, str]:
+    """The header to add to a read: the token of the job being run (empty outside a job's run)."""
+    fence = _observing.get()
+    return {FENCE_HEADER: fence.header()} if fence is not None else {}
+
+
 def parse_fence(value: str) -> tuple[int, int, str] | None:
     """(job, epoch, monitor) of a header value, or None when it is malformed."""
     m = _HEADER.match(value)

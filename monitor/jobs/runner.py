@@ -34,6 +34,7 @@ from monitor.core.errors import (
     StoreUnavailable,
     UnknownServer,
 )
+from monitor.core.fencing import Fence, observing
 from monitor.core.metrics import Metrics
 from monitor.core.model import STEP_SPECS, STEP_TABLE, Job, JobState, StepSpec, StepState, iso
 from monitor.jobs.flow import FailoverFlow, FlowDeps, StepFailed
@@ -287,7 +288,10 @@ class JobRunner:
         gate = Gate(self.membership, self.d.clock, job, self.action_timeout, lost)
         flow = FailoverFlow(job, self.d, gate)
         try:
-            await self._run_job(job, flow, adopted)
+            # Reads carry the job's token (fencing.observing): a token-aware system learns this epoch
+            # at this owner's first read, and refuses what a paused former owner sends after it.
+            with observing(Fence(job.id, job.epoch, self.instance, lambda: True)):
+                await self._run_job(job, flow, adopted)
         except (LostOwnership, FenceLost) as exc:
             # Another monitor took the job over, or may (our lease ran out): act no more here.
             lost.set()

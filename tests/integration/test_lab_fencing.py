@@ -15,7 +15,7 @@ from adapters.lab_manager import FenceRejected, LabClient, LabDiscovery, LabMana
 from lab.config import LabConfig
 from lab.main import LabSimulator
 from monitor.core.errors import FenceLost, OperationRejected
-from monitor.core.fencing import Fence, acting
+from monitor.core.fencing import Fence, acting, observing
 from monitor.core.model import HostRecord
 from tests.support.wait import eventually
 
@@ -419,3 +419,18 @@ async def test_lab_client_maps_a_stale_fence_refusal(lab: Lab, client: LabClient
     with acting(valid_fence(7, 4, "adopter")), pytest.raises(OperationRejected) as other:
         await manager.move_profile("prof-enc1-bay7", "enc1-bay1", "enc1-bay9")
     assert not isinstance(other.value, FenceRejected) and other.value.status == 409
+
+
+async def test_a_new_owners_first_read_fences_out_a_paused_former_owner(lab: Lab, client: LabClient) -> None:
+    """The adopter of job 7 (epoch 2) only reads the world (a fail-safe end touches nothing): its reads
+    carry its token, so the former owner's ForceOff under epoch 1, sent after it woke from a pause, is
+    refused by the BMC, although the adopter never acted on that BMC."""
+    with observing(valid_fence(7, 2, "m2")):
+        await LabManager(client).profile("prof-enc1-bay1")  # a read: never refused, never an action
+    assert (await lab.ok("GET", "/lab/v1/fencing"))["jobs"] == {"7": 2}
+    status, body = await lab.reset("enc1-bay1", "ForceOff", fence(7, 1, "m1"))
+    assert status == 409, body
+    assert await lab.power("enc1-bay1") == "On"
+    with observing(valid_fence(7, 1, "m1")):  # an older epoch's read changes nothing
+        await LabManager(client).profile("prof-enc1-bay1")
+    assert (await lab.ok("GET", "/lab/v1/fencing"))["jobs"] == {"7": 2} and await lab.violations() == []
