@@ -16,7 +16,7 @@ from tests.peers.processes import Client, DaemonProcess, LabProcess, write_daemo
 from tests.support.net import reserve_port
 from tests.support.wait import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 TOKEN = "crash-test-token"
 

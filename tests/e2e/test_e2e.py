@@ -22,7 +22,7 @@ from tests.peers.processes import Client, DaemonProcess, LabProcess
 from tests.support.net import reserve_port
 from tests.support.wait import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 TOKEN = "e2e-token"
 CPU_TRAP = "1.3.6.1.4.1.232.0.1026"

@@ -37,6 +37,9 @@ from tests.e2e import nemesis
 
 ROUNDS = int(os.environ.get("FAILOVER_NEMESIS_ROUNDS", "20"))
 
+pytestmark = pytest.mark.serial
+"""Bounds on takeover times: run alone, never beside other tests (./dev test's second phase)."""
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(300 + 60 * ROUNDS)
