@@ -301,7 +301,7 @@ class Daemon:
         pipeline = Pipeline(queue=self.events, holder=self.policy, store=self.store, runner=runner,
                             sinks=sinks, metrics=self.metrics, clock=self.clock, inventory=view.current,
                             watch_interval=cfg.rules.watch_interval, power=adapters.power,
-                            failover=cfg.failover)
+                            failover=cfg.failover, fence=adapters.fence)
         self.pipeline = pipeline
         self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
                            "events waiting for the rules")

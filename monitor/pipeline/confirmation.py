@@ -9,10 +9,12 @@ trigger.
 What confirms (`confirm_by: unhealthy`, the default): Health Warning or Critical, HealthRollup Critical
 (a rollup Warning alone is a degraded part, a fan or a supply, not the server), the server Off, or its
 State Absent / UnavailableOffline. `confirm_by: powered_off` (the server's own power is lost):
-PowerState Off only. An unreachable BMC confirms only for rules marked `confirm_unreachable` (the fault
-named takes the BMC's view with it: the board's power, the whole blade); otherwise it declines, since the
-BMC itself may be what hung. Within the window of a declined failover, a second signal or a health change
-confirms, except for `confirm_by: powered_off` rules, whose condition is the power reading itself.
+PowerState Off only. An unreachable BMC confirms for rules marked `confirm_unreachable` (the fault
+named takes the BMC's view with it: the board's power, the whole blade), or when the server's other
+fence levels (`failover.fencing`: the manager, the OA, IPMI), read instead, read it Off; otherwise it
+declines, since the BMC itself may be what hung. Within the window of a declined failover, a second
+signal or a health change confirms, except for `confirm_by: powered_off` rules, whose condition is the
+power reading itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Literal
 from monitor.core.clock import Clock
 from monitor.core.errors import AdapterError, AdapterTimeout
 from monitor.core.events import Event
+from monitor.core.fence_levels import FenceTopology, OffCheck, reads_off
 from monitor.core.model import Health, PowerState, Server
 from monitor.core.ports import HealthReading, PowerControl
 from rules.schema import RuleSpec
@@ -96,8 +99,10 @@ def _unhealthy(r: HealthReading) -> str | None:
 
 
 def decide(*, policy: Policy, rule_id: str, rule: RuleSpec, event: Event, reading: Reading,
-           reopened: dict[str, Any] | None = None) -> Confirmation:
-    """Confirmed or declined, with a one-line reason. Pure: no I/O, no clock."""
+           reopened: dict[str, Any] | None = None, others: OffCheck | None = None) -> Confirmation:
+    """Confirmed or declined, with a one-line reason. Pure: no I/O, no clock. `others`: when the BMC
+    could not be read, the server's other fence levels (the manager, the OA, IPMI), read instead: a
+    server they read Off is down."""
     stored = reading_public(reading)
     if not needs_reading(policy, rule):
         why = ("failover.confirm is never" if policy == "never"
@@ -115,9 +120,13 @@ def decide(*, policy: Policy, rule_id: str, rule: RuleSpec, event: Event, readin
         if rule.confirm_unreachable:
             return Confirmation("confirmed", f"{said}: {rule_id} names a fault that takes the BMC's view "
                                              "with it", stored)
+        if others is not None and others.off:
+            return Confirmation("confirmed", f"{said}; the other fence levels read the server Off "
+                                             f"({others.text()})", stored)
         if again and rule.confirm_by != "powered_off":
             return Confirmation("confirmed", f"{said}; confirmed by {again}", stored)
-        return Confirmation("declined", f"{said}: the BMC itself may be what failed, and {rule_id} "
+        seen = f"; the other fence levels: {others.text()}" if others is not None else ""
+        return Confirmation("declined", f"{said}{seen}: the BMC itself may be what failed, and {rule_id} "
                                         "names no fault that would take it down", stored)
     if rule.confirm_by == "powered_off":
         if reading.power is PowerState.OFF:
@@ -162,3 +171,19 @@ def _err(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     endpoint = getattr(exc, "endpoint", None)
     return f"{text} ({endpoint})" if endpoint and endpoint not in text else text
+
+
+async def read_others(fence: FenceTopology | None, server: Server, timeout: float,
+                      clock: Clock | None = None) -> OffCheck | None:
+    """The server's fence levels other than its BMC, read at once within `timeout` (None: it has none,
+    or none answered in time)."""
+    if fence is None:
+        return None
+    levels = [level for level in fence.order(server) if level.name != "bmc"]
+    if not levels:
+        return None
+    try:
+        async with (clock.timeout(timeout) if clock is not None else asyncio.timeout(timeout)):
+            return await reads_off(levels, server)
+    except TimeoutError:
+        return None

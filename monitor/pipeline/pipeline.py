@@ -33,6 +33,7 @@ from monitor.core.errors import (
     UnknownServer,
 )
 from monitor.core.events import Event
+from monitor.core.fence_levels import FenceTopology
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server, iso
 from monitor.core.ports import AlertSink, PowerControl
@@ -59,7 +60,10 @@ class Pipeline:
     def __init__(self, *, queue: asyncio.Queue[Event], holder: PolicyHolder, store: Store,
                  runner: JobRunner, sinks: list[AlertSink], metrics: Metrics, clock: Clock,
                  inventory: Callable[[], Inventory | None], watch_interval: float = 2.0,
-                 power: PowerControl | None = None, failover: FailoverConfig | None = None) -> None:
+                 power: PowerControl | None = None, failover: FailoverConfig | None = None,
+                 fence: FenceTopology | None = None) -> None:
+        self.fence = fence
+        """The fence levels: read when the BMC cannot be, to confirm (None: the BMC alone)."""
         self.power = power
         """Where the confirmation reads the source's health (None: nothing can confirm)."""
         self.failover = failover or FailoverConfig()
@@ -126,8 +130,12 @@ class Pipeline:
         reading: confirmation.Reading = None
         if read_bmc and self.power is not None and confirmation.needs_reading(policy, rule.spec):
             reading = await confirmation.read(self.power, server, self.failover.confirm_timeout, self.clock)
+        others = None
+        if isinstance(reading, AdapterError):  # the BMC is dead: do the other fence levels read it down?
+            others = await confirmation.read_others(self.fence, server, self.failover.confirm_timeout,
+                                                    self.clock)
         verdict = confirmation.decide(policy=policy, rule_id=rule.id, rule=rule.spec, event=decision.event,
-                                      reading=reading, reopened=decision.reopened)
+                                      reading=reading, reopened=decision.reopened, others=others)
         decision.confirmation = verdict.public()
         if verdict.confirmed:
             decider.close_decline(server.id)

@@ -44,6 +44,7 @@ from monitor.core.model import STEPS, BmcEndpoint, Job, PowerState, Server, Step
 from tests.integration.test_flow_lab import assert_unlocked, states
 from tests.peers.ipmi import IpmiSim, start_ipmi_sim
 from tests.support.harness import FAST_LATENCY, DaemonFactory, LabControl, monitor_config
+from tests.support.wait import eventually
 
 OA_USER, OA_PASSWORD = "Administrator", "oa-secret"
 
@@ -520,3 +521,52 @@ async def test_source_back_on_before_the_move_with_no_level_readable_is_not_move
     assert await oa_control.violations() == []
     await assert_unlocked(h)
 
+
+
+def _with_cpu_rule(cfg: MonitorConfig, tmp_path: Path) -> MonitorConfig:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - id: cpu-failed\n    action: failover\n    severity: critical\n"
+                    "    source: snmp\n    match: {trap_oid: 1.3.6.1.4.1.232.0.1026}\n")
+    return cfg.model_copy(update={"rules": cfg.rules.model_copy(update={"builtin": False,
+                                                                        "files": [str(path)]})})
+
+
+async def test_a_dead_bmc_does_not_decline_a_rule_failover_the_manager_reads_off(
+        lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str) -> None:
+    """The confirmation before a rule's failover: the BMC cannot be read, so the other fence levels
+    are; the manager reads the server Off (it went down), so the failover is confirmed and runs. The
+    same event for a server the manager reads On is declined (its BMC may be all that hung)."""
+    fencing = {"levels": ["bmc", "manager"], "bmc": {"attempts": 1, "timeout": 0.5}}
+    h = await start_daemon(_with_cpu_rule(fenced_config(lab.manager_url, tmp_path, token, fencing,
+                                                        confirm_timeout=2), tmp_path))
+    await lab_control.call("POST", "/api/v1/servers/enc1-bay1/power", {"action": "ForceOff"})
+    for server in ("enc1-bay1", "enc1-bay2"):
+        await lab_control.fault("bmc_down", server=server)
+    await eventually(lambda: lab.world.server("enc1-bay1").power == "Off", 5, "enc1-bay1 Off")
+    cpu = "1.3.6.1.4.1.232.0.1026"
+    for server in ("enc1-bay1", "enc1-bay2"):
+        ip = lab.world.server(server).bmc_ip
+        status, body = await h.api("POST", "/api/v1/events",
+                                   {"source": "snmp", "sender": ip, "trap_oid": cpu})
+        assert status == 202, body
+
+    async def decided() -> list[dict[str, Any]]:
+        _, rows = await h.api("GET", "/api/v1/decisions?limit=10")
+        return [d for d in rows if d.get("rule") == "cpu-failed"]
+
+    rows = await eventually(lambda: _two(decided()), 20, "both decisions")
+    by_server = {d["server"]: d for d in rows}
+    down, running = by_server["enc1-bay1"], by_server["enc1-bay2"]
+    assert down["action"] == "failover", down
+    assert "the other fence levels read the server Off" in down["confirmation"]["reason"], down
+    assert running["action"] == "declined", running
+    assert "the other fence levels: manager On" in running["confirmation"]["reason"], running
+    job = await h.wait_job(int(down["job"]))
+    assert job["state"] == "completed", job
+    assert await lab_control.violations() == []
+
+
+async def _two(rows: Any) -> list[dict[str, Any]] | None:
+    got: list[dict[str, Any]] = await rows
+    return got if len({d["server"] for d in got}) >= 2 else None
