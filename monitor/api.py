@@ -40,7 +40,7 @@ from monitor.core.errors import (
     UnknownServer,
 )
 from monitor.core.events import Event
-from monitor.core.metrics import Metrics
+from monitor.core.metrics import CONTENT_TYPE, Metrics
 from monitor.core.model import Inventory, Server
 from monitor.core.ports import ProfileManager
 from monitor.jobs import GroupLocks, JobRunner
@@ -504,4 +504,5 @@ class Api:
         return web.json_response(body, status=200 if body.get("ok") else 503)
 
     async def get_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+        return web.Response(body=self.metrics.render().encode("utf-8"),
+                            headers={"Content-Type": CONTENT_TYPE})

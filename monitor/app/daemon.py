@@ -34,7 +34,7 @@ from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory
 from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
 from monitor.jobs import FlowDeps, GroupLocks, JobRunner
-from monitor.pipeline.inventory import InventoryView
+from monitor.pipeline.inventory import InventoryView, spare_counts
 from monitor.pipeline.pipeline import Pipeline
 from monitor.pipeline.policy import PolicyHolder
 from monitor.pipeline.sinks import LogAlertSink
@@ -305,7 +305,13 @@ class Daemon:
         self.pipeline = pipeline
         self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
                            "events waiting for the rules")
-        self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))})
+        self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))},
+                           "rules loaded now")
+        self.metrics.gauge("failover_paused", lambda: {"": 1.0 if pipeline.decider.paused else 0.0},
+                           "1 while automatic failover is paused (the pause switch)")
+        self.metrics.gauge("spares", lambda: spare_counts(view.current()),
+                           "designated spares (present, no profile) per domain group and model",
+                           ("domain_group", "model"))
         listener_routes, workers = self._redfish_events(adapters)
         for worker in workers.values():
             close = getattr(worker, "close", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from monitor.core.clock import sleep_unless
@@ -35,7 +36,7 @@ from monitor.core.errors import (
     UnknownServer,
 )
 from monitor.core.fencing import Fence, observing
-from monitor.core.metrics import Metrics
+from monitor.core.metrics import PHASES, Metrics
 from monitor.core.model import STEP_SPECS, STEP_TABLE, Job, JobState, StepSpec, StepState, iso
 from monitor.jobs.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.jobs.gate import Gate
@@ -450,7 +451,8 @@ class JobRunner:
         job.state = JobState.FAILED if job.error else JobState.COMPLETED
         job.finished = clock.now()
         await self._save_job(job)
-        self.metrics.inc(f"failover_jobs_{job.state.value}_total")
+        self.metrics.inc("failover_jobs_finished_total", state=job.state.value)
+        observe_durations(self.metrics, job)
         log.info("job %s %s%s", job.id, job.state.value, f": {job.error}" if job.error else "")
 
     async def _unlock(self, flow: FailoverFlow) -> str:
@@ -505,3 +507,21 @@ class JobRunner:
             job.context.compensating = None
             await self._save_job(job)
         await self._finish(job, flow)
+
+
+def observe_durations(metrics: Metrics, job: Job) -> None:
+    """The ended job's phases (detect→fence, fence→move, move→boot: from its creation and its steps'
+    finish times, where both ends happened) and its whole duration, in seconds."""
+    def at(point: str) -> datetime | None:
+        if point == "created":
+            return job.created
+        step = job.step(point)
+        return step.finished if step.state is StepState.DONE else None
+
+    for phase, start, end in PHASES:
+        begin, finish = at(start), at(end)
+        if begin is not None and finish is not None:
+            metrics.observe("failover_phase_duration_seconds", (finish - begin).total_seconds(), phase=phase)
+    if job.finished is not None:
+        metrics.observe("failover_job_duration_seconds", (job.finished - job.created).total_seconds(),
+                        state=job.state.value)

@@ -62,3 +62,14 @@ class InventoryView:
             await self.refresh(manager)
             if not await sleep_unless(self._clock, gap, stop):
                 await sleep_unless(self._clock, self._interval - gap, stop, self._wake)
+
+
+def spare_counts(inventory: Inventory | None) -> dict[tuple[str, str], float]:
+    """Designated spares (present, spare, no profile) per (domain group, model); every model a group
+    holds is listed, with 0 where it has no spare, so an alert sees a pool that ran dry."""
+    counts: dict[tuple[str, str], float] = {}
+    for server in inventory.servers.values() if inventory else ():
+        key = (server.domain_group, server.model)
+        usable = server.spare and server.present and server.profile is None
+        counts[key] = counts.get(key, 0.0) + (1.0 if usable else 0.0)
+    return counts

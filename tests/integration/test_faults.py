@@ -164,7 +164,7 @@ async def test_manager_down_at_job_start_touches_nothing(
     h.daemon.inventory_view.wake()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
-    while "failover_monitor_inventory_refresh_errors_total" not in (await h.api("GET", "/metrics"))[1]:
+    while "failover_monitor_inventory_refresh_errors_total 0.0" in (await h.api("GET", "/metrics"))[1]:
         assert loop.time() < deadline, "the failed inventory refresh was not counted"
         await asyncio.sleep(0.05)
     status, servers = await h.api("GET", "/api/v1/servers")

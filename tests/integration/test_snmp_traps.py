@@ -69,7 +69,7 @@ class WatchedMetrics(Metrics):
 
     def dropped(self) -> dict[str, float]:
         prefix = "snmp_dropped_total"
-        return {k: v for k, v in self._counters.get(prefix, {}).items()}
+        return {k: v for k, v in self.series().get(prefix, {}).items() if v}
 
 
 @dataclass
@@ -526,14 +526,14 @@ class Outcome:
 def feed(peer: Peer, datagram: bytes) -> Outcome:
     """Hand one datagram to the receiver as its transport would (synchronously, in this loop); what came
     out: the events queued (without id and time) and the counters that moved."""
-    before = {k: dict(v) for k, v in peer.metrics._counters.items()}
+    before = peer.metrics.series()
     transport = peer.receiver._transport
     transport.datagram_received(datagram, ("127.0.0.1", 40000))
     events = []
     while not peer.queue.empty():
         events.append(peer.queue.get_nowait().model_dump(exclude={"id", "time"}))
     moved = {f"{name}{labels}": value - before.get(name, {}).get(labels, 0.0)
-             for name, series in peer.metrics._counters.items() for labels, value in series.items()
+             for name, series in peer.metrics.series().items() for labels, value in series.items()
              if value != before.get(name, {}).get(labels, 0.0)}
     return Outcome(events, moved)
 
