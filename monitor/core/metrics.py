@@ -62,7 +62,7 @@ COUNTERS: dict[str, CounterSpec] = {
     "events_unresolved_total": CounterSpec(
         "Events whose server could not be resolved, by source and reason", ("reason", "source"),
         (("no_match", "ambiguous_sender", "ambiguous_origin"), _SOURCES)),
-    "failover_job_errors_total": CounterSpec("Jobs whose run raised an unexpected error"),
+    "failover_job_errors_total": CounterSpec("Job runs that failed outside their steps (run again later)"),
     "failover_jobs_created_total": CounterSpec("Failover jobs created"),
     "failover_jobs_failed_safe_total": CounterSpec(
         "Jobs taken over mid-flight and ended without acting further"),
