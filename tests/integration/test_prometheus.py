@@ -88,7 +88,14 @@ async def test_a_failover_fills_the_histograms(lab: LabSimulator, start_daemon: 
     assert before['failover_monitor_failover_job_duration_seconds_count{state="completed"}'] == 0
     job = await h.wait_job(await h.failover("enc1-bay1", "fan failure"))
     assert job["state"] == "completed", job
+    # The spare the job used leaves the pool at the inventory view's next refresh (read it now).
+    await h.daemon.inventory_view.refresh(h.daemon.adapters.manager)
+    status, spare = await h.api("GET", f"/api/v1/servers/{job['spare']}")
+    assert status == 200, spare
+    key = f'failover_monitor_spares{{domain_group="{spare["domain_group"]}",model="{spare["model"]}"}}'
+    assert before[key] >= 1, before
     text = await scrape(h)
+    assert samples(text)[key] == before[key] - 1, key
     values = samples(text)
     assert values['failover_monitor_failover_jobs_finished_total{state="completed"}'] == 1
     assert values['failover_monitor_failover_jobs_created_total'] == 1
