@@ -75,6 +75,8 @@ class Automation:
         self.release = asyncio.Event()
         self.move_answer: Any = None  # "garbage" or "slow": how the move request is answered
         self.slow = asyncio.Event()
+        self.reads_before: int | None = None  # set: `read_again` fires at the next read of the task
+        self.read_again = asyncio.Event()
 
     def moves(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["action"] == "move"]
@@ -104,6 +106,8 @@ class Automation:
             if t is None:
                 return web.json_response({"error": "no such task"}, status=404)
             t["reads"] += 1
+            if self.reads_before is not None and t["reads"] > self.reads_before:
+                self.read_again.set()
             if (self.release.is_set() if self.hold else t["reads"] > self.reads):
                 if self.outcome == "failed":
                     return web.json_response({"state": "failed", "message": "playbook failed: vc_move"})
@@ -205,10 +209,11 @@ async def test_takeover_while_the_task_runs_follows_it(
     await first.wait_for(lambda: job_id in first.jobs and first.jobs[job_id].context.move.task is not None)
     first.daemon_stop()  # no shutdown grace: the job is cancelled mid-step
     await first.stopped()
-    assert auto.tasks["T-1"]["reads"] >= 0 and len(auto.moves()) == 1
+    assert len(auto.moves()) == 1
+    auto.reads_before = auto.tasks["T-1"]["reads"]
     second = await start_daemon(config(lab, tmp_path, inv, webhook(url), instance="b"))
-    await second.wait_for(lambda: job_id in second.jobs and second.jobs[job_id].owner == "b")
-    auto.release.set()  # the playbook ends while the new owner follows its task
+    await asyncio.wait_for(auto.read_again.wait(), 20)  # the new owner reads the running task
+    auto.release.set()  # the playbook ends only now, while the new owner follows its task
     job = await second.wait_job(job_id)
     assert job["state"] == "completed", job
     assert job["owner"] == "b" and job["epoch"] == 2
