@@ -75,6 +75,7 @@ class Automation:
         self.release = asyncio.Event()
         self.move_answer: Any = None  # "garbage" or "slow": how the move request is answered
         self.slow = asyncio.Event()
+        self.started = asyncio.Event()
         self.reads_before: int | None = None  # set: `read_again` fires at the next read of the task
         self.read_again = asyncio.Event()
 
@@ -97,6 +98,9 @@ class Automation:
             tid = f"T-{len(self.tasks) + 1}"
             self.tasks[tid] = {"intent": body["intent"], "profile": body["profile"],
                                "target": body["target"], "reads": 0}
+            if self.move_answer == "late":  # the task runs; its id is told only much later
+                self.started.set()
+                await self.slow.wait()
             return web.json_response({"task": tid})
         if action == "find_move":
             found = [t for t, v in self.tasks.items() if v["intent"] == body["intent"]]
@@ -198,20 +202,31 @@ async def test_webhook_garbage_or_timeout_moves_nothing(
     assert lab.world.servers[SPARE].power == "Off"
 
 
+@pytest.mark.parametrize("moment", ["task_recorded", "sent_not_recorded"])
 async def test_takeover_while_the_task_runs_follows_it(
         lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
-        automation: tuple[str, Automation]) -> None:
+        automation: tuple[str, Automation], moment: str) -> None:
+    """The owner dies while the hook's task runs: with its id recorded, or after the move was sent but
+    before the hook named the task (the new owner asks `find_move`). Exactly one `move` reaches the hook."""
     url, auto = automation
     auto.hold = True
+    if moment == "sent_not_recorded":
+        auto.move_answer = "late"
     inv = await static_inventory(lab, tmp_path / "inventory.yaml")
-    first = await start_daemon(config(lab, tmp_path, inv, webhook(url), instance="a", shutdown_grace=0))
+    hook = webhook(url, timeout=30)
+    first = await start_daemon(config(lab, tmp_path, inv, hook, instance="a", shutdown_grace=0))
     job_id = await first.failover(SOURCE)
-    await first.wait_for(lambda: job_id in first.jobs and first.jobs[job_id].context.move.task is not None)
+    if moment == "task_recorded":
+        await first.wait_for(lambda: job_id in first.jobs and first.jobs[job_id].context.move.task is not None)
+    else:
+        await asyncio.wait_for(auto.started.wait(), 20)
+        assert first.jobs[job_id].context.move.intent is not None
+        assert first.jobs[job_id].context.move.task is None
     first.daemon_stop()  # no shutdown grace: the job is cancelled mid-step
     await first.stopped()
     assert len(auto.moves()) == 1
     auto.reads_before = auto.tasks["T-1"]["reads"]
-    second = await start_daemon(config(lab, tmp_path, inv, webhook(url), instance="b"))
+    second = await start_daemon(config(lab, tmp_path, inv, hook, instance="b"))
     await asyncio.wait_for(auto.read_again.wait(), 20)  # the new owner reads the running task
     auto.release.set()  # the playbook ends only now, while the new owner follows its task
     job = await second.wait_job(job_id)
@@ -219,6 +234,8 @@ async def test_takeover_while_the_task_runs_follows_it(
     assert job["owner"] == "b" and job["epoch"] == 2
     assert len(auto.moves()) == 1, auto.moves()  # exactly one move, ever
     assert auto.moves()[0]["monitor"] == "a"
+    if moment == "sent_not_recorded":
+        assert [r["action"] for r in auto.requests][:2] == ["move", "find_move"]
     assert await on_spare(second) == (SPARE, False)
     assert lab.world.servers[SPARE].power == "On"
 
