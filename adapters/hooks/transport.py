@@ -162,7 +162,7 @@ class CommandHook(_Retrying):
         action = request["action"]
         what = f"manager command {argv[0]} {action}"
         env = {**os.environ, **self._cfg.env, "FAILOVER_ACTION": action}
-        fence = fence_headers() if mutating else read_headers()
+        fence = fence_headers() if mutating else {}
         env.pop("FAILOVER_FENCE", None)
         if FENCE_HEADER in fence:
             env["FAILOVER_FENCE"] = fence[FENCE_HEADER]

@@ -217,7 +217,8 @@ async def test_takeover_while_the_task_runs_follows_it(
     first = await start_daemon(config(lab, tmp_path, inv, hook, instance="a", shutdown_grace=0))
     job_id = await first.failover(SOURCE)
     if moment == "task_recorded":
-        await first.wait_for(lambda: job_id in first.jobs and first.jobs[job_id].context.move.task is not None)
+        await first.wait_for(lambda: job_id in first.jobs
+                             and first.jobs[job_id].context.move.task is not None)
     else:
         await asyncio.wait_for(auto.started.wait(), 20)
         assert first.jobs[job_id].context.move.intent is not None
@@ -304,6 +305,7 @@ async def test_command_seed_flow_completes(lab: LabSimulator, start_daemon: Daem
     reqs = requests_of(state)
     assert [r["action"] for r in reqs] == ["move", "task", "task", "task"]
     assert reqs[0]["fence"] == f"job={job['job']}; epoch=1; monitor=test"
+    assert reqs[1]["fence"] is None  # a read is not an action: no FAILOVER_FENCE
     assert h.jobs[job["job"]].context.move.task == "job-1"
 
 
