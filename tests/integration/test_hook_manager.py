@@ -76,6 +76,7 @@ class Automation:
         self.move_answer: Any = None  # "garbage" or "slow": how the move request is answered
         self.slow = asyncio.Event()
         self.started = asyncio.Event()
+        self.unavailable = 0  # this many task reads answer 503 first
         self.reads_before: int | None = None  # set: `read_again` fires at the next read of the task
         self.read_again = asyncio.Event()
 
@@ -105,6 +106,9 @@ class Automation:
         if action == "find_move":
             found = [t for t, v in self.tasks.items() if v["intent"] == body["intent"]]
             return web.json_response({"task": found[0] if found else None})
+        if action == "task" and self.unavailable > 0:
+            self.unavailable -= 1
+            return web.json_response({"error": "maintenance"}, status=503)
         if action == "task":
             t = self.tasks.get(body["task"])
             if t is None:
@@ -182,6 +186,19 @@ async def test_webhook_failed_task_leaves_the_profile_on_the_source(
     assert await on_spare(h) == (SOURCE, True)
     assert (await h.daemon.adapters.manager.server(SOURCE)).host is not None  # host record restored
     assert len(auto.moves()) == 1 and lab.world.servers[SPARE].power == "Off"
+
+
+async def test_webhook_reads_are_retried_with_backoff(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
+        automation: tuple[str, Automation]) -> None:
+    url, auto = automation
+    auto.unavailable = 2  # two 503s: within one read's retries (2)
+    inv = await static_inventory(lab, tmp_path / "inventory.yaml")
+    h = await start_daemon(config(lab, tmp_path, inv, webhook(url)))
+    job = await h.wait_job(await h.failover(SOURCE))
+    assert job["state"] == "completed", job
+    assert auto.unavailable == 0 and len(auto.moves()) == 1
+    assert await on_spare(h) == (SPARE, False)
 
 
 @pytest.mark.parametrize("answer", ["garbage", "slow"])
