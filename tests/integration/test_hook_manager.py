@@ -353,3 +353,22 @@ def test_config_errors_name_the_file_and_line(tmp_path: Path) -> None:
     path.write_text("store: m.db\nmanager:\n  kind: webhook\n")
     with pytest.raises(ConfigError, match=r"manager\.webhook is required"):
         load_config(path)
+
+
+async def test_a_move_past_its_fence_is_not_sent(tmp_path: Path) -> None:
+    from adapters.hooks import CommandHook
+    from monitor.core.clock import SystemClock
+    from monitor.core.config import CommandHookConfig
+    from monitor.core.errors import FenceLost
+    from monitor.core.fencing import Fence, acting
+
+    manager, state = command_hook(tmp_path, "ok")
+    hook = CommandHook(CommandHookConfig.model_validate(manager["command"]), SystemClock())
+    move = {"action": "move", "profile": PROFILE, "source": SOURCE, "target": SPARE, "intent": "i-1"}
+    with acting(Fence(7, 3, "m1", valid=lambda: False)), pytest.raises(FenceLost):
+        await hook.call(move)
+    assert requests_of(state) == []  # past the action's deadline: never run
+    with acting(Fence(7, 3, "m1", valid=lambda: True)):
+        assert await hook.call(move) == {"task": "job-1"}
+    assert [(r["fence"], r["job"], r["epoch"]) for r in requests_of(state)] == [
+        ("job=7; epoch=3; monitor=m1", 7, 3)]
