@@ -122,6 +122,8 @@ class Automation:
                 return web.json_response({"state": "completed", "message": "ok=12 changed=3"})
             return web.json_response({"state": "running", "percent": min(90, 10 * t["reads"]),
                                       "message": "TASK [vc : move profile]"})
+        if action == "spare":
+            return web.json_response({"ticket": "CHG-2"})
         return web.json_response({"error": f"unknown action {action}"}, status=400)
 
 
@@ -186,6 +188,23 @@ async def test_webhook_failed_task_leaves_the_profile_on_the_source(
     assert await on_spare(h) == (SOURCE, True)
     assert (await h.daemon.adapters.manager.server(SOURCE)).host is not None  # host record restored
     assert len(auto.moves()) == 1 and lab.world.servers[SPARE].power == "Off"
+
+
+async def test_spare_designations_through_the_hook(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
+        automation: tuple[str, Automation]) -> None:
+    url, auto = automation
+    auto.outcome = "failed"  # the undo puts the designation back, through the hook too
+    inv = await static_inventory(lab, tmp_path / "inventory.yaml")
+    h = await start_daemon(config(lab, tmp_path, inv, webhook(url, spare="hook")))
+    job = await h.wait_job(await h.failover(SOURCE))
+    assert job["state"] == "failed"
+    spares = [(r["server"], r["spare"], r["epoch"]) for r in auto.requests if r["action"] == "spare"]
+    assert spares == [(SPARE, False, 1), (SPARE, True, 1)]
+    assert auto.requests[0]["action"] == "spare"  # before the move
+    assert all("X-Failover-Fence" in hd for r, hd in zip(auto.requests, auto.headers, strict=True)
+               if r["action"] == "spare")
+    assert await on_spare(h) == (SOURCE, True)
 
 
 async def test_webhook_reads_are_retried_with_backoff(
