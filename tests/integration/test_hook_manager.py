@@ -172,6 +172,20 @@ async def test_webhook_seed_flow_completes(lab: LabSimulator, start_daemon: Daem
     assert lab.world.servers[SPARE].power == "On" and lab.world.servers[SOURCE].power == "Off"
 
 
+async def test_webhook_over_the_lab_inventory(lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
+                                             automation: tuple[str, Automation]) -> None:
+    """With `inventory.source: lab` the completed task is recorded by the lab manager's own move."""
+    url, auto = automation
+    base = monitor_config(lab.manager_url, tmp_path, "api-token").model_dump(mode="json")
+    base["http"]["token"] = "api-token"
+    base["manager"] = webhook(url)
+    h = await start_daemon(MonitorConfig.model_validate(base))
+    job = await h.wait_job(await h.failover(SOURCE))
+    assert job["state"] == "completed", job
+    assert lab.world.profiles[PROFILE].server == SPARE and lab.world.servers[SPARE].power == "On"
+    assert len(auto.moves()) == 1 and lab.world.violations == []
+
+
 async def test_webhook_failed_task_leaves_the_profile_on_the_source(
         lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
         automation: tuple[str, Automation]) -> None:
