@@ -97,6 +97,14 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
         assert cfg.manager.ome is not None
         adapters.closers.append(adapters.manager.close)  # the inventory source's; discovery may share it
         adapters.manager = build_ome_manager(cfg.manager.ome, resolve=lambda f: str(loaded.resolve(f)))
+    if cfg.manager.kind in ("webhook", "command"):
+        from adapters.hooks import build_hook_manager
+
+        # The inventory source's manager stays: the hook manager reads through it and records the moves
+        # there; closing the hook manager closes only the hook (the wrapped one is closed here).
+        adapters.closers.append(adapters.manager.close)
+        adapters.manager = build_hook_manager(cfg.manager, adapters.manager, store,
+                                              resolve=loaded.resolve)
     from adapters.fence.build import build_topology
 
     # Last: the manager level uses the manager in use (a OneView or OME one replaces the inventory's).

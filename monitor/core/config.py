@@ -402,13 +402,55 @@ class OneViewManagerConfig(_Strict):
     """How the blades' BMCs are reached (the flow powers servers off and on through them)."""
 
 
+class _HookCommon(_Strict):
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds for each call of the hook (a request, or a run of the command)."""
+    retries: Annotated[int, Field(ge=0)] = 2
+    """Times a read (`task`, `find_move`) or a spare designation is tried again after a timeout, an
+    unreachable hook or a 5xx (exit 75); the move itself is sent once."""
+    retry_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds before the first retry, then twice as long each time."""
+    spare: Literal["inventory", "hook"] = "inventory"
+    """Who keeps spare designations: the inventory source (the static file's state in the store, or the
+    lab), or the hook too (action `spare`, then the inventory source's record)."""
+
+    @property
+    def call_timeout(self) -> float:
+        """The longest one call may take with its retries."""
+        backoff: float = self.retry_interval * (2 ** self.retries - 1)
+        return self.timeout * (self.retries + 1) + backoff
+
+
+class WebhookHookConfig(_HookCommon):
+    """The profile move through the site's webhook (adapters/hooks): `POST url` with a JSON body."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]
+    token: SecretStr | None = None
+    """Sent as `Authorization: Bearer TOKEN`."""
+    verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM CA file (relative to the config file) the hook's certificate is checked against."""
+
+
+class CommandHookConfig(_HookCommon):
+    """The profile move through a command (adapters/hooks): argv run with the JSON request on stdin."""
+
+    argv: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    env: dict[str, str] = {}
+    """More environment variables for the command."""
+    timeout: Annotated[float, Field(gt=0)] = 120.0
+
+
 class ManagerConfig(_Strict):
-    kind: Literal["inventory", "oneview", "ome"] = "inventory"
+    kind: Literal["inventory", "oneview", "ome", "webhook", "command"] = "inventory"
     """inventory: the inventory source's own (the lab's manager API, or the static file); oneview: HPE
     OneView; ome: Dell OpenManage Enterprise / OME-Modular (with either, the inventory source only keeps
-    the discovery service's role)."""
+    the discovery service's role); webhook or command: the inventory source's, with the move sent to the
+    site's own automation (adapters/hooks)."""
     oneview: OneViewManagerConfig | None = None
     ome: OmeConfig | None = None
+    webhook: WebhookHookConfig | None = None
+    command: CommandHookConfig | None = None
 
     @model_validator(mode="after")
     def _settings(self) -> ManagerConfig:
@@ -416,6 +458,10 @@ class ManagerConfig(_Strict):
             raise ValueError("manager.oneview is required when manager.kind is oneview")
         if self.kind == "ome" and self.ome is None:
             raise ValueError("manager.ome is required when manager.kind is ome")
+        if self.kind == "webhook" and self.webhook is None:
+            raise ValueError("manager.webhook is required when manager.kind is webhook")
+        if self.kind == "command" and self.command is None:
+            raise ValueError("manager.command is required when manager.kind is command")
         return self
 
 
@@ -549,6 +595,9 @@ class LoadedConfig:
             return m.ome.action_timeout
         if m.kind == "oneview" and m.oneview is not None:
             return 2 * m.oneview.timeout  # the move: GET (eTag), then PUT
+        hook = m.webhook if m.kind == "webhook" else m.command if m.kind == "command" else None
+        if hook is not None:  # the hook's call, then the inventory source's own record of it
+            return hook.call_timeout + self.config.inventory.lab.timeout
         return self.config.inventory.lab.timeout
 
     @property
