@@ -4,7 +4,7 @@ lab. A short lease (3 s, heartbeat 1 s) keeps takeovers quick.
 
 1. the same trap sent to every monitor starts exactly one failover;
 2. SIGKILL of the monitor running a job mid-step: another adopts it within the lease and finishes it;
-3. kill rounds at random moments (50 on PostgreSQL, `FAILOVER_KILL_ROUNDS_PG`; 5 on the shared SQLite
+3. kill rounds at random moments (25 on PostgreSQL, `FAILOVER_KILL_ROUNDS_PG`; 5 on the shared SQLite
    file, `FAILOVER_KILL_ROUNDS`), with the invariants checked after every round;
 4. a durable rediscovery timer fires once although two monitors watch it.
 
@@ -55,7 +55,7 @@ GRACE = 2.0
 monitor ends within its own lease; the grace is room for a request still in flight)."""
 KILL_ROUNDS = int(os.environ.get("FAILOVER_KILL_ROUNDS", "5"))
 """Rounds on the shared SQLite file."""
-KILL_ROUNDS_PG = int(os.environ.get("FAILOVER_KILL_ROUNDS_PG", "50"))
+KILL_ROUNDS_PG = int(os.environ.get("FAILOVER_KILL_ROUNDS_PG", "25"))
 """Rounds on PostgreSQL, the store several monitors are meant to share: the issue's 50 by default."""
 JOB_DEADLINE = 90.0
 """Seconds for a job to end after its round's kill (takeover, then the rest of the job)."""
