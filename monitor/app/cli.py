@@ -270,17 +270,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     if path is None:
         print(no_config_note(load_config(None)))
-    else:
-        print(f"config {path}")
     problems, warnings = check_config(args.config)
     for w in warnings:
         print(w)
     for p in problems:
         print(p)
+    what = f"config {path}" if path is not None else "the built-in defaults (no config file)"
     if problems:
-        print(f"FAILED: {len(problems)} problem(s)", file=sys.stderr)
+        print(f"FAILED: {len(problems)} problem(s) in {what}", file=sys.stderr)
         return 1
-    print("OK")
+    print(f"OK: {what}" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 async def test_a_lab_fault_becomes_trap_event_decision_and_completed_job(tmp_path: Path) -> None:
     http_port, lab_port = reserve_port(), reserve_port()
-    trap_port = reserve_port(__import__("socket").SOCK_DGRAM)
+    trap_port = reserve_port(socket.SOCK_DGRAM)
     monitor_cfg, lab_cfg = _shipped(tmp_path, http_port, lab_port, trap_port)
     env = {"FAILOVER_API_TOKEN": "first-run-token", "FAILOVER_SNMP_COMMUNITY": "site-community",
            "FAILOVER_EVENT_SECRET": "first-run-secret"}
@@ -80,7 +81,8 @@ async def test_a_lab_fault_becomes_trap_event_decision_and_completed_job(tmp_pat
 
             fault = _cli("lab", "fault", SERVER, "cpu-uncorrectable", "--lab", lab_url, env=env)
             assert fault.returncode == 0, fault.stderr
-            assert f"SNMPv2c trap 1.3.6.1.4.1.232.0.1026 from 127.77.1.3 to 127.0.0.1:{trap_port}" in fault.stdout
+            sent = f"SNMPv2c trap 1.3.6.1.4.1.232.0.1026 from 127.77.1.3 to 127.0.0.1:{trap_port}"
+            assert sent in fault.stdout, fault.stdout
             assert "iLOEvents.2.3.SeCpuUncorrectableError to 1 subscription(s)" in fault.stdout
 
             async def decisions() -> list[dict[str, Any]] | None:
