@@ -95,6 +95,8 @@ async def test_a_lab_fault_becomes_trap_event_decision_and_completed_job(tmp_pat
             assert len(failovers) == 1, json.dumps(rows, indent=1)[:3000]
             assert failovers[0]["rule"] in ("hpe-cpu-uncorrectable", "ilo-cpu-uncorrectable")
             job_id = int(failovers[0]["job"])
+            others = [r for r in rows if r is not failovers[0]]
+            assert all("cooldown" in (r.get("guard") or "") for r in others), others
 
             async def completed() -> dict[str, Any] | None:
                 job = await get(f"{base}/api/v1/jobs/{job_id}")
