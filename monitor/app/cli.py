@@ -124,6 +124,16 @@ def _load(path: Path | None) -> LoadedConfig:
     return load_config(_config_path(path))
 
 
+def _store_display(loaded: LoadedConfig) -> str:
+    """The store for messages: a SQLite path, or a PostgreSQL URL without its password."""
+    store = loaded.config.store
+    if store.startswith(("postgresql://", "postgres://")):
+        from monitor.store.postgres import redact
+
+        return redact(store)
+    return f"SQLite {loaded.store_path}"
+
+
 def no_config_note(loaded: LoadedConfig) -> str:
     return (f"no config file ({DEFAULT_CONFIG} does not exist here and -c was not given): using the "
             f"built-in defaults (API on {loaded.config.http.listen}, inventory from the lab at "
@@ -173,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if loaded.path is None:
         log.warning("%s", no_config_note(loaded))
     else:
-        log.info("config %s, store %s", loaded.path, loaded.store_path)
+        log.info("config %s, store %s", loaded.path, _store_display(loaded))
     return asyncio.run(_run_daemon(loaded))
 
 

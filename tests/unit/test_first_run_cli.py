@@ -110,3 +110,11 @@ def test_run_without_a_config_says_which_defaults(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert "no config file" in err and "using the built-in defaults" in err
     assert f"SQLite store {tmp_path / 'failover-monitor.db'}" in err and seen[0].path is None
+
+
+def test_the_store_named_at_start_never_shows_a_password() -> None:
+    from monitor.app.cli import _store_display
+    from monitor.core.config import LoadedConfig, MonitorConfig
+
+    pg = LoadedConfig(MonitorConfig(store="postgresql://mon:pa55word@db:5432/failover"), None)
+    assert _store_display(pg) == "postgresql://mon:***@db:5432/failover"
