@@ -155,6 +155,21 @@ class OaConfig(_Model):
     password: str = Field(default="oa-password", min_length=1)
 
 
+class SnmpTraps(_Model):
+    """Where the blades' iLOs send their SNMPv2c traps when a hardware fault is raised
+    (`POST /lab/v1/servers/{id}/hardware-fault`)."""
+
+    targets: list[str] = Field(default_factory=lambda: ["127.0.0.1:1162"])
+    community: str = Field(default="public", min_length=1)
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, value: list[str]) -> list[str]:
+        for target in value:
+            split_host_port(target)
+        return value
+
+
 class LabConfig(_Model):
     """The whole lab configuration; every key is optional."""
 
@@ -176,6 +191,7 @@ class LabConfig(_Model):
     oneview: OneViewLab = Field(default_factory=OneViewLab)
     oa: OaConfig | None = None
     """When set, each enclosure's Onboard Administrator is served over SSH (lab.oa_ssh)."""
+    snmp_traps: SnmpTraps = Field(default_factory=SnmpTraps)
 
     @field_validator("listen")
     @classmethod

@@ -13,7 +13,9 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
+from lab.config import split_host_port
 from lab.fencing import FENCE_HEADER, FenceMode, FenceToken, MalformedFence, parse_fence
+from lab.traps import encode_v2c_trap, send_trap
 from lab.world import LabError, StaleFence, World
 
 __all__ = ["create_manager_app"]
@@ -387,6 +389,30 @@ async def post_event(request: web.Request) -> web.Response:
     return _json({"event": payload, "subscriptions": targets if service.enabled else 0})
 
 
+class HardwareFaultBody(_Body):
+    kind: str = Field(min_length=1, max_length=64)
+
+
+async def post_hardware_fault(request: web.Request) -> web.Response:
+    """A hardware fault on a blade: its health turns Critical, its BMC sends its Redfish event to its
+    subscriptions and its iLO sends its SNMPv2c trap to `snmp_traps.targets`, from the BMC's address."""
+    world = _world(request)
+    body = await _body(request, HardwareFaultBody)
+    server_id = request.match_info["id"]
+    payload, trap = world.hardware_fault(server_id, body.kind)
+    service = world.event_service(server_id)
+    subscriptions = sum(1 for s in service.subscriptions.values() if s.wants(payload["Events"][0]))
+    cfg = world.config.snmp_traps
+    targets = [split_host_port(t) for t in cfg.targets]
+    data = encode_v2c_trap(cfg.community, trap["trap_oid"], trap["varbinds"])
+    failed = send_trap(trap["source"], targets, data)
+    return _json({
+        "server": server_id, "kind": body.kind, "event": payload,
+        "subscriptions": subscriptions if service.enabled else 0,
+        "trap": {"oid": trap["trap_oid"], "from": trap["source"], "to": list(cfg.targets), "failed": failed},
+    })
+
+
 async def get_events(request: web.Request) -> web.Response:
     service = _world(request).event_service(request.match_info["id"])
     return _json({"events": list(service.events), "deliveries": list(service.deliveries)})
@@ -480,6 +506,7 @@ def create_manager_app(
     r.add_put("/lab/v1/servers/{id}", put_control_server)
     r.add_post("/lab/v1/servers/{id}/events", post_event)
     r.add_get("/lab/v1/servers/{id}/events", get_events)
+    r.add_post("/lab/v1/servers/{id}/hardware-fault", post_hardware_fault)
     r.add_get("/lab/v1/servers/{id}/eventservice", get_event_service)
     r.add_put("/lab/v1/servers/{id}/eventservice", put_event_service)
     r.add_get("/lab/v1/violations", get_violations)

@@ -40,6 +40,10 @@ PREFERRED_EVENT_TYPES = ("Alert", "StatusChange")
 """What we subscribe to where the service lists EventTypesForSubscription (iLO 5 requires EventTypes)."""
 
 
+EMPTY_RETRY = 2.0
+"""Seconds until the next reconcile while the inventory lists no BMC."""
+
+
 class SubscriptionManager:
     """Keeps exactly one correct subscription of ours on every BMC's EventService.
 
@@ -95,8 +99,12 @@ class SubscriptionManager:
             return
         try:
             while not stop.is_set():
-                await self.reconcile_once()
-                if await sleep_unless(self._clock, self._config.check_interval, stop):
+                outcome = await self.reconcile_once()
+                # No BMC known yet (the inventory's first load is under way): look again soon rather
+                # than a whole check_interval later.
+                wait = self._config.check_interval if outcome else min(self._config.check_interval,
+                                                                      EMPTY_RETRY)
+                if await sleep_unless(self._clock, wait, stop):
                     break
         finally:
             await self.close()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from lab.traps import HARDWARE_FAULTS, SYS_NAME
 from lab.world.catalogue import (
     EVENT_TYPES,
     FOREIGN_CONTEXT,
@@ -204,6 +205,24 @@ class EventingPart(PowerPart):
             for sink in list(self._event_sinks):
                 sink(server, payload)
         return payload
+
+    def hardware_fault(self, server_id: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A hardware fault on a blade as its iLO reports it: the health turns Critical, the Redfish event
+        goes to the BMC's subscriptions; returns that event and the trap the iLO sends (to send by the
+        caller: {"source", "trap_oid", "varbinds"})."""
+        fault = HARDWARE_FAULTS.get(kind)
+        if fault is None:
+            raise BadRequest(f"unknown hardware fault {kind!r}; known: {', '.join(sorted(HARDWARE_FAULTS))}")
+        server = self.server(server_id)
+        if server.product is None:
+            raise NotFound(f"bay {server.id} is empty: there is no BMC")
+        payload = self.raise_event(server.id, fault.message_id, severity=fault.severity,
+                                   message=f"{fault.description} on {server.enclosure} bay {server.bay}",
+                                   health="Critical", origin="/redfish/v1/Systems/1/Processors/1")
+        host = self.hosts.get(server.id)
+        varbinds: dict[str, str | int] = {SYS_NAME: host.name if host else server.id, **fault.varbinds}
+        trap = {"source": server.bmc_ip, "trap_oid": fault.trap_oid, "varbinds": varbinds}
+        return payload, trap
 
     def record_delivery(self, server_id: str, entry: dict[str, Any]) -> None:
         state = self.event_services.get(server_id)

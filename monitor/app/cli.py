@@ -28,12 +28,26 @@ def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", default=None, help="the monitor's API URL (default: from http.listen)")
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("failover-monitor")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="failover-monitor", description=__doc__)
+    top.add_argument("--version", action="version", version=f"failover-monitor {version()}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the daemon")
     _config_arg(p)
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="log lines as text (no timestamps under journald) or JSON objects "
+                        "(default: log_format from the config, text)")
 
     p = sub.add_parser("check-config", help="validate the config and inventory; print FILE:LINE errors")
     _config_arg(p)
@@ -46,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="list jobs, or show one with its steps")
     p.add_argument("job", nargs="?", type=int)
+    p.add_argument("--state", choices=["queued", "running", "completed", "failed"], default=None,
+                   help="only jobs in this state")
+    p.add_argument("--server", default=None, help="only jobs of this source server")
+    p.add_argument("--limit", type=int, default=None, help="at most this many (newest first)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _api_args(p)
 
@@ -71,9 +89,20 @@ def parser() -> argparse.ArgumentParser:
     u = dsub.add_parser("upgrade", help="apply the store's schema migrations; print the version before/after")
     _config_arg(u)
 
-    p = sub.add_parser("lab", help="run the lab simulator (virtual enclosures, BMCs, manager)")
+    p = sub.add_parser("lab", help="run the lab simulator (virtual enclosures, BMCs, manager); "
+                                   "`lab fault` raises a hardware fault in a running lab")
     p.add_argument("-c", "--config", type=Path, default=None, help="lab config (default: built-in)")
     p.add_argument("--ready-file", type=Path, default=None)
+    lsub = p.add_subparsers(dest="lab_command", required=False, metavar="LAB_COMMAND")
+    f = lsub.add_parser("fault", help="a hardware fault on a blade: its iLO sends its SNMP trap and its "
+                                      "Redfish event, as a real one would")
+    f.add_argument("server", help="the blade, e.g. enc1-bay3")
+    f.add_argument("kind", choices=sorted(HARDWARE_FAULT_KINDS), help="the fault")
+    f.add_argument("--lab", default=None, dest="lab_url",
+                   help="the lab's manager/control URL (default: $LAB_URL, else http://127.0.0.1:8163)")
+
+    p = sub.add_parser("completion", help="print a shell completion script (bash)")
+    p.add_argument("shell", choices=["bash"])
 
     p = sub.add_parser("demo", help="start the lab and the daemon, fail over a blade, show every step")
     p.add_argument("--server", default="enc1-bay1", help="the production blade to fail over")
@@ -81,17 +110,34 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _load(path: Path | None) -> LoadedConfig:
+# The kinds `failover-monitor lab fault` offers (lab/traps.py HARDWARE_FAULTS; the lab checks them too).
+HARDWARE_FAULT_KINDS = ("cpu-uncorrectable", "cpu-failed")
+
+
+def _config_path(path: Path | None) -> Path | None:
     if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    return load_config(path)
+        return DEFAULT_CONFIG
+    return path
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _load(path: Path | None) -> LoadedConfig:
+    return load_config(_config_path(path))
+
+
+def _store_display(loaded: LoadedConfig) -> str:
+    """The store for messages: a SQLite path, or a PostgreSQL URL without its password."""
+    store = loaded.config.store
+    if store.startswith(("postgresql://", "postgres://")):
+        from monitor.store.postgres import redact
+
+        return redact(store)
+    return f"SQLite {loaded.store_path}"
+
+
+def no_config_note(loaded: LoadedConfig) -> str:
+    return (f"no config file ({DEFAULT_CONFIG} does not exist here and -c was not given): using the "
+            f"built-in defaults (API on {loaded.config.http.listen}, inventory from the lab at "
+            f"{loaded.config.inventory.lab.url}, no SNMP listener), SQLite store {loaded.store_path}")
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -99,25 +145,45 @@ def _setup_logging(level: str) -> None:
 
 async def _run_daemon(loaded: LoadedConfig) -> int:
     from monitor.app.daemon import Daemon
+    from monitor.app.sdnotify import Notifier, notify_systemd, watchdog_interval
     from monitor.core.errors import StartupError
 
     daemon = Daemon(loaded)
     stop = asyncio.Event()
+    finished = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    try:
-        await daemon.run(stop)
-    except StartupError as exc:
-        print(f"failover-monitor: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    async def serve() -> int:
+        try:
+            await daemon.run(stop)
+        except StartupError as exc:
+            print(f"failover-monitor: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            finished.set()
+        return 0
+
+    notifier = Notifier.from_env()
+    async with asyncio.TaskGroup() as tg:
+        main_task = tg.create_task(serve(), name="daemon")
+        if notifier is not None:
+            tg.create_task(notify_systemd(notifier, daemon.clock, daemon.ready, finished, watchdog_interval(),
+                                          status=f"monitor {loaded.instance} serving"), name="sd-notify")
+    return main_task.result()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.app.logfmt import setup_logging
+
     loaded = _load(args.config)
-    _setup_logging(loaded.config.log_level)
+    setup_logging(loaded.config.log_level, args.log_format or loaded.config.log_format)
+    if loaded.path is None:
+        log.warning("%s", no_config_note(loaded))
+    else:
+        log.info("config %s, store %s", loaded.path, _store_display(loaded))
     return asyncio.run(_run_daemon(loaded))
 
 
@@ -131,7 +197,7 @@ def check_config(path: Path | None) -> tuple[list[str], list[str]]:
     except ConfigError as exc:
         return [str(i) for i in exc.issues], []
     problems: list[str] = []
-    warnings: list[str] = []
+    warnings: list[str] = [str(w) for w in config_warnings(loaded)]
     from rules.loader import load_policy
 
     rules_cfg = loaded.config.rules
@@ -152,16 +218,78 @@ def check_config(path: Path | None) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def config_warnings(loaded: LoadedConfig) -> list[str]:
+    """What is valid but probably not meant: traps that would all be dropped, listeners open to anyone."""
+    import ipaddress
+
+    from monitor.core.config import parse_listen
+
+    cfg = loaded.config
+    where = str(loaded.path) if loaded.path else "(defaults)"
+    line = _line_finder(loaded.path)
+    out: list[str] = []
+
+    def open_to_all(listen: str) -> bool:
+        host = parse_listen(listen)[0].strip("[]")
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host != "localhost"
+
+    snmp = cfg.snmp
+    if snmp.listen is not None:
+        if snmp.v1_v2c and not snmp.communities:
+            out.append(f"{where}:{line('communities', 'snmp')}: snmp.communities: warning: v1/v2c traps are "
+                       "accepted but no community is configured, so every v1/v2c trap is dropped "
+                       "(bad_community); list the senders' communities, or set snmp.v1_v2c: false")
+        if open_to_all(snmp.listen) and not snmp.allowed_senders:
+            out.append(f"{where}:{line('listen', 'snmp')}: snmp.listen: warning: {snmp.listen} is outside "
+                       "loopback and snmp.allowed_senders is empty: traps from any address are accepted")
+    events = cfg.redfish_events
+    if events.destination and open_to_all(cfg.http.listen) and not events.allowed_senders:
+        out.append(f"{where}:{line('listen', 'http')}: redfish_events.allowed_senders: warning: the Redfish "
+                   f"event listener on {cfg.http.listen} is outside loopback and accepts pushes from any "
+                   "address (each BMC still needs its token)")
+    return out
+
+
+def _line_finder(path: Path | None) -> Any:
+    """line(key, section): the 1-based line of `key:` inside top-level `section:` (1 when not found)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path else []
+    except OSError:
+        lines = []
+
+    def line(key: str, section: str) -> int:
+        inside = False
+        for n, text in enumerate(lines, start=1):
+            if text and not text[0].isspace() and not text.startswith("#"):
+                inside = text.split(":", 1)[0].strip() == section
+                continue
+            if inside and text.strip().startswith(f"{key}:"):
+                return n
+        for n, text in enumerate(lines, start=1):
+            if text.split(":", 1)[0].strip() == section:
+                return n
+        return 1
+
+    return line
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    if path is None:
+        print(no_config_note(load_config(None)))
     problems, warnings = check_config(args.config)
     for w in warnings:
         print(w)
     for p in problems:
         print(p)
+    what = f"config {path}" if path is not None else "the built-in defaults (no config file)"
     if problems:
-        print(f"FAILED: {len(problems)} problem(s)", file=sys.stderr)
+        print(f"FAILED: {len(problems)} problem(s) in {what}", file=sys.stderr)
         return 1
-    print("OK")
+    print(f"OK: {what}" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 
@@ -187,7 +315,14 @@ async def _failover(args: argparse.Namespace) -> int:
 async def _jobs(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     base, token = api_base(loaded, args.api), api_token(loaded)
-    path = f"/api/v1/jobs/{args.job}" if args.job is not None else "/api/v1/jobs"
+    if args.job is not None:
+        path = f"/api/v1/jobs/{args.job}"
+    else:
+        from urllib.parse import urlencode
+
+        query = {k: v for k, v in (("state", args.state), ("server", args.server), ("limit", args.limit))
+                 if v is not None}
+        path = "/api/v1/jobs" + (f"?{urlencode(query)}" if query else "")
     status, data = await api_call(base, "GET", path, token=token)
     if status != 200:
         print(f"failover-monitor: {data.get('error', data)} (HTTP {status})", file=sys.stderr)
@@ -196,10 +331,13 @@ async def _jobs(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     elif args.job is not None:
         print(format_job(data))
+    elif not data:
+        print("no jobs" + (" matching" if args.state or args.server else ""))
     else:
+        print(f"{'JOB':>6}  {'STATE':<10} {'SERVER':<14}    {'SPARE':<14} {'CREATED':<25} ERROR")
         for j in data:
             print(f"{j['job']:>6}  {j['state']:<10} {j['server']:<14} -> {j.get('spare') or '-':<14} "
-                  f"{j['created']}  {j.get('error') or ''}")
+                  f"{j['created']:<25} {j.get('error') or ''}".rstrip())
     return 0
 
 
@@ -329,6 +467,26 @@ async def _pause(args: argparse.Namespace, reason: str | None) -> int:
     return 0
 
 
+async def _lab_fault(args: argparse.Namespace) -> int:
+    import os
+
+    base = (args.lab_url or os.environ.get("LAB_URL") or "http://127.0.0.1:8163").rstrip("/")
+    status, data = await api_call(base, "POST", f"/lab/v1/servers/{args.server}/hardware-fault",
+                                  token=os.environ.get("LAB_API_TOKEN") or None, body={"kind": args.kind},
+                                  token_hint="LAB_API_TOKEN to the lab's api_token")
+    if status != 200:
+        print(f"failover-monitor: the lab at {base}: {data.get('error', data)} (HTTP {status})",
+              file=sys.stderr)
+        return 1
+    trap = data["trap"]
+    event = data["event"]["Events"][0]
+    print(f"{args.server}: {args.kind}; health Critical")
+    print(f"  SNMPv2c trap {trap['oid']} from {trap['from']} to {', '.join(trap['to']) or 'nobody'}"
+          + (f" (not sent to {', '.join(trap['failed'])})" if trap["failed"] else ""))
+    print(f"  Redfish event {event['MessageId']} to {data['subscriptions']} subscription(s)")
+    return 0
+
+
 # --- db upgrade ----------------------------------------------------------------------------------
 
 
@@ -382,6 +540,13 @@ def main(argv: list[str] | None = None) -> int:
             return _api_command(_pause(args, None))
         if args.command == "db":
             return cmd_db_upgrade(args)
+        if args.command == "lab" and args.lab_command == "fault":
+            return _api_command(_lab_fault(args))
+        if args.command == "completion":
+            from monitor.app.completion import bash_completion
+
+            print(bash_completion(parser()))
+            return 0
         if args.command == "lab":
             from lab.main import main as lab_main
 

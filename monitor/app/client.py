@@ -33,7 +33,9 @@ def api_token(loaded: LoadedConfig) -> str | None:
 
 
 async def api_call(base: str, method: str, path: str, *, token: str | None = None,
-                   body: Any = None, timeout: float = 15.0) -> tuple[int, Any]:
+                   body: Any = None, timeout: float = 15.0,
+                   token_hint: str = "FAILOVER_API_TOKEN (or http.token in the config)") -> tuple[int, Any]:
+    """One call; a 401's error says which variable carries the token (`token_hint`)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
@@ -42,6 +44,9 @@ async def api_call(base: str, method: str, path: str, *, token: str | None = Non
                 data = await r.json(content_type=None)
             except ValueError:
                 data = {"error": (await r.text())[:200]}
+            if r.status == 401 and isinstance(data, dict):
+                given = "the token given was refused" if token else "no token was given"
+                data["error"] = f"{data.get('error', 'unauthorized')} ({given}): set {token_hint}"
             return r.status, data
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ApiError(f"cannot reach the monitor at {base}: {exc or type(exc).__name__}") from exc

@@ -535,6 +535,8 @@ class MonitorConfig(_Strict):
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()
     mqtt: MqttConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line (time, level, logger, message); `--log-format` overrides it."""
 
     @model_validator(mode="after")
     def _manager_level_needs_manager_power(self) -> MonitorConfig:

@@ -181,6 +181,10 @@ def check_inventory_file(path: Path) -> tuple[Inventory, list[ConfigIssue]]:
     """Load a static inventory (ConfigError on errors) and list its warnings: servers whose product is
     not identified load (a failover of them exits at check_product, as the white paper says), but
     check-config names them."""
+    if not path.exists():
+        raise ConfigError([ConfigIssue(str(path), 1, "inventory.file",
+                                       "no such file: the static inventory that the config's "
+                                       "inventory.file names (relative to the config file's folder)")])
     doc = load_document(path)
     spec = validate(InventoryFile, doc)
     issues: list[ConfigIssue] = []

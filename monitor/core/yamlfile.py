@@ -53,6 +53,17 @@ def expand_env(value: Any, missing: list[str]) -> Any:
     return value
 
 
+def env_lines(text: str, names: list[str]) -> list[tuple[str, int]]:
+    """Each name once, in order, with the 1-based line of its first `${NAME}` reference in `text`."""
+    first: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("#"):
+            continue
+        for m in _ENV.finditer(line):
+            first.setdefault(m.group(1), n)
+    return [(name, first.get(name, 1)) for name in dict.fromkeys(names)]
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     """The 1-based line of the node at `loc` (the deepest existing ancestor when it is missing)."""
     if node is None:
@@ -175,7 +186,8 @@ def validate(model: type[M], doc: Document) -> M:
     """Validate a document against a pydantic model, mapping every error to FILE:LINE: field: message."""
     missing: list[str] = []
     expanded = expand_env(doc.data if doc.data is not None else {}, missing)
-    issues = [ConfigIssue(doc.file, 1, "(env)", f"environment variable {n} is not set") for n in missing]
+    issues = [ConfigIssue(doc.file, line, "(env)", f"environment variable {name} is not set")
+              for name, line in env_lines(doc.text, missing)]
     try:
         result = model.model_validate(expanded)
     except RecursionError:
