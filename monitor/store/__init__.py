@@ -126,8 +126,8 @@ class Store(Protocol):
     async def list_silences(self, *, since: float | None = None) -> list[SilenceRow]:
         """Every silence in creation order; with `since`, only those that end after it."""
     async def expire_silence(self, silence_id: int, by: str, now: float | None = None) -> SilenceRow | None:
-        """End the silence at `now` (the store's clock when None), recording who; an already ended one
-        is left as it is. None when there is no such silence."""
+        """End the silence at `now` (the store's clock when None; a pending one starts and ends then),
+        recording who; an already ended one is left as it is. None when there is no such silence."""
     async def add_audit(self, author: str, action: str, target: str, detail: dict[str, Any],
                         now: float | None = None) -> int:
         """Record an operator's action (guards reset, return to service, failback); its id."""

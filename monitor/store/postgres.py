@@ -802,7 +802,7 @@ class PostgresStore:
     async def expire_silence(self, silence_id: int, by: str, now: float | None = None) -> SilenceRow | None:
         async def _e(c: Conn) -> SilenceRow | None:
             at = now if now is not None else float(await c.fetchval(f"SELECT {_CLOCK}"))
-            await c.execute("UPDATE silences SET ends=least(ends, greatest(starts, $1)),"
+            await c.execute("UPDATE silences SET starts=least(starts, $1), ends=$1,"
                             " expired_by=coalesce(expired_by, $2) WHERE id=$3 AND ends>$1",
                             at, _text(by), silence_id)
             r = await c.fetchrow(f"SELECT {SILENCE_COLS} FROM silences WHERE id=$1", silence_id)

@@ -728,8 +728,8 @@ class SqliteStore:
         now = self._now(now)
 
         def _e(c: sqlite3.Connection) -> SilenceRow | None:
-            c.execute("UPDATE silences SET ends=min(ends, max(starts, ?)), expired_by=coalesce(expired_by, ?)"
-                      " WHERE id=? AND ends>?", (now, by, silence_id, now))
+            c.execute("UPDATE silences SET starts=min(starts, ?), ends=?, expired_by=coalesce(expired_by, ?)"
+                      " WHERE id=? AND ends>?", (now, now, by, silence_id, now))
             r = c.execute(f"SELECT {SILENCE_COLS} FROM silences WHERE id=?", (silence_id,)).fetchone()
             return silence_from(r) if r else None
 
