@@ -14,18 +14,22 @@ was just read Off, healthy and empty, and whose power `select_spare` reads again
 `failback` is a normal numbered job through `JobRunner.submit`, the same flow and the same fencing: its
 source is where the profile is now (the earlier job's spare), and its trigger names the target (the
 earlier job's source): `select_spare` then verifies that target instead of choosing (designated spare, no
-profile, present, same model, Off at its BMC; `allow_non_spare` waives only the spare flag).
+profile, present, same model, Off at its BMC; `allow_non_spare` waives only the spare flag). Since the
+flow fences its source (the server running the profile now) before `select_spare`, the target is checked
+the same way before the job is created: a target that does not qualify is refused with nothing touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from monitor.core.errors import AdapterError, NotFound, OperatorRefused, UnknownServer
 from monitor.core.model import Health, Job, JobState, PowerState, identify_product
 from monitor.jobs.runner import JobRunner
+from monitor.jobs.spares import needs_power_reading, select_spare
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,38 @@ async def designate_spare(runner: JobRunner, server_id: str, *, author: str,
     return {"server": server.id, "spare": True, "group": server.domain_group, **detail, "author": author}
 
 
+async def _target_qualifies(runner: JobRunner, source_id: str, target_id: str, allow_non_spare: bool) -> None:
+    """Check the target before any job exists: the flow fences its source (the profile's running server)
+    before `select_spare` verifies the target, so a target that cannot take the profile must be refused
+    here, with nothing touched. `select_spare` checks it again, under the job's lock."""
+    deps = runner.d
+    try:
+        async with asyncio.timeout(READ_TIMEOUT):
+            source = await deps.manager.server(source_id)
+            target = await deps.manager.server(target_id)
+    except NotFound as exc:
+        raise OperatorRefused(f"failback: {exc}", 404) from None
+    except (AdapterError, TimeoutError) as exc:
+        raise OperatorRefused(f"the manager cannot be read: {exc or 'timeout'}", 503) from exc
+    info = identify_product(source.product)
+    if info is None:
+        raise OperatorRefused(f"product {source.product!r} of {source.id} not identified")
+    candidate = replace(target, spare=True) if allow_non_spare else target
+    power: dict[str, PowerState | str] = {}
+    if needs_power_reading(source, candidate):
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                power[target.id] = await deps.power.power_state(target)
+        except (AdapterError, TimeoutError) as exc:
+            power[target.id] = str(exc) or "timeout"
+    faulted = deps.enclosure_faults() if deps.enclosure_faults is not None else set()
+    choice = select_spare(source, info, int(info.span or source.span), [candidate], power,
+                          faulted_enclosures=faulted)
+    if choice.spare is None:
+        why = "; ".join(r.reason for r in choice.rejected) or "not a candidate"
+        raise OperatorRefused(f"failback target {target.id} does not qualify: {why} (nothing was touched)")
+
+
 async def failback(runner: JobRunner, job_id: int, *, author: str, reason: str = "",
                    allow_non_spare: bool = False) -> Job:
     """A new job moving job `job_id`'s profile back from its spare to its original server."""
@@ -93,6 +129,7 @@ async def failback(runner: JobRunner, job_id: int, *, author: str, reason: str =
         raise OperatorRefused(f"unknown job {job_id}", 404)
     if earlier.state is not JobState.COMPLETED or not earlier.spare:
         raise OperatorRefused(f"job {job_id} is {earlier.state.value}: only a completed failover fails back")
+    await _target_qualifies(runner, earlier.spare, earlier.server, allow_non_spare)
     trigger = {"kind": "failback", "of_job": job_id, "target": earlier.server, "profile": earlier.profile,
                "by": author, "reason": reason, "allow_non_spare": allow_non_spare}
     try:
