@@ -162,7 +162,8 @@ async def test_spare_is_checked_at_the_bmc_and_failback_runs_the_flow_back(
     runner = h.daemon.runner
     assert runner is not None
     busy = await runner.store.create_job(spare, h.jobs[back["job"]].group, {"kind": "test"},
-                                         h.daemon.clock.now(), owner=runner.instance, token=runner.membership.token)
+                                         h.daemon.clock.now(), owner=runner.instance,
+                                         token=runner.membership.token)
     status, body = await h.api("POST", f"/api/v1/servers/{spare}/spare", {"author": "erin"})
     assert status == 409 and f"job {busy.id} ({spare}) is active" in body["error"], body
     busy.state, busy.finished = JobState.FAILED, h.daemon.clock.now()
@@ -170,3 +171,22 @@ async def test_spare_is_checked_at_the_bmc_and_failback_runs_the_flow_back(
     monkeypatch.setenv("FAILOVER_API_TOKEN", h.token)
     assert await cli(["spare", spare, "--author", "erin", "--api", h.base]) == 0
     assert (await lab_control.server(spare))["spare"] is True
+
+
+async def test_failback_takes_its_named_target_not_the_first_spare(
+        lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str) -> None:
+    h = await start_daemon(config(lab, tmp_path, token))
+    one = await h.wait_job(await h.failover("enc1-bay1"))
+    two = await h.wait_job(await h.failover("enc1-bay2"))
+    assert one["state"] == two["state"] == "completed", (one, two)
+    for sid in ("enc1-bay1", "enc1-bay2"):  # both repaired and spares again: enc1-bay1 comes first
+        status, body = await h.api("POST", f"/api/v1/servers/{sid}/spare", {"author": "erin"})
+        assert status == 200, body
+    status, body = await h.api("POST", "/api/v1/failbacks", {"job": two["job"], "author": "erin"})
+    assert status == 202, body
+    back = await h.wait_job(int(body["job"]))
+    assert back["state"] == "completed" and back["spare"] == "enc1-bay2", back
+    assert await lab_control.profile_holders(two["profile"]) == ["enc1-bay2"]
+    assert (await lab_control.server("enc1-bay1"))["spare"] is True  # untouched
+    assert await lab_control.violations() == []
