@@ -99,7 +99,7 @@ async def test_silences_are_shared_by_two_monitors_and_expire_from_the_cli(
 
 async def test_guards_are_shown_and_reset_with_an_author(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
-        token: str) -> None:
+        token: str, monkeypatch: pytest.MonkeyPatch) -> None:
     h = await start_daemon(config(lab, tmp_path, token))
     await crash(lab_control, "enc1-bay1")
     await post_event(h, trap(BAY1, CPU))
@@ -115,6 +115,11 @@ async def test_guards_are_shown_and_reset_with_an_author(
     _, audit = await h.api("GET", "/api/v1/audit")
     assert (audit[0]["author"], audit[0]["action"], audit[0]["target"]) == \
         ("dave", "guards_reset", "enc1-bay1")
+    monkeypatch.setenv("FAILOVER_API_TOKEN", token)
+    assert await cli(["guards", "--api", h.base]) == 0
+    assert await cli(["guards", "reset", "--group", "dg1", "--author", "dave", "--api", h.base]) == 0
+    assert await cli(["guards", "reset", "--group", "nope", "--author", "dave", "--api", h.base]) == 1
+    assert (await h.api("GET", "/api/v1/audit"))[1][0]["target"] == "dg1"
 
 
 async def test_spare_is_checked_at_the_bmc_and_failback_runs_the_flow_back(
