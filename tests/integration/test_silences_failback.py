@@ -133,7 +133,8 @@ async def test_spare_is_checked_at_the_bmc_and_failback_runs_the_flow_back(
     # the failed blade is repaired: first it still reads On, then unhealthy, then Off and healthy
     await lab_control.call("PUT", "/lab/v1/servers/enc1-bay1", {"power": "On", "health": "OK"})
     assert (await h.api("POST", "/api/v1/servers/enc1-bay1/spare", {"author": "erin"}, token=None))[0] == 401
-    unauthenticated = await h.api("POST", "/api/v1/failbacks", {"job": first["job"], "author": "e"}, token=None)
+    unauthenticated = await h.api("POST", "/api/v1/failbacks", {"job": first["job"], "author": "e"},
+                                  token=None)
     assert unauthenticated[0] == 401
     assert (await h.api("POST", "/api/v1/failbacks", {"job": 999, "author": "erin"}))[0] == 404
     status, body = await h.api("POST", "/api/v1/servers/enc1-bay1/spare", {"author": "erin"})
