@@ -17,10 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,7 @@ from monitor.core.errors import (
     ActiveJobExists,
     AdapterError,
     NotFound,
+    OperatorRefused,
     ShuttingDown,
     StoreError,
     UnknownServer,
@@ -43,9 +45,11 @@ from monitor.core.events import Event
 from monitor.core.metrics import CONTENT_TYPE, Metrics
 from monitor.core.model import Inventory, Server
 from monitor.core.ports import ProfileManager
-from monitor.jobs import GroupLocks, JobRunner
+from monitor.jobs import GroupLocks, JobRunner, service
+from monitor.pipeline import maintenance
 from monitor.pipeline.pipeline import Pipeline
 from monitor.store import Store
+from rules.schema import Duration
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,51 @@ class FailoverRequest(BaseModel):
 class PauseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=2000)
+
+
+Author = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class SilenceRequest(BaseModel):
+    """A maintenance silence: `starts` defaults to now; give `ends` or `duration` ("2h")."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["server", "group", "enclosure"]
+    target: str = Field(min_length=1, max_length=200)
+    author: Author
+    comment: str = Field(default="", max_length=2000)
+    starts: AwareDatetime | None = None
+    ends: AwareDatetime | None = None
+    duration: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SilenceRequest:
+        if (self.ends is None) == (self.duration is None):
+            raise ValueError("give ends or duration (one of them)")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be positive")
+        return self
+
+
+class AuthorRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    author: Author
+    comment: str = Field(default="", max_length=2000)
+
+
+class GuardsResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    author: Author
+    server: str | None = Field(default=None, min_length=1, max_length=200)
+    group: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class FailbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job: int = Field(ge=1)
+    author: Author
+    reason: str = Field(default="", max_length=2000)
+    allow_non_spare: bool = False
 
 
 MAX_EVENT_DEPTH = 32
@@ -215,6 +264,7 @@ class Api:
             web.get("/api/v1/pause", self.get_pause),
             web.post("/api/v1/pause", self.post_pause),
             web.delete("/api/v1/pause", self.delete_pause),
+            *self._maintenance_routes(),
             *self.extra_routes,
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.get_metrics),
@@ -496,6 +546,138 @@ class Api:
             return denied
         await self._pipeline().set_paused(None)
         return web.json_response({"paused": None})
+
+    # --- maintenance: silences, guards, return to service (monitor/pipeline/maintenance.py,
+    # monitor/jobs/service.py) ------------------------------------------------------------------
+
+    def _maintenance_routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/silences", self.list_silences),
+            web.post("/api/v1/silences", self.post_silence),
+            web.delete("/api/v1/silences/{silence}", self.delete_silence),
+            web.get("/api/v1/guards", self.get_guards),
+            web.post("/api/v1/guards/reset", self.post_guards_reset),
+            web.post("/api/v1/servers/{server}/spare", self.post_spare),
+            web.post("/api/v1/failbacks", self.post_failback),
+            web.get("/api/v1/audit", self.list_audit),
+        ]
+
+    def _refused(self, exc: OperatorRefused) -> web.Response:
+        self._reject(f"refused_{exc.status}")
+        return _error(exc.status, str(exc))
+
+    async def list_silences(self, request: web.Request) -> web.Response:
+        """The silences not yet ended (`?all=1`: every one, expired too)."""
+        now = self.d.clock.time()
+        rows = await self.d.store.list_silences(since=None if request.query.get("all") else now)
+        return web.json_response([r.public(now) for r in rows])
+
+    async def post_silence(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        req = await self._body(request, SilenceRequest)
+        if isinstance(req, web.Response):
+            return req
+        now = self.d.clock.time()
+        starts = req.starts.timestamp() if req.starts else now
+        ends = req.ends.timestamp() if req.ends else starts + float(req.duration or 0)
+        try:
+            row = await maintenance.add_silence(self.d.store, self.d.inventory(), kind=req.kind,
+                                                target=req.target, author=req.author, comment=req.comment,
+                                                starts=starts, ends=ends, now=now)
+        except OperatorRefused as exc:
+            return self._refused(exc)
+        return web.json_response(row.public(now), status=201)
+
+    async def delete_silence(self, request: web.Request) -> web.Response:
+        """Expire a silence now; the body (optional) names the author: {"author": "..."}."""
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            silence_id = int(request.match_info["silence"])
+        except ValueError:
+            return _error(400, "a silence number is a whole number")
+        author = request.remote or "unknown"
+        if request.can_read_body:
+            req = await self._body(request, AuthorRequest)
+            if isinstance(req, web.Response):
+                return req
+            author = req.author
+        now = self.d.clock.time()
+        try:
+            row = await maintenance.expire_silence(self.d.store, silence_id, author, now)
+        except OperatorRefused as exc:
+            return self._refused(exc)
+        return web.json_response(row.public(now))
+
+    async def get_guards(self, request: web.Request) -> web.Response:
+        return web.json_response(maintenance.guards_view(self._pipeline().decider, self.d.clock.time()))
+
+    async def post_guards_reset(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        req = await self._body(request, GuardsResetRequest)
+        if isinstance(req, web.Response):
+            return req
+        pipeline = self._pipeline()
+        try:
+            cleared = maintenance.reset_guards(pipeline.decider, self.d.inventory(), server=req.server,
+                                               group=req.group)
+        except OperatorRefused as exc:
+            return self._refused(exc)
+        await pipeline.snapshot()  # a restart does not bring the reset guards back
+        target = req.server or req.group or ""
+        await self.d.store.add_audit(req.author, "guards_reset", target,
+                                     {**cleared, "monitor": self.runner.instance})
+        log.warning("guards of %s reset by %s: %s", target, req.author, cleared)
+        return web.json_response({"reset": cleared, "author": req.author,
+                                  "guards": maintenance.guards_view(pipeline.decider, self.d.clock.time())})
+
+    async def post_spare(self, request: web.Request) -> web.Response:
+        """Return to service: designate a repaired blade a spare again (read Off and healthy first)."""
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        req = await self._body(request, AuthorRequest)
+        if isinstance(req, web.Response):
+            return req
+        try:
+            out = await service.designate_spare(self.runner, request.match_info["server"], author=req.author,
+                                                comment=req.comment)
+        except OperatorRefused as exc:
+            return self._refused(exc)
+        return web.json_response(out)
+
+    async def post_failback(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        req = await self._body(request, FailbackRequest)
+        if isinstance(req, web.Response):
+            return req
+        try:
+            job = await service.failback(self.runner, req.job, author=req.author, reason=req.reason,
+                                         allow_non_spare=req.allow_non_spare)
+        except OperatorRefused as exc:
+            return self._refused(exc)
+        except ActiveJobExists as exc:
+            self._reject("active_job")
+            return _error(409, f"{exc.server} already has active job {exc.job}", job=exc.job)
+        except ShuttingDown as exc:
+            return _error(503, str(exc))
+        except (AdapterError, TimeoutError) as exc:
+            self._reject("manager_unavailable")
+            return _error(503, f"the manager cannot be read, no job was created: {exc or 'timeout'}")
+        return web.json_response({"job": job.id, "url": f"/api/v1/jobs/{job.id}", "of_job": req.job,
+                                  "source": job.server, "target": job.trigger["target"]}, status=202)
+
+    async def list_audit(self, request: web.Request) -> web.Response:
+        """The operators' actions (guards resets, spares designated, failbacks), newest first."""
+        try:
+            limit = int(request.query.get("limit", "100"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            return _error(400, "limit must be a whole number from 1 to 1000")
+        return web.json_response(await self.d.store.list_audit(limit=limit))
 
     # --- health and metrics ---------------------------------------------------------------------
 

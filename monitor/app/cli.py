@@ -84,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="resume automatic failover")
     _api_args(p)
 
+    _maintenance_parsers(sub)
+
     p = sub.add_parser("db", help="store maintenance")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     u = dsub.add_parser("upgrade", help="apply the store's schema migrations; print the version before/after")
@@ -108,6 +110,172 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default="enc1-bay1", help="the production blade to fail over")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     return top
+
+
+def _maintenance_parsers(sub: Any) -> None:
+    """silence add|list|expire, guards [reset], spare, failback (monitor/pipeline/maintenance.py and
+    monitor/jobs/service.py behind the API)."""
+    p = sub.add_parser("silence", help="maintenance silences (a silenced server's failover only alerts)")
+    ssub = p.add_subparsers(dest="silence_command", required=True, metavar="SILENCE_COMMAND")
+    a = ssub.add_parser("add", help="silence a server, domain group or enclosure")
+    what = a.add_mutually_exclusive_group(required=True)
+    what.add_argument("--server")
+    what.add_argument("--group", help="a domain group")
+    what.add_argument("--enclosure")
+    a.add_argument("--author", default=None, help="who (default: the login name)")
+    a.add_argument("--comment", default="")
+    a.add_argument("--starts", default=None, help="ISO time with a zone (default: now)")
+    until = a.add_mutually_exclusive_group(required=True)
+    until.add_argument("--duration", help="how long: 30m, 2h, 1d")
+    until.add_argument("--ends", help="ISO time with a zone")
+    _api_args(a)
+    ls = ssub.add_parser("list", help="the silences in force or pending")
+    ls.add_argument("--all", action="store_true", help="expired ones too")
+    ls.add_argument("--json", action="store_true")
+    _api_args(ls)
+    e = ssub.add_parser("expire", help="end a silence now")
+    e.add_argument("silence", type=int)
+    e.add_argument("--author", default=None, help="who (default: the login name)")
+    _api_args(e)
+
+    p = sub.add_parser("guards", help="the guards' state (cooldowns, rate limits, declines); reset it")
+    p.add_argument("--json", action="store_true")
+    _api_args(p)
+    gsub = p.add_subparsers(dest="guards_command", required=False, metavar="GUARDS_COMMAND")
+    r = gsub.add_parser("reset", help="forget a server's cooldown or a group's rate-limit window")
+    one = r.add_mutually_exclusive_group(required=True)
+    one.add_argument("--server")
+    one.add_argument("--group")
+    r.add_argument("--author", required=True)
+    _api_args(r)
+
+    p = sub.add_parser("spare", help="return to service: designate a repaired blade a spare again "
+                                     "(read Off and healthy at its BMC first)")
+    p.add_argument("server")
+    p.add_argument("--author", default=None, help="who (default: the login name)")
+    p.add_argument("--comment", default="")
+    _api_args(p)
+
+    p = sub.add_parser("failback", help="move a completed job's profile back to its original server "
+                                        "(a new job, same flow and fencing)")
+    p.add_argument("job", type=int)
+    p.add_argument("--author", default=None, help="who (default: the login name)")
+    p.add_argument("--reason", default="")
+    p.add_argument("--allow-non-spare", action="store_true",
+                   help="the original server need not be a designated spare (every other check stays)")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 if it failed)")
+    _api_args(p)
+
+
+def _author(args: argparse.Namespace) -> str:
+    import getpass
+
+    return str(args.author or getpass.getuser())
+
+
+def _refused(status: int, data: Any) -> int:
+    message = data.get("error", data) if isinstance(data, dict) else data
+    print(f"failover-monitor: {message} (HTTP {status})", file=sys.stderr)
+    return 1
+
+
+def _print_silence(s: dict[str, Any]) -> None:
+    print(f"{s['id']:>5}  {s['state']:<8} {s['kind']:<9} {s['target']:<14} {s['starts']} .. {s['ends']}  "
+          f"{s['author']}: {s['comment']}")
+
+
+async def _silence(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    if args.silence_command == "add":
+        kind, target = next((k, v) for k, v in (("server", args.server), ("group", args.group),
+                                                ("enclosure", args.enclosure)) if v)
+        body: dict[str, Any] = {"kind": kind, "target": target, "author": _author(args),
+                                "comment": args.comment}
+        for key in ("starts", "ends", "duration"):
+            if getattr(args, key):
+                body[key] = getattr(args, key)
+        status, data = await api_call(base, "POST", "/api/v1/silences", token=token, body=body)
+        if status != 201:
+            return _refused(status, data)
+        print(f"silence {data['id']}: {kind} {target} until {data['ends']}")
+        return 0
+    if args.silence_command == "expire":
+        status, data = await api_call(base, "DELETE", f"/api/v1/silences/{args.silence}", token=token,
+                                      body={"author": _author(args)})
+        if status != 200:
+            return _refused(status, data)
+        print(f"silence {data['id']} expired ({data['ends']})")
+        return 0
+    status, data = await api_call(base, "GET", "/api/v1/silences" + ("?all=1" if args.all else ""),
+                                  token=token)
+    if status != 200:
+        return _refused(status, data)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'ID':>5}  {'STATE':<8} {'KIND':<9} {'TARGET':<14} STARTS .. ENDS  AUTHOR: COMMENT")
+    for s in data:
+        _print_silence(s)
+    return 0
+
+
+async def _guards(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    if args.guards_command == "reset":
+        status, data = await api_call(base, "POST", "/api/v1/guards/reset", token=token,
+                                      body={"server": args.server, "group": args.group,
+                                            "author": args.author})
+        if status != 200:
+            return _refused(status, data)
+        print(f"reset by {data['author']}: " + ", ".join(f"{k}={v}" for k, v in data["reset"].items()))
+        return 0
+    status, data = await api_call(base, "GET", "/api/v1/guards", token=token)
+    if status != 200:
+        return _refused(status, data)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"paused: {data['paused'] or 'no'}")
+    print("cooldowns:" + ("" if data["cooldowns"] else " none"))
+    for c in data["cooldowns"]:
+        print(f"  {c['server']:<14} last failover {c['last_failover']}, {c['remaining']:g} s left")
+    print("rate limits:" + ("" if data["rate_limits"] else " none"))
+    for r in data["rate_limits"]:
+        print(f"  {r['group']:<14} {r['failovers']}/{r['max']} within {r['window']:g} s"
+              + (f" (LIMITED, next slot in {r['next_slot_in']:g} s)" if r["limited"] else ""))
+    print("open declines:" + ("" if data["declined"] else " none"))
+    for d in data["declined"]:
+        print(f"  {d['server']:<14} {d['rule']} until {d['until']}: {d['reason']}")
+    return 0
+
+
+async def _spare(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    status, data = await api_call(base, "POST", f"/api/v1/servers/{args.server}/spare", token=token,
+                                  body={"author": _author(args), "comment": args.comment})
+    if status != 200:
+        return _refused(status, data)
+    print(f"{data['server']} is a spare of {data['group']} again (BMC: {data['power']}, {data['health']})")
+    return 0
+
+
+async def _failback(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    base, token = api_base(loaded, args.api), api_token(loaded)
+    status, data = await api_call(base, "POST", "/api/v1/failbacks", token=token,
+                                  body={"job": args.job, "author": _author(args), "reason": args.reason,
+                                        "allow_non_spare": args.allow_non_spare})
+    if status != 202:
+        return _refused(status, data)
+    print(f"job {data['job']}: failback of job {args.job}, {data['source']} -> {data['target']}")
+    if not args.wait:
+        return 0
+    job = await follow_job(base, int(data["job"]), token=token)
+    print(f"job {job['job']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+    return 0 if job["state"] == "completed" else 1
 
 
 # The kinds `failover-monitor lab fault` offers (lab/traps.py HARDWARE_FAULTS; the lab checks them too).
@@ -521,6 +689,10 @@ def _api_command(coro: Any) -> int:
         return 1
 
 
+MAINTENANCE_COMMANDS: dict[str, Any] = {"silence": _silence, "guards": _guards, "spare": _spare,
+                                        "failback": _failback}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -547,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(bash_completion(parser()))
             return 0
+        if args.command in MAINTENANCE_COMMANDS:
+            return _api_command(MAINTENANCE_COMMANDS[args.command](args))
         if args.command == "lab":
             from lab.main import main as lab_main
 

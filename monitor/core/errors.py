@@ -34,6 +34,18 @@ class MonitorError(Exception):
     """Root of every error the monitor raises on purpose."""
 
 
+# --- operator actions (silences, guards, return to service) --------------------------------------
+
+
+class OperatorRefused(MonitorError):
+    """An operator's request (silence, guards reset, spare, failback) that was refused; the message says
+    why, `status` is the HTTP answer (400 bad, 404 unknown, 409 conflict, 503 cannot be read now)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 # --- configuration and start-up ------------------------------------------------------------------
 
 

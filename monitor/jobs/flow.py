@@ -25,7 +25,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
@@ -340,10 +340,19 @@ class FailoverFlow:
             raise StepFailed(f"product {source.product!r} not identified")
         span = int(self.ctx.span or info.span or source.span)
         group = [s for s in members if s.id != source.id]
+        target = self.job.trigger.get("target")
+        if target:  # a failback names its target: verify it qualifies instead of choosing
+            group = [replace(s, spare=True) if self.job.trigger.get("allow_non_spare") else s
+                     for s in group if s.id == target]
+            if not group:
+                raise StepFailed(f"target {target} is not in domain group {source.domain_group}")
         worth_reading = [s for s in group if needs_power_reading(source, s)]
         power = await self._read_power(worth_reading)
         faulted = self.d.enclosure_faults() if self.d.enclosure_faults is not None else set()
         choice = select_spare(source, info, span, group, power, faulted_enclosures=faulted)
+        if choice.spare is None and target:
+            why = "; ".join(r.reason for r in choice.rejected) or "not a candidate"
+            raise StepFailed(f"target {target} does not qualify: {why}")
         if choice.spare is None:
             raise StepFailed(
                 f"no qualified spare in domain group {source.domain_group}: {choice.explain()}"

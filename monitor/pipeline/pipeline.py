@@ -38,7 +38,7 @@ from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server, iso
 from monitor.core.ports import AlertSink, PowerControl
 from monitor.jobs import JobRunner
-from monitor.pipeline import confirmation
+from monitor.pipeline import confirmation, maintenance
 from monitor.pipeline.policy import PolicyHolder
 from monitor.pipeline.resolve import NO_INVENTORY, NO_MATCH, Resolution, Resolver
 from monitor.store import Store
@@ -155,6 +155,8 @@ class Pipeline:
         if server is None:
             self.metrics.inc("events_unresolved_total", source=event.source, reason=found.reason or NO_MATCH)
         decision = self.decider.decide(event, server, group_size)
+        if decision.action == "failover" and server is not None:  # operator silences (store)
+            await maintenance.honour_silences(self.store, self.decider, decision, server)
         if decision.action == "failover" and server is not None:
             await self._confirm(self.decider, decision, server)
         self.metrics.inc("decisions_total", action=decision.action)
@@ -311,6 +313,8 @@ class Pipeline:
             event, server, found, group_size = self._resolve(raw)
             how = found.how
             d = decider.decide(event, server, group_size)
+            if live and d.action == "failover" and server is not None:
+                await maintenance.honour_silences(self.store, decider, d, server)
             extra: dict[str, Any] = {}
             if d.action == "failover" and server is not None and d.rule is not None:
                 spec = decider.ruleset.rules[d.rule].spec

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.store.postgres import PostgresStore
-from monitor.store.rows import SCHEMA_VERSION, JoinResult, Timer
+from monitor.store.rows import SCHEMA_VERSION, JoinResult, SilenceRow, Timer
 from monitor.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -118,6 +118,21 @@ class Store(Protocol):
         """Set (None: delete) one inventory-state value, durably."""
     async def set_states(self, changes: list[tuple[str, str, Any]]) -> None:
         """Apply several (kind, key, value) changes in one transaction."""
+
+    async def add_silence(self, kind: str, target: str, author: str, comment: str, starts: float,
+                          ends: float, created: float | None = None) -> SilenceRow:
+        """A maintenance silence of one server, domain group or enclosure (`kind`), from `starts` until
+        `ends`; `created` None: the store's clock."""
+    async def list_silences(self, *, since: float | None = None) -> list[SilenceRow]:
+        """Every silence in creation order; with `since`, only those that end after it."""
+    async def expire_silence(self, silence_id: int, by: str, now: float | None = None) -> SilenceRow | None:
+        """End the silence at `now` (the store's clock when None; a pending one starts and ends then),
+        recording who; an already ended one is left as it is. None when there is no such silence."""
+    async def add_audit(self, author: str, action: str, target: str, detail: dict[str, Any],
+                        now: float | None = None) -> int:
+        """Record an operator's action (guards reset, return to service, failback); its id."""
+    async def list_audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The operators' actions, newest first."""
 
 
 def _conforms(sqlite: SqliteStore, postgres: PostgresStore) -> tuple[Store, Store]:

@@ -39,12 +39,16 @@ from monitor.core.model import STEPS, Job, Step
 from monitor.store.rows import (
     ACTIVE_SQL,
     SCHEMA_VERSION,
+    SILENCE_COLS,
     JoinResult,
+    SilenceRow,
     Timer,
+    audit_from,
     job_from,
     member_row,
     owner_entry,
     postgres_param,
+    silence_from,
     step_from,
     ts,
     where,
@@ -137,6 +141,17 @@ MIGRATIONS: dict[int, list[str]] = {
         """CREATE TABLE job_owners (
             job BIGINT NOT NULL, epoch BIGINT NOT NULL, owner TEXT, token TEXT,
             since DOUBLE PRECISION NOT NULL, PRIMARY KEY (job, epoch))""",
+    ],
+    4: [
+        """CREATE TABLE silences (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL,
+            author TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '', starts DOUBLE PRECISION NOT NULL,
+            ends DOUBLE PRECISION NOT NULL, created DOUBLE PRECISION NOT NULL, expired_by TEXT)""",
+        "CREATE INDEX silences_by_end ON silences(ends)",
+        """CREATE TABLE audit (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, time DOUBLE PRECISION NOT NULL,
+            author TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
+            body TEXT NOT NULL)""",
     ],
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1)), "a migration per schema version"
@@ -758,3 +773,57 @@ class PostgresStore:
                         kind, key, json.dumps(value))
 
         await self._tx(_s)
+
+    # --- maintenance silences and the operators' actions ---------------------------------------
+    # Times default to the database's clock, like leases: every monitor sees the same silences.
+
+    async def add_silence(self, kind: str, target: str, author: str, comment: str, starts: float,
+                          ends: float, created: float | None = None) -> SilenceRow:
+        async def _add(c: Conn) -> SilenceRow:
+            r = await c.fetchrow(
+                "INSERT INTO silences(kind, target, author, comment, starts, ends, created)"
+                f" VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::float8, {_CLOCK})) RETURNING {SILENCE_COLS}",
+                _text(kind), _text(target), _text(author), _text(comment), starts, ends, created)
+            assert r is not None
+            return silence_from(r)
+
+        return await self._run(_add)
+
+    async def list_silences(self, *, since: float | None = None) -> list[SilenceRow]:
+        async def _q(c: Conn) -> list[SilenceRow]:
+            if since is None:
+                rows = await c.fetch(f"SELECT {SILENCE_COLS} FROM silences ORDER BY id")
+            else:
+                rows = await c.fetch(f"SELECT {SILENCE_COLS} FROM silences WHERE ends>$1 ORDER BY id", since)
+            return [silence_from(r) for r in rows]
+
+        return await self._run(_q)
+
+    async def expire_silence(self, silence_id: int, by: str, now: float | None = None) -> SilenceRow | None:
+        async def _e(c: Conn) -> SilenceRow | None:
+            at = now if now is not None else float(await c.fetchval(f"SELECT {_CLOCK}"))
+            await c.execute("UPDATE silences SET starts=least(starts, $1), ends=$1,"
+                            " expired_by=coalesce(expired_by, $2) WHERE id=$3 AND ends>$1",
+                            at, _text(by), silence_id)
+            r = await c.fetchrow(f"SELECT {SILENCE_COLS} FROM silences WHERE id=$1", silence_id)
+            return silence_from(r) if r else None
+
+        return await self._tx(_e)
+
+    async def add_audit(self, author: str, action: str, target: str, detail: dict[str, Any],
+                        now: float | None = None) -> int:
+        async def _a(c: Conn) -> int:
+            return int(await c.fetchval(
+                "INSERT INTO audit(time, author, action, target, body)"
+                f" VALUES (coalesce($1::float8, {_CLOCK}), $2, $3, $4, $5) RETURNING id",
+                now, _text(author), _text(action), _text(target), json.dumps(detail)))
+
+        return await self._run(_a)
+
+    async def list_audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        async def _q(c: Conn) -> list[dict[str, Any]]:
+            rows = await c.fetch("SELECT id, time, author, action, target, body FROM audit"
+                                 " ORDER BY id DESC LIMIT $1", limit)
+            return [audit_from(r) for r in rows]
+
+        return await self._run(_q)

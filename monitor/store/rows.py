@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from monitor.core.model import FlowContext, Job, JobState, Step, StepState, iso
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema both stores migrate to (SQLite's `meta.schema`, PostgreSQL's `schema_migrations`)."""
 
 ACTIVE_STATES = ("queued", "running")
@@ -107,3 +107,48 @@ def sqlite_param(_n: int) -> str:
 
 def postgres_param(n: int) -> str:
     return f"${n}"
+
+
+SILENCE_KINDS = ("server", "group", "enclosure")
+"""What a maintenance silence names: one server, a domain group, or an enclosure."""
+
+SILENCE_COLS = "id, kind, target, author, comment, starts, ends, created, expired_by"
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceRow:
+    """A maintenance silence as stored (times in seconds since the epoch): it covers the servers it
+    names from `starts` until `ends` (an expired silence has `ends` moved to when it was expired)."""
+
+    id: int
+    kind: str
+    target: str
+    author: str
+    comment: str
+    starts: float
+    ends: float
+    created: float
+    expired_by: str | None = None
+
+    def active(self, now: float) -> bool:
+        return self.starts <= now < self.ends
+
+    def public(self, now: float) -> dict[str, Any]:
+        state = "active" if self.active(now) else ("pending" if now < self.starts else "expired")
+        return {"id": self.id, "kind": self.kind, "target": self.target, "author": self.author,
+                "comment": self.comment, "starts": iso(datetime.fromtimestamp(self.starts, UTC)),
+                "ends": iso(datetime.fromtimestamp(self.ends, UTC)),
+                "created": iso(datetime.fromtimestamp(self.created, UTC)),
+                "expired_by": self.expired_by, "state": state}
+
+
+def silence_from(r: Row) -> SilenceRow:
+    return SilenceRow(int(r["id"]), r["kind"], r["target"], r["author"], r["comment"], float(r["starts"]),
+                      float(r["ends"]), float(r["created"]), r["expired_by"])
+
+
+def audit_from(r: Row) -> dict[str, Any]:
+    """An operator-action record as `list_audit` answers it."""
+    return {"id": int(r["id"]), "time": iso(datetime.fromtimestamp(float(r["time"]), UTC)),
+            "author": r["author"], "action": r["action"], "target": r["target"],
+            "detail": json.loads(r["body"])}

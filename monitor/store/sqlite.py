@@ -20,11 +20,15 @@ from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, 
 from monitor.core.model import STEPS, Job
 from monitor.store.rows import (
     SCHEMA_VERSION,
+    SILENCE_COLS,
     JoinResult,
+    SilenceRow,
     Timer,
+    audit_from,
     job_from,
     member_row,
     owner_entry,
+    silence_from,
     sqlite_param,
     step_from,
     ts,
@@ -53,6 +57,16 @@ _MIGRATIONS: dict[int, list[str]] = {
         """CREATE TABLE IF NOT EXISTS job_owners (
             job INTEGER NOT NULL, epoch INTEGER NOT NULL, owner TEXT, token TEXT, since REAL NOT NULL,
             PRIMARY KEY (job, epoch))""",
+    ],
+    4: [
+        """CREATE TABLE IF NOT EXISTS silences (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL,
+            author TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '', starts REAL NOT NULL, ends REAL NOT NULL,
+            created REAL NOT NULL, expired_by TEXT)""",
+        "CREATE INDEX IF NOT EXISTS silences_by_end ON silences(ends)",
+        """CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, author TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT NOT NULL DEFAULT '', body TEXT NOT NULL)""",
     ],
 }
 
@@ -684,3 +698,58 @@ class SqliteStore:
                 raise
 
         await self._run(_s)
+
+    # --- maintenance silences and the operators' actions ---------------------------------------
+
+    async def add_silence(self, kind: str, target: str, author: str, comment: str, starts: float,
+                          ends: float, created: float | None = None) -> SilenceRow:
+        created = self._now(created)
+
+        def _add(c: sqlite3.Connection) -> SilenceRow:
+            cur = c.execute("INSERT INTO silences(kind, target, author, comment, starts, ends, created)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)", (kind, target, author, comment, starts, ends,
+                                                              created))
+            r = c.execute(f"SELECT {SILENCE_COLS} FROM silences WHERE id=?", (cur.lastrowid,)).fetchone()
+            return silence_from(r)
+
+        return await self._run(_add)
+
+    async def list_silences(self, *, since: float | None = None) -> list[SilenceRow]:
+        def _q(c: sqlite3.Connection) -> list[SilenceRow]:
+            if since is None:
+                rows = c.execute(f"SELECT {SILENCE_COLS} FROM silences ORDER BY id")
+            else:
+                rows = c.execute(f"SELECT {SILENCE_COLS} FROM silences WHERE ends>? ORDER BY id", (since,))
+            return [silence_from(r) for r in rows]
+
+        return await self._run(_q)
+
+    async def expire_silence(self, silence_id: int, by: str, now: float | None = None) -> SilenceRow | None:
+        now = self._now(now)
+
+        def _e(c: sqlite3.Connection) -> SilenceRow | None:
+            c.execute("UPDATE silences SET starts=min(starts, ?), ends=?, expired_by=coalesce(expired_by, ?)"
+                      " WHERE id=? AND ends>?", (now, now, by, silence_id, now))
+            r = c.execute(f"SELECT {SILENCE_COLS} FROM silences WHERE id=?", (silence_id,)).fetchone()
+            return silence_from(r) if r else None
+
+        return await self._run(_e)
+
+    async def add_audit(self, author: str, action: str, target: str, detail: dict[str, Any],
+                        now: float | None = None) -> int:
+        now = self._now(now)
+
+        def _a(c: sqlite3.Connection) -> int:
+            cur = c.execute("INSERT INTO audit(time, author, action, target, body) VALUES (?, ?, ?, ?, ?)",
+                            (now, author, action, target, json.dumps(detail)))
+            return int(cur.lastrowid or 0)
+
+        return await self._run(_a)
+
+    async def list_audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        def _q(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = c.execute("SELECT id, time, author, action, target, body FROM audit ORDER BY id DESC"
+                             " LIMIT ?", (limit,))
+            return [audit_from(r) for r in rows]
+
+        return await self._run(_q)

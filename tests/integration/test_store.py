@@ -538,3 +538,51 @@ def test_the_factory_chooses_by_the_store_setting(tmp_path: Path) -> None:
     assert isinstance(s2, SqliteStore) and s2.path == str(tmp_path / "x.db")
     with pytest.raises(ValueError, match="min_size"):
         MonitorConfig.model_validate({"store": "x.db", "postgres": {"min_size": 5, "max_size": 2}})
+
+
+# --- maintenance silences and the operators' actions (schema 4), both stores ---------------------------
+
+
+async def test_silences_are_shared_expired_and_kept(opener: Opener) -> None:
+    a, b = opener(), opener()  # two monitors on one store
+    await a.open()
+    await b.open()
+    try:
+        t = NOW.timestamp()
+        s1 = await a.add_silence("server", "enc1-bay1", "alice", "PSU swap", t, t + 3600, t)
+        s2 = await a.add_silence("group", "dg1", "bob", "", t + 600, t + 1200, t)
+        assert s2.id > s1.id
+        seen = await b.list_silences(since=t)
+        assert [(s.id, s.kind, s.target, s.author, s.comment) for s in seen] == [
+            (s1.id, "server", "enc1-bay1", "alice", "PSU swap"), (s2.id, "group", "dg1", "bob", "")]
+        assert seen[0].active(t) and not seen[1].active(t) and seen[1].active(t + 600)
+        assert seen[0].public(t)["state"] == "active" and seen[1].public(t)["state"] == "pending"
+        expired = await b.expire_silence(s1.id, "carol", t + 60)
+        assert expired is not None and expired.ends == t + 60 and expired.expired_by == "carol"
+        again = await a.expire_silence(s1.id, "dave", t + 90)  # already over: left as it is
+        assert again is not None and again.ends == t + 60 and again.expired_by == "carol"
+        assert await a.expire_silence(999_999, "x", t) is None
+        pending = await a.expire_silence(s2.id, "carol", t + 60)  # not started yet: starts and ends now
+        assert pending is not None and pending.starts == pending.ends == t + 60
+        assert await a.list_silences(since=t + 60) == []
+        assert len(await a.list_silences()) == 2  # kept, for the record
+    finally:
+        await a.close()
+        await b.close()
+    s = opener()  # durable across a reopen
+    await s.open()
+    try:
+        assert [x.expired_by for x in await s.list_silences()] == ["carol", "carol"]
+    finally:
+        await s.close()
+
+
+async def test_audit_records_operator_actions(store: Store) -> None:
+    first = await store.add_audit("alice", "spare", "enc1-bay1", {"power": "Off"}, NOW.timestamp())
+    second = await store.add_audit("bob", "guards_reset", "dg1", {"rate_limit": 2})
+    assert second > first
+    rows = await store.list_audit(limit=10)
+    assert [(r["author"], r["action"], r["target"], r["detail"]) for r in rows] == [
+        ("bob", "guards_reset", "dg1", {"rate_limit": 2}), ("alice", "spare", "enc1-bay1", {"power": "Off"})]
+    assert rows[1]["time"].startswith("2026-11-27T11:00:00")
+    assert len(await store.list_audit(limit=1)) == 1
