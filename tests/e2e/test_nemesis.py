@@ -275,6 +275,38 @@ def test_actions_sent_twice_are_counted() -> None:
         ["job 7: ForceOff to the source sent 2 times"]
 
 
+def _put(t: float, epoch: int, status: int = 202, job: int = 7) -> dict[str, Any]:
+    return {"time": T0 + t, "kind": "profile_put", "status": status, "job": job, "epoch": epoch,
+            "monitor": "alpha" if epoch == 1 else "bravo"}
+
+
+def test_a_move_carried_out_by_a_task_is_judged_at_its_put() -> None:
+    # alpha's PUT accepted at 9 s, its task takes effect at 11 s, after bravo took the job over at 10 s.
+    effect = {**_action(11, "alpha", 1, "prof-e1-b1 e1-b1 -> e1-b9: ok"), "kind": "move"}
+    assert [p.invariant for p in nemesis.action_problems([effect], _owners())] == ["stale-action"]
+    retimed = nemesis.retimed_task_moves([effect], [_put(9, 1)])
+    assert retimed[0]["time"] == T0 + 9 and nemesis.action_problems(retimed, _owners()) == []
+    # No accepted PUT of that epoch (refused, or another epoch's): the effect keeps its own time.
+    for puts in ([_put(9, 1, status=409)], [_put(9, 2)], []):
+        kept = nemesis.retimed_task_moves([effect], puts)
+        assert [p.invariant for p in nemesis.action_problems(kept, _owners())] == ["stale-action"], puts
+    # A PUT sent after the takeover is itself stale.
+    late = nemesis.retimed_task_moves([effect], [_put(10.5, 1)])
+    assert [p.invariant for p in nemesis.action_problems(late, _owners())] == ["stale-action"]
+
+
+def test_profile_puts_are_counted_per_job() -> None:
+    done = {"job": 7, "state": "completed"}
+    assert nemesis.profile_put_problems(done, [_put(1, 1), _put(2, 1, job=8), _put(3, 2, job=8)]) == []
+    twice = nemesis.profile_put_problems(done, [_put(1, 1), _put(12, 2, status=409)])
+    assert [p.invariant for p in twice] == ["profile-puts"] and "2 profile PUTs" in twice[0].detail
+    none = nemesis.profile_put_problems(done, [_put(1, 1, status=412)])
+    assert [p.invariant for p in none] == ["profile-puts"] and "0 accepted" in none[0].detail
+    failed = {"job": 7, "state": "failed"}
+    assert nemesis.profile_put_problems(failed, []) == []
+    assert nemesis.profile_put_problems(failed, [_put(1, 1, status=400)]) == []
+
+
 def _job(running: str | None, detail: str = "", done: tuple[str, ...] = ()) -> dict[str, Any]:
     steps = [{"step": s, "state": "done" if s in done else "running" if s == running else "pending",
               "detail": detail if s == running else ""} for s in ("check_domain", "power_off_source",
