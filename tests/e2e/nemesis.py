@@ -541,6 +541,13 @@ class NemesisCluster(Cluster):
             assert r.status == 200, f"GET /lab/v1/oneview: {r.status}"
             return dict(await r.json(content_type=None))
 
+    async def set_move_task(self, seconds: float) -> None:
+        """How long the OneView face's next profile-move tasks run."""
+        async with self.session().put(self.oneview_url + "/lab/v1/oneview/durations", ssl=False,
+                                      json={"profile_move_s": seconds},
+                                      timeout=aiohttp.ClientTimeout(total=15)) as r:
+            assert r.status == 200, f"PUT /lab/v1/oneview/durations: {r.status} {await r.text()}"
+
     @property
     def move_fault(self) -> str:
         """The lab fault that makes a profile move fail (the task's Error on the OneView face)."""
@@ -973,6 +980,9 @@ async def nemesis_cluster(directory: Path, http: aiohttp.ClientSession, *, monit
             await asyncio.to_thread(lab.terminate)
 
 
+ONEVIEW_MOVE_S = 1.5
+"""The OneView face's profile-move task in pause, kill and partition rounds: this, or this plus lease +
+fence_grace (a task still running when the job is adopted)."""
 ONEVIEW_ACCOUNT = {"username": "administrator", "password": "lab-oneview"}
 """The lab's OneView face account (lab.config.OneViewLab defaults)."""
 
@@ -1245,6 +1255,12 @@ async def owner_lost_round(c: NemesisCluster, r: RoundResult, rng: random.Random
     point = rng.choice(points)
     mode = rng.choice(("cut", "blackhole")) if r.attack == "partition" else ""
     r.variant = f"{mode + ' ' if mode else ''}{point.label}"
+    if c.oneview_url:
+        # The move's task either ends before any adopter may act, or outlasts the takeover (the adopter
+        # then follows it: it must not send the move again).
+        task_s = rng.choice((ONEVIEW_MOVE_S, c.bound + ONEVIEW_MOVE_S))
+        await c.set_move_task(task_s)
+        r.variant = f"task {task_s:g} s; {r.variant}"
 
     def hit() -> None:
         if r.attack == "pause":
