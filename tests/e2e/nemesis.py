@@ -1512,6 +1512,8 @@ async def run_round(c: NemesisCluster, n: int, attack: str, rng: random.Random) 
     r.log_mark = len(await c.lab_get("/lab/v1/log"))
     r.violation_mark = len(await c.lab_get("/lab/v1/violations"))
     await c.refresh_inventory()
+    if c.oneview_url:
+        await c.set_move_task(ONEVIEW_MOVE_S)  # pause, kill and partition rounds choose their own
     t0 = time.monotonic()
     final: dict[str, Any] | None = None
     try:
