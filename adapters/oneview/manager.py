@@ -305,7 +305,8 @@ class OneViewManager:
             present=(hw.state or "") not in GONE_STATES, power=PowerState.parse(hw.powerState),
             health=Health.parse(hw.status), profile=profile, spare=spare, host=None,
             management_addresses=(hw.mpIpAddress,) if hw.mpIpAddress else (), bmc=bmc,
-            serial=hw.serialNumber or None, uuid=hw.uuid or None)
+            serial=hw.serialNumber or None, uuid=hw.uuid or None,
+            hardware_type=hw.serverHardwareTypeUri or None)
 
     async def _profile_name_of(self, uri: str | None) -> str | None:
         if not uri:

@@ -265,6 +265,10 @@ class Server:
     SerialNumber (or SKU) before any power action."""
     uuid: str | None = None
     """The ComputerSystem's UUID; checked against the BMC's before any power action."""
+    hardware_type: str | None = None
+    """The hardware type the manager binds a profile to (OneView: the server-hardware-type URI, which
+    carries the generation); when the source and a candidate both have one, they must be the same: the
+    manager refuses a profile on another type, whatever the spare rules say of the generation."""
 
     @property
     def model(self) -> str:

@@ -77,6 +77,9 @@ def _static_reason(
         return f"product {candidate.product!r} not identified"
     if (cand.family, cand.model) != (info.family, info.model):
         return f"model {cand.model} differs from the source's {info.model}"
+    if source.hardware_type and candidate.hardware_type and candidate.hardware_type != source.hardware_type:
+        return (f"hardware type {candidate.hardware_type} differs from the source's {source.hardware_type}"
+                f" ({candidate.product} vs {source.product}): the manager keeps a profile on its type")
     cand_span = cand.span or candidate.span
     if cand_span != span:
         return f"spans {cand_span} bay(s), the source {span}"

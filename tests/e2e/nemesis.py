@@ -35,6 +35,14 @@ profile on the source with its host record back, or where the error says it is);
 ends completed; the API shows `epoch`/`owners`, `fence_grace`, `incarnation`, `lease_left` null once
 over. Problems carry the invariant's name (`Problem.invariant`); `summary()` tabulates them per attack.
 
+With `oneview=` (a lab config `oneview` section: its task durations), the lab serves its OneView face and
+every monitor runs `manager.kind: oneview` against it (inventory, spare labels, the profile move as a PUT
+and its task; power still through the BMCs): the move points then include the task's run, a `finish`
+round's fault is the task ending in Error (`oneview_task_error`), and the oracle also checks the face's
+own record (`GET /lab/v1/oneview`): at most one profile PUT reached the appliance per job, exactly one
+accepted for a job that moved its profile; the world's log entry of a move a task carried out is judged
+at the time its PUT was accepted (the task takes effect later by design: the adopter follows it).
+
 The rounds are seeded (`FAILOVER_NEMESIS_SEED`); the random moments are deliberately not synchronised
 with anything, everything else waits on a condition with a deadline. Used by tests/e2e/test_nemesis.py and
 bench/bench_nemesis.py.
@@ -45,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import os
 import random
 import re
@@ -465,6 +474,8 @@ class NemesisCluster(Cluster):
     """Jobs that changed hands (the lab's fence is tried on them at the end)."""
     points: tuple[Point, ...] = ()
     """The points pause, kill and partition rounds choose from (empty: every point of the attack)."""
+    oneview_url: str = ""
+    """The lab's OneView face, when the monitors run `manager.kind: oneview` (empty: the lab's manager)."""
     _inventory_cache: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -522,6 +533,25 @@ class NemesisCluster(Cluster):
                                           headers=headers or {},
                                           timeout=aiohttp.ClientTimeout(total=15)) as r:
             return r.status, await r.json(content_type=None)
+
+    async def oneview_control(self) -> dict[str, Any]:
+        """The OneView face's own record (`GET /lab/v1/oneview`: requests, counts, tasks)."""
+        async with self.session().get(self.oneview_url + "/lab/v1/oneview", ssl=False,
+                                      timeout=aiohttp.ClientTimeout(total=15)) as r:
+            assert r.status == 200, f"GET /lab/v1/oneview: {r.status}"
+            return dict(await r.json(content_type=None))
+
+    async def set_move_task(self, seconds: float) -> None:
+        """How long the OneView face's next profile-move tasks run."""
+        async with self.session().put(self.oneview_url + "/lab/v1/oneview/durations", ssl=False,
+                                      json={"profile_move_s": seconds},
+                                      timeout=aiohttp.ClientTimeout(total=15)) as r:
+            assert r.status == 200, f"PUT /lab/v1/oneview/durations: {r.status} {await r.text()}"
+
+    @property
+    def move_fault(self) -> str:
+        """The lab fault that makes a profile move fail (the task's Error on the OneView face)."""
+        return "oneview_task_error" if self.oneview_url else "move_error"
 
     async def member_view(self, name: str, avoid: Iterable[str] = ()) -> dict[str, Any] | None:
         state = await self.ask("/api/v1/cluster", avoid=avoid)
@@ -645,6 +675,10 @@ class NemesisCluster(Cluster):
                      for v in violations[r.violation_mark:]]
         problems += world_problems(inv, hosts, self.baseline_spares)
         entries = log[r.log_mark:]
+        puts: list[dict[str, Any]] = []
+        if self.oneview_url:
+            puts = [q for q in (await self.oneview_control())["requests"] if q.get("kind") == "profile_put"]
+            entries = retimed_task_moves(entries, puts)
         r.actions = entries
         if r.ended_wall is not None:
             end = r.ended_wall
@@ -659,6 +693,8 @@ class NemesisCluster(Cluster):
         if final is not None:
             problems += job_problems(final, inv, hosts)
             problems += self._round_checks(r, entries, jobs.get(r.job, final))
+            if self.oneview_url:
+                problems += profile_put_problems(final, puts)
         state = await self.ask("/api/v1/cluster")
         for g in state["groups"]:
             problems.append(Problem("group-locked", f"group {g['group']} still locked by job {g['job']}"
@@ -794,6 +830,43 @@ def action_problems(entries: list[dict[str, Any]], jobs: dict[int, dict[str, Any
     return problems
 
 
+def retimed_task_moves(entries: list[dict[str, Any]], puts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The world's log with each move a OneView task carried out timed at its profile PUT's acceptance
+    (matched by job and epoch): the request is the action; its task takes effect later by design, and a
+    new owner that follows it is not acting for the old epoch. An effect with no accepted PUT of its
+    (job, epoch) keeps its own time."""
+    accepted: dict[tuple[int, int], float] = {}
+    for q in puts:
+        if q.get("job") is not None and q.get("epoch") is not None and 200 <= int(q.get("status") or 0) < 300:
+            key = (int(q["job"]), int(q["epoch"]))
+            accepted[key] = min(accepted.get(key, float(q["time"])), float(q["time"]))
+    out = []
+    for e in entries:
+        if e.get("kind") == "move" and str(e.get("detail") or "").endswith(": ok") \
+                and e.get("job") is not None and e.get("epoch") is not None:
+            sent = accepted.get((int(e["job"]), int(e["epoch"])))
+            if sent is not None:
+                e = {**e, "time": sent, "effect_time": e["time"]}
+        out.append(e)
+    return out
+
+
+def profile_put_problems(job: dict[str, Any], puts: list[dict[str, Any]]) -> list[Problem]:
+    """The OneView face's count: at most one profile PUT of the job reached the appliance, and exactly one
+    was accepted when the profile moved (the job completed, or its profile is where its error says)."""
+    mine = [q for q in puts if q.get("job") is not None and int(q["job"]) == int(job["job"])]
+    ok = [q for q in mine if 200 <= int(q.get("status") or 0) < 300]
+    problems = []
+    if len(mine) > 1:
+        shown = ", ".join(f"epoch {q.get('epoch')} by {q.get('monitor')}: {q.get('status')}" for q in mine)
+        problems.append(Problem("profile-puts", f"job {job['job']}: {len(mine)} profile PUTs reached OneView"
+                                                f" ({shown}); the move must be sent once"))
+    if job["state"] == "completed" and len(ok) != 1:
+        problems.append(Problem("profile-puts", f"job {job['job']} completed with {len(ok)} accepted profile"
+                                                " PUT(s) on OneView (expected exactly one)"))
+    return problems
+
+
 def job_problems(job: dict[str, Any], inv: dict[str, Any], hosts: list[dict[str, Any]]) -> list[Problem]:
     """The job's final state is true to the world."""
     servers = {s["id"]: s for s in inv["servers"]}
@@ -853,17 +926,26 @@ async def nemesis_cluster(directory: Path, http: aiohttp.ClientSession, *, monit
                           enclosures: int = 8, lease: float = LEASE, heartbeat: float = HEARTBEAT,
                           latency: dict[str, float] | None = None, lab_extra: dict[str, Any] | None = None,
                           failover: dict[str, Any] | None = None,
+                          oneview: dict[str, Any] | None = None,
                           skip_missing: bool = True) -> AsyncIterator[NemesisCluster]:
     """A lab and `monitors` daemons on one PostgreSQL store, each through its own StoreProxy, all
     healthy; torn down on exit. A PostgreSQL that cannot be had skips the test (or raises
-    tests.e2e.test_cluster.BackendMissing with `skip_missing=False`)."""
+    tests.e2e.test_cluster.BackendMissing with `skip_missing=False`). `oneview`: the lab's OneView face
+    enabled with this config (e.g. its `durations`), and the monitors on `manager.kind: oneview`."""
     async with shared_store("postgresql", directory, skip_missing=skip_missing) as store:
-        lab = LabProcess(directory, latency or LATENCY, enclosures=enclosures, **(lab_extra or {}))
+        extra = dict(lab_extra or {})
+        bmc_port = 0
+        if oneview is not None:
+            bmc_port = reserve_port()  # OneView gives the iLOs' addresses; the monitors need their port
+            extra.update(bmc_port=bmc_port, oneview={**oneview, "enabled": True})
+        lab = LabProcess(directory, latency or LATENCY, enclosures=enclosures, **extra)
         proxies: list[StoreProxy] = []
         members: list[Member] = []
         c: NemesisCluster | None = None
         try:
             await lab.start()
+            ready = json.loads(lab.ready_file.read_text())
+            oneview_url = str(ready["oneview"]) if oneview is not None else ""
             flow = {"rediscovery": {"delay": 86400}, **(failover or {})}
             for name in INSTANCES[:monitors]:
                 proxy = StoreProxy(store)
@@ -873,10 +955,11 @@ async def nemesis_cluster(directory: Path, http: aiohttp.ClientSession, *, monit
                 m = Member(name, directory, port, reserve_port(socket.SOCK_DGRAM),
                            Client(f"http://127.0.0.1:{port}", TOKEN, http), proxy=proxy)
                 write_monitor_config(m, lab.url, proxy.url, lease, heartbeat, flow)
-                _tune_config(m.config)
+                _tune_config(m.config, oneview_url, bmc_port)
                 members.append(m)
             c = NemesisCluster(lab, Client(lab.url, "", http), list(members), store, lease, heartbeat,
-                               directory=directory, http=http, pg_url=store, failover=flow)
+                               directory=directory, http=http, pg_url=store, failover=flow,
+                               oneview_url=oneview_url)
             c.faketime = await asyncio.to_thread(libfaketime)
             for m in members:
                 m.start()
@@ -897,9 +980,21 @@ async def nemesis_cluster(directory: Path, http: aiohttp.ClientSession, *, monit
             await asyncio.to_thread(lab.terminate)
 
 
-def _tune_config(path: Path) -> None:
-    """Short action deadlines (the fence grace follows them), a store timeout longer than the lease."""
+ONEVIEW_MOVE_S = 1.5
+"""The OneView face's profile-move task in pause, kill and partition rounds: this, or this plus lease +
+fence_grace (a task still running when the job is adopted)."""
+ONEVIEW_ACCOUNT = {"username": "administrator", "password": "lab-oneview"}
+"""The lab's OneView face account (lab.config.OneViewLab defaults)."""
+
+
+def _tune_config(path: Path, oneview_url: str = "", bmc_port: int = 0) -> None:
+    """Short action deadlines (the fence grace follows them), a store timeout longer than the lease;
+    with `oneview_url`, the manager is the lab's OneView face (same request time limit)."""
     cfg = yaml.safe_load(path.read_text())
+    if oneview_url:
+        cfg["manager"] = {"kind": "oneview", "oneview": {
+            "address": oneview_url, **ONEVIEW_ACCOUNT, "verify_tls": False, "timeout": REQUEST_TIMEOUT,
+            "bmc": {"username": "admin", "password": "lab-password", "port": bmc_port, "verify_tls": False}}}
     cfg["redfish"] = {"timeout": REQUEST_TIMEOUT}
     cfg["inventory"]["lab"]["timeout"] = REQUEST_TIMEOUT
     cfg["postgres"] = {"timeout": 10}
@@ -1047,6 +1142,13 @@ class Point:
         return here["state"] != "pending" or any(s["state"] != "pending" for s in job["steps"][idx + 1:])
 
 
+TASK_POINTS = (
+    Point("right after the save 'move started: task'", "move_profile", r"started: task"),
+    Point("while the move's task runs", "move_profile", r"task \S+ running", within=1.0),
+)
+"""A manager's move task (OneView): the request sent and its task named, then the task running. Never
+used with the lab's own manager (its move is synchronous); added to the points of pause, kill and
+partition rounds when the monitors run on OneView."""
 PAUSE_POINTS = (
     Point("right after the job was created", ""),
     Point("inside check_domain", "check_domain", within=0.2),
@@ -1148,9 +1250,17 @@ async def owner_lost_round(c: NemesisCluster, r: RoundResult, rng: random.Random
     owner = rng.choice(c.reachable())
     r.victim = owner.name
     points = c.points or (PARTITION_POINTS if r.attack == "partition" else PAUSE_POINTS)
+    if c.oneview_url and not c.points:
+        points = (*points, *TASK_POINTS, *TASK_POINTS)  # twice: the task is what the OneView rounds add
     point = rng.choice(points)
     mode = rng.choice(("cut", "blackhole")) if r.attack == "partition" else ""
     r.variant = f"{mode + ' ' if mode else ''}{point.label}"
+    if c.oneview_url:
+        # The move's task either ends before any adopter may act, or outlasts the takeover (the adopter
+        # then follows it: it must not send the move again).
+        task_s = rng.choice((ONEVIEW_MOVE_S, c.bound + ONEVIEW_MOVE_S))
+        await c.set_move_task(task_s)
+        r.variant = f"task {task_s:g} s; {r.variant}"
 
     def hit() -> None:
         if r.attack == "pause":
@@ -1309,10 +1419,13 @@ async def finish_round(c: NemesisCluster, r: RoundResult, rng: random.Random) ->
     """The move fails (injected), the owner's store is slowed, and the owner is SIGKILLed inside the
     job's finish; the fault is cleared at once, so a resumed move would succeed."""
     victim = rng.choice(c.reachable())
-    trigger = rng.choice(("the failed step is seen", "unlock_group runs", "after the move attempt"))
+    triggers = ("the failed step is seen", "unlock_group runs", "after the move attempt")
+    # On OneView the move fails only when its task ends: a kill right after the attempt, with the fault
+    # cleared at once, would let the task complete (a kill round, not a finish).
+    trigger = rng.choice(triggers[:2] if c.oneview_url else triggers)
     r.victim, r.variant = victim.name, f"SIGKILL when {trigger}"
     server = c.pick(rng)
-    status, fault = await c.lab_call("POST", "/lab/v1/faults", {"fault": "move_error", "server": server})
+    status, fault = await c.lab_call("POST", "/lab/v1/faults", {"fault": c.move_fault, "server": server})
     assert status == 200, fault
     assert victim.proxy is not None
     victim.proxy.delay = FINISH_STORE_DELAY
@@ -1402,6 +1515,8 @@ async def run_round(c: NemesisCluster, n: int, attack: str, rng: random.Random) 
     r.log_mark = len(await c.lab_get("/lab/v1/log"))
     r.violation_mark = len(await c.lab_get("/lab/v1/violations"))
     await c.refresh_inventory()
+    if c.oneview_url:
+        await c.set_move_task(ONEVIEW_MOVE_S)  # pause, kill and partition rounds choose their own
     t0 = time.monotonic()
     final: dict[str, Any] | None = None
     try:

@@ -16,7 +16,10 @@ real PostgreSQL and the lab (harness: tests/e2e/nemesis.py).
 
 The slow tests run on PostgreSQL only (the store several monitors share) and are skipped when
 tests/peers/postgres.py cannot start it; the skew rounds need libfaketime (installed with apt-get when missing
-and root, like PostgreSQL). About 5 minutes on two cores."""
+and root, like PostgreSQL). About 5 minutes on two cores.
+5. The same attacks with the monitors on OneView (the lab's OneView face, `manager.kind: oneview`): 6 rounds
+   (`FAILOVER_NEMESIS_ONEVIEW_ROUNDS`), pauses and kills also while the move's task runs; the oracle also
+   counts the profile PUTs the face received: one per job."""
 
 from __future__ import annotations
 
@@ -63,6 +66,42 @@ async def test_nemesis_rounds_keep_the_fencing_promise(tmp_path: Path, http: aio
     clean = sum(not r.problems for r in results)
     print(f"{clean}/{len(results)} rounds clean in {time.monotonic() - t0:.0f} s")
     report = nemesis.failure_report(results, seed, api_problems, ROUNDS, bound, tmp_path)
+    assert not report, report
+
+
+ONEVIEW_ROUNDS = int(os.environ.get("FAILOVER_NEMESIS_ONEVIEW_ROUNDS", "6"))
+ONEVIEW_DURATIONS = {"task_start_s": 0.2, "profile_move_s": 1.5, "power_s": 0.5}
+"""Short but realistic in shape: the move's task runs 1.7 s, long enough for a pause to land in it."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240 + 60 * ONEVIEW_ROUNDS)
+async def test_nemesis_rounds_on_oneview_keep_the_fencing_promise(tmp_path: Path,
+                                                                  http: aiohttp.ClientSession) -> None:
+    """The same attacks with the monitors on `manager.kind: oneview` against the lab's OneView face: the
+    pauses and kills also land while the move's task runs (the adopter follows it), and the oracle also
+    counts the profile PUTs the face received (one per job)."""
+    seed = nemesis.seed_from_env()
+    print(f"FAILOVER_NEMESIS_SEED={seed}")
+    rng = random.Random(seed)
+    attacks = nemesis.plan(ONEVIEW_ROUNDS, rng, nemesis.attacks_from_env())
+    t0 = time.monotonic()
+    enclosures = nemesis.enclosures_for(ONEVIEW_ROUNDS)
+    async with nemesis.nemesis_cluster(tmp_path, http, monitors=3, enclosures=enclosures,
+                                       oneview={"durations": ONEVIEW_DURATIONS}) as c:
+        print(f"OneView; lease {c.lease:g} s, heartbeat {c.heartbeat:g} s, fence_grace {c.fence_grace:g} s;"
+              f" rounds: {', '.join(attacks)}")
+        results = await nemesis.run_rounds(c, attacks, rng)
+        bound, api_problems = c.bound, list(c.api_problems)
+        puts = (await c.oneview_control())["counts"].get("profile_put", 0)
+    for r in results:
+        if r.error:
+            print(f"round {r.n} ({r.attack}, job {r.job}) ended {r.final}: {r.error}")
+    print(nemesis.summary(results, bound))
+    clean = sum(not r.problems for r in results)
+    print(f"{clean}/{len(results)} rounds clean in {time.monotonic() - t0:.0f} s;"
+          f" {puts} profile PUT(s) reached OneView")
+    report = nemesis.failure_report(results, seed, api_problems, ONEVIEW_ROUNDS, bound, tmp_path)
     assert not report, report
 
 
@@ -237,6 +276,38 @@ def test_actions_sent_twice_are_counted() -> None:
     twice = [*once, _action(3, "alpha", 1)]
     assert [p.detail for p in nemesis.acted_twice(twice, job)] == \
         ["job 7: ForceOff to the source sent 2 times"]
+
+
+def _put(t: float, epoch: int, status: int = 202, job: int = 7) -> dict[str, Any]:
+    return {"time": T0 + t, "kind": "profile_put", "status": status, "job": job, "epoch": epoch,
+            "monitor": "alpha" if epoch == 1 else "bravo"}
+
+
+def test_a_move_carried_out_by_a_task_is_judged_at_its_put() -> None:
+    # alpha's PUT accepted at 9 s, its task takes effect at 11 s, after bravo took the job over at 10 s.
+    effect = {**_action(11, "alpha", 1, "prof-e1-b1 e1-b1 -> e1-b9: ok"), "kind": "move"}
+    assert [p.invariant for p in nemesis.action_problems([effect], _owners())] == ["stale-action"]
+    retimed = nemesis.retimed_task_moves([effect], [_put(9, 1)])
+    assert retimed[0]["time"] == T0 + 9 and nemesis.action_problems(retimed, _owners()) == []
+    # No accepted PUT of that epoch (refused, or another epoch's): the effect keeps its own time.
+    for puts in ([_put(9, 1, status=409)], [_put(9, 2)], []):
+        kept = nemesis.retimed_task_moves([effect], puts)
+        assert [p.invariant for p in nemesis.action_problems(kept, _owners())] == ["stale-action"], puts
+    # A PUT sent after the takeover is itself stale.
+    late = nemesis.retimed_task_moves([effect], [_put(10.5, 1)])
+    assert [p.invariant for p in nemesis.action_problems(late, _owners())] == ["stale-action"]
+
+
+def test_profile_puts_are_counted_per_job() -> None:
+    done = {"job": 7, "state": "completed"}
+    assert nemesis.profile_put_problems(done, [_put(1, 1), _put(2, 1, job=8), _put(3, 2, job=8)]) == []
+    twice = nemesis.profile_put_problems(done, [_put(1, 1), _put(12, 2, status=409)])
+    assert [p.invariant for p in twice] == ["profile-puts"] and "2 profile PUTs" in twice[0].detail
+    none = nemesis.profile_put_problems(done, [_put(1, 1, status=412)])
+    assert [p.invariant for p in none] == ["profile-puts"] and "0 accepted" in none[0].detail
+    failed = {"job": 7, "state": "failed"}
+    assert nemesis.profile_put_problems(failed, []) == []
+    assert nemesis.profile_put_problems(failed, [_put(1, 1, status=400)]) == []
 
 
 def _job(running: str | None, detail: str = "", done: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -142,6 +142,24 @@ async def test_failover_through_oneview_completes(ov_lab: LabSimulator, start_da
     assert stored.context.move.intent is not None
 
 
+async def test_the_spare_has_the_profiles_server_hardware_type(
+        ov_lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    """OneView keeps a profile on its server-hardware type (one per generation): the first spare of the
+    group by the spare rules (generation ignored) is passed over when its type differs (found by the
+    nemesis on OneView: the PUT was refused with SERVER_HARDWARE_TYPE_MISMATCH)."""
+    w = ov_lab.world
+    source = "enc2-bay1"
+    product = w.servers[source].product
+    firsts = [s for s in ("enc1-bay9", "enc1-bay10") if w.servers[s].product != product]
+    assert firsts, "the lab's world no longer has a spare of another generation ahead in enc2-bay1's group"
+    h = await start_daemon(ov_config(ov_lab, tmp_path, token))
+    job = await h.wait_job(await h.failover(source))
+    assert job["state"] == "completed", job
+    assert w.servers[job["spare"]].product == product, (job["spare"], w.servers[job["spare"]].product)
+    assert "hardware type" in job["steps"][STEPS.index("select_spare")]["detail"]
+    assert [p["status"] for p in profile_puts(ov_lab)] == [202] and w.violations == []
+
+
 async def test_task_error_leaves_the_profile_on_the_source(ov_lab: LabSimulator,
                                                           start_daemon: DaemonFactory, tmp_path: Path,
                                                           token: str) -> None:

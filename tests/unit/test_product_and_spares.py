@@ -177,6 +177,24 @@ def test_generation_ignored_in_selection() -> None:
     assert choose([g7])[0] == "enc2-bay3"
 
 
+def test_a_manager_hardware_type_must_match_when_both_have_one() -> None:
+    """OneView binds a profile to a server-hardware type (one per generation): a Gen10 spare is passed
+    over for a Gen8 source there, while the generation alone still does not count."""
+    gen8, gen10 = "/rest/server-hardware-types/gen8", "/rest/server-hardware-types/gen10"
+    source = replace(SOURCE, hardware_type=gen8)
+    assert SOURCE_INFO is not None
+    other = srv("enc1-bay9", bay=9, product="ProLiant BL460c Gen10")
+    same = replace(srv("enc1-bay12", bay=12), hardware_type=gen8)
+    choice = select_spare(source, SOURCE_INFO, 1, [replace(other, hardware_type=gen10), same],
+                          {"enc1-bay9": PowerState.OFF, "enc1-bay12": PowerState.OFF})
+    assert choice.spare is not None and choice.spare.id == "enc1-bay12"
+    assert [r.reason for r in choice.rejected] == [
+        f"hardware type {gen10} differs from the source's {gen8} (ProLiant BL460c Gen10 vs ProLiant BL460c"
+        " Gen8): the manager keeps a profile on its type"]
+    # Unknown on either side: the generation is ignored as before.
+    assert select_spare(source, SOURCE_INFO, 1, [other], {"enc1-bay9": PowerState.OFF}).spare == other
+
+
 def test_integrity_spans_must_match() -> None:
     src = srv("enc2-bay15", enclosure="enc2", bay=15, product="Integrity BL870c i2", span=2, spare=False,
               profile="hpux")
