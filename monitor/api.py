@@ -48,6 +48,8 @@ from monitor.core.ports import ProfileManager
 from monitor.jobs import GroupLocks, JobRunner, service
 from monitor.pipeline import maintenance
 from monitor.pipeline.pipeline import Pipeline
+from monitor.pipeline.plan import PlanDeps, plan
+from monitor.pipeline.spare_pool import SparePool
 from monitor.store import Store
 from rules.schema import Duration
 
@@ -183,6 +185,10 @@ class ApiDeps:
     pipeline: Pipeline | None = None
     events: asyncio.Queue[Event] | None = None
     """Where POST /api/v1/events puts what it accepts (None: the endpoint answers 503)."""
+    plan: PlanDeps | None = None
+    """What GET /api/v1/plan/{server} reads through (None: it answers 503)."""
+    spares: SparePool | None = None
+    """The spare pool check GET /api/v1/spares and /api/v1/status show (None: 503 / not shown)."""
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -265,6 +271,7 @@ class Api:
             web.post("/api/v1/pause", self.post_pause),
             web.delete("/api/v1/pause", self.delete_pause),
             *self._maintenance_routes(),
+            *self.operator_routes(),
             *self.extra_routes,
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.get_metrics),
@@ -678,6 +685,87 @@ class Api:
         except ValueError:
             return _error(400, "limit must be a whole number from 1 to 1000")
         return web.json_response(await self.d.store.list_audit(limit=limit))
+
+    # --- operator views: plan, status, spares (issue 13) -------------------------------------------
+
+    def operator_routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/plan/{server}", self.get_plan),
+            web.get("/api/v1/status", self.get_status),
+            web.get("/api/v1/spares", self.get_spares),
+        ]
+
+    async def get_plan(self, request: web.Request) -> web.Response:
+        """What a failover of the server would do now, touching nothing (`?rule=ID`: for that rule)."""
+        if self.d.plan is None:
+            return _error(503, "planning is not available")
+        sid = request.match_info["server"]
+        try:
+            out = await plan(self.d.plan, sid, rule=request.query.get("rule") or None)
+        except UnknownServer:
+            self._reject("unknown_server")
+            return _error(404, f"unknown server {sid}")
+        except ValueError as exc:
+            self._reject("bad_request")
+            return _error(400, str(exc))
+        except (AdapterError, TimeoutError) as exc:
+            return web.json_response({"error": f"the manager cannot be read: {exc or 'timeout'}"},
+                                     status=503, headers={"Retry-After": "30"})
+        return web.json_response(out)
+
+    async def get_spares(self, request: web.Request) -> web.Response:
+        """The last spare pool check (`?fresh=1`: check now first), optionally one group's."""
+        pool = self.d.spares
+        if pool is None:
+            return _error(503, "the spare pool check is not running")
+        if request.query.get("fresh") in ("1", "true", "yes"):
+            await pool.check()
+        return web.json_response(pool.report.public(request.query.get("group") or None))
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        """One screen, as crm_mon: monitors and leases, groups with locks and queues, the spare pool,
+        running jobs with their step, the pause switch."""
+        runner, store = self.runner, self.d.store
+        members = await store.members()
+        active = await store.active_jobs()
+        held = await store.group_locks()
+        inv = self.d.inventory()
+        groups = sorted(set(inv.groups) if inv is not None else set()) or sorted(held)
+        pool = self.d.spares.report.public() if self.d.spares is not None else None
+        jobs = []
+        for j in active:
+            current = next((s for s in j.steps if s.state.value == "running"), None) or \
+                next((s for s in j.steps if s.state.value == "pending"), None)
+            jobs.append({"job": j.id, "server": j.server, "group": j.group, "state": j.state.value,
+                         "step": current.step if current else None,
+                         "detail": current.detail if current else None, "owner": j.owner,
+                         "epoch": j.epoch, "spare": j.spare, "here": j.id in runner.running_jobs})
+        paused = self.pipeline.decider.paused if self.pipeline is not None else None
+        return web.json_response({
+            "instance": runner.instance,
+            "time": self.d.clock.now().isoformat(),
+            "monitors": [{"instance": m["instance"], "address": m["address"],
+                          "alive": m["lease_left"] is not None,
+                          "lease_left": round(m["lease_left"], 1) if m["lease_left"] is not None else None}
+                         for m in members],
+            "groups": [{"group": g, "locked_by": held.get(g), "waiting": self.d.locks.waiting(g)}
+                       for g in groups],
+            "spare_pool": None if pool is None else {"checked": pool["checked"],
+                                                      "capacity": pool["capacity"]},
+            "jobs": jobs,
+            "paused": paused,
+            "silences": await self.status_silences(),
+        })
+
+    async def status_silences(self) -> list[dict[str, Any]]:
+        """The silences for the status screen: the stored maintenance silences not yet ended (CLI/API),
+        then those of the rule files (`silences:`) as the decider holds them."""
+        now = self.d.clock.time()
+        stored = [{"origin": "store", **r.public(now)} for r in await self.d.store.list_silences(since=now)]
+        if self.pipeline is None:
+            return stored
+        return stored + [{"origin": "rules", **s.spec.model_dump(mode="json", exclude_defaults=True)}
+                         for s in self.pipeline.decider.silences]
 
     # --- health and metrics ---------------------------------------------------------------------
 

@@ -453,6 +453,15 @@ class Decider:
         decision.action = action
         decision.guard = why
 
+    def guard(self, rule_id: str, server: Server, event: Event, group_size: int | None = None) -> Decision:
+        """The decision a failover of `rule_id` for `server` would get from the guards now (it uses up a
+        cooldown and a rate-limit slot of this decider's state: what-if callers pass a copy)."""
+        rule = self.ruleset.rules[rule_id]
+        d = Decision(time=event.time, event=event, server=server.id, action="failover", rule=rule_id,
+                     severity=rule.spec.severity)
+        self._guard_failover(d, rule, server, event.time.timestamp(), group_size)
+        return d
+
     def _guard_failover(self, d: Decision, rule: Rule, server: Server | None, now: float,
                         group_size: int | None) -> None:
         st, g = self.state, self.guards

@@ -85,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     _api_args(p)
 
     _maintenance_parsers(sub)
+    _operator_parsers(sub)
 
     p = sub.add_parser("db", help="store maintenance")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -655,6 +656,139 @@ async def _lab_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- operator views: plan, status, spares (issue 13) ---------------------------------------------
+
+
+def _operator_parsers(sub: Any) -> None:
+    p = sub.add_parser("plan", help="what a failover of SERVER would do now, touching nothing")
+    p.add_argument("server")
+    p.add_argument("--rule", default=None, help="plan an automatic failover by this rule")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _api_args(p)
+    p = sub.add_parser("status", help="one screen: monitors, groups and locks, spare pool, jobs, pause")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _api_args(p)
+    p = sub.add_parser("spares", help="the spare pool: each spare's BMC reading, capacity against N+k")
+    p.add_argument("--group", default=None, help="one domain group")
+    p.add_argument("--fresh", action="store_true", help="check every spare now (else: the last check)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _api_args(p)
+
+
+async def _get(args: argparse.Namespace, path: str) -> tuple[int, Any]:
+    loaded = _load(args.config)
+    status, data = await api_call(api_base(loaded, args.api), "GET", path, token=api_token(loaded))
+    if status != 200:
+        print(f"failover-monitor: {data.get('error', data)} (HTTP {status})", file=sys.stderr)
+    return status, data
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    verdict = "WOULD FAIL OVER" if p["would_fail_over"] else "WOULD NOT FAIL OVER"
+    lines = [f"plan for {p['server']} ({p['product']}, profile {p['profile'] or '-'}, "
+             f"group {p['domain_group']}): {verdict}"]
+    lines += [f"  blocker: {b}" for b in p["blockers"]]
+    lock = p["lock"]
+    lines.append(f"  group lock: {lock['group']} " + (f"held by job {lock['locked_by']}"
+                                                      if lock["locked_by"] is not None else "free"))
+    auto = p["automatic"]
+    rules = ", ".join(r["rule"] for r in auto["rules"][:8]) or "none"
+    more = f" (+{len(auto['rules']) - 8} more)" if len(auto["rules"]) > 8 else ""
+    lines.append(f"  failover rules for this server: {rules}{more}")
+    if auto["rule"]:
+        g = auto["guards"]
+        lines.append(f"  guards ({auto['rule']}): {g['action']}" + (f": {g['guard']}" if g["guard"] else
+                                                                     ": passes"))
+        c = auto["confirmation"]
+        lines.append(f"  confirmation: {c['verdict']}: {c['reason']}")
+    lines.append(f"  manual: {p['manual']}")
+    for f in p["fence_levels"]:
+        lines.append(f"  fence level {f['level']:<8} " + (f"answers: {f['power']}" if f["answers"]
+                                                           else f"does not answer: {f['error']}"))
+    sp = p["spare"]
+    if sp["spare"]:
+        bmc = sp["bmc"] or {}
+        said = (f"answers: power {bmc.get('power')}, health {bmc.get('health')}" if bmc.get("answers")
+                else f"does not answer: {bmc.get('error')}")
+        lines.append(f"  spare: {sp['spare']} (BMC {said})")
+    else:
+        lines.append("  spare: none qualifies")
+    lines += [f"  passed over: {r['server']}: {r['reason']}" for r in sp["passed_over"]]
+    lines.append(f"  touched: {p['touched']}")
+    return "\n".join(lines)
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [f"failover-monitor status at {s['time']} (from {s['instance']})",
+             "automatic failover: " + (f"PAUSED: {s['paused']}" if s["paused"] else "active"), "",
+             "Monitors:"]
+    for m in s["monitors"]:
+        lease = f"lease {m['lease_left']} s left" if m["alive"] else "lease over"
+        lines.append(f"  {m['instance']:<20} {m['address'] or '-':<22} {lease}")
+    lines += ["", "Groups:"]
+    for g in s["groups"]:
+        lock = f"locked by job {g['locked_by']}" if g["locked_by"] is not None else "unlocked"
+        queue = f", waiting: {', '.join(map(str, g['waiting']))}" if g["waiting"] else ""
+        lines.append(f"  {g['group']:<12} {lock}{queue}")
+    lines += ["", "Spare pool:"]
+    pool = s["spare_pool"]
+    if pool is None or pool["checked"] is None:
+        lines.append("  not checked yet")
+    else:
+        lines.append(f"  checked {pool['checked']}")
+        for c in pool["capacity"]:
+            mark = "ok" if c["ok"] else f"SHORT by {c['short']}"
+            lines.append(f"  {c['domain_group']:<12} {c['model']:<28} {c['ready']}/{c['min']} ready  {mark}")
+    lines += ["", "Jobs:"]
+    for j in s["jobs"]:
+        lines.append(f"  job {j['job']:<5} {j['server']:<14} {j['state']:<8} step {j['step'] or '-'}"
+                     f" (owner {j['owner']})" + (f": {j['detail']}" if j["detail"] else ""))
+    if not s["jobs"]:
+        lines.append("  none active")
+    lines += ["", "Silences:"]
+    lines += [f"  {x['id']} ({x.get('origin')}"
+              + (f", {x['kind']} {x['target']} by {x['author']} until {x['ends']}, {x['state']}"
+                 if x.get("origin") == "store" else "") + ")"
+              + (f": {x['comment']}" if x.get("comment") else "") for x in s["silences"]] or ["  none"]
+    return "\n".join(lines)
+
+
+def format_spares(r: dict[str, Any]) -> str:
+    lines = [f"spare pool, checked {r['checked'] or 'not yet'}"]
+    for sp in r["spares"]:
+        state = "ready" if sp["ready"] else "NOT READY: " + "; ".join(sp["problems"])
+        lines.append(f"  {sp['server']:<14} {sp['domain_group']:<10} {sp['model']:<28} "
+                     f"power {sp['power'] or '?':<4} health {sp['health'] or '?':<8} {state}")
+    lines.append("capacity (ready / wanted):")
+    for c in r["capacity"]:
+        mark = "ok" if c["ok"] else f"SHORT by {c['short']}"
+        lines.append(f"  {c['domain_group']:<10} {c['model']:<28} {c['ready']}/{c['min']}  {mark}")
+    return "\n".join(lines)
+
+
+async def _operator(args: argparse.Namespace) -> int:
+    from urllib.parse import quote, urlencode
+
+    fmt: Any
+    if args.command == "plan":
+        query = f"?{urlencode({'rule': args.rule})}" if args.rule else ""
+        status, data = await _get(args, f"/api/v1/plan/{quote(args.server, safe='')}{query}")
+        fmt = format_plan
+    elif args.command == "status":
+        status, data = await _get(args, "/api/v1/status")
+        fmt = format_status
+    else:
+        params = {k: v for k, v in (("group", args.group), ("fresh", "1" if args.fresh else None)) if v}
+        status, data = await _get(args, "/api/v1/spares" + (f"?{urlencode(params)}" if params else ""))
+        fmt = format_spares
+    if status != 200:
+        return 1
+    print(json.dumps(data, indent=2) if args.json else fmt(data))
+    if args.command == "spares":
+        return 0 if all(c["ok"] for c in data["capacity"]) else 1
+    return 0
+
+
 # --- db upgrade ----------------------------------------------------------------------------------
 
 
@@ -710,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
             return _api_command(_pause(args, args.reason))
         if args.command == "resume":
             return _api_command(_pause(args, None))
+        if args.command in ("plan", "status", "spares"):
+            return _api_command(_operator(args))
         if args.command == "db":
             return cmd_db_upgrade(args)
         if args.command == "lab" and args.lab_command == "fault":

@@ -36,8 +36,10 @@ from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, Profil
 from monitor.jobs import FlowDeps, GroupLocks, JobRunner
 from monitor.pipeline.inventory import InventoryView, spare_counts
 from monitor.pipeline.pipeline import Pipeline
+from monitor.pipeline.plan import PlanDeps
 from monitor.pipeline.policy import PolicyHolder
 from monitor.pipeline.sinks import LogAlertSink
+from monitor.pipeline.spare_pool import SparePool
 from monitor.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -186,6 +188,7 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
         self.pipeline: Pipeline | None = None
+        self.spare_pool: SparePool | None = None
         if not len(self.policy.policy.ruleset):
             log.warning("no rules are loaded: events are recorded but nothing is decided")
         self.ready = asyncio.Event()
@@ -313,6 +316,13 @@ class Daemon:
         self.pipeline = pipeline
         self.metrics.gauge("events_queued", lambda: {"": float(self.events.qsize())},
                            "events waiting for the rules")
+        self.spare_pool = spare_pool = SparePool(
+            power=adapters.power, inventory=view.current, clock=self.clock, config=cfg.spares,
+            sinks=sinks, metrics=self.metrics)
+        planning = PlanDeps(adapters.manager, adapters.power, self.store, self.clock, cfg.failover,
+                            decider=lambda: pipeline.decider, fence=adapters.fence,
+                            enclosure_faults=lambda: self.policy.faulted_enclosures(self.clock.time()),
+                            timeout=max(cfg.redfish.timeout, self.loaded.manager_timeout))
         self.metrics.gauge("rules_loaded", lambda: {"": float(len(self.policy.policy.ruleset))},
                            "rules loaded now")
         self.metrics.gauge("failover_paused", lambda: {"": 1.0 if pipeline.decider.paused else 0.0},
@@ -330,7 +340,8 @@ class Daemon:
         limiter = RateLimiter(http.rate_limit, http.rate_limit_burst) if http.rate_limit else None
         api = Api(ApiDeps(runner=runner, store=self.store, manager=adapters.manager, locks=locks,
                           clock=self.clock, metrics=self.metrics, health=self.health,
-                          inventory=view.current, pipeline=pipeline, events=self.events),
+                          inventory=view.current, pipeline=pipeline, events=self.events,
+                          plan=planning, spares=spare_pool),
                   token=token.get_secret_value() if token else None, max_body=http.max_body,
                   extra_routes=listener_routes, rate_limiter=limiter)
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
@@ -376,6 +387,7 @@ class Daemon:
                     mqtt.job(recent)
             sources.append(start("inventory_refresh", view.run(adapters.manager, sources_stop)))
             pipeline_task = start("rules", pipeline.run(pipeline_stop))
+            sources.append(start("spare_pool", spare_pool.run(sources_stop)))
             if snmp is not None:
                 sources.append(start("snmp", snmp.run(sources_stop)))
             for name, worker in workers.items():

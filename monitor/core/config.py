@@ -513,6 +513,22 @@ class StorePostgres(_Strict):
         return self
 
 
+class SparesConfig(_Strict):
+    """The spare pool health check (monitor/pipeline/spare_pool.py): every designated spare's BMC read
+    every `check_interval` seconds (plus up to `jitter` of it, at random), and the N+k capacity wanted."""
+
+    check_interval: float = Field(default=300.0, gt=0)
+    """Seconds between two checks of the whole pool; 0 is not allowed (the check always runs)."""
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    """A random part of the interval added to each wait, so several monitors do not read at once."""
+    timeout: float = Field(default=10.0, gt=0)
+    """Seconds one spare's BMC read may take."""
+    min_per_model: int = Field(default=1, ge=0)
+    """k of N+k: the healthy spares wanted per (domain group, model) that the group has servers of."""
+    groups: dict[str, int] = Field(default_factory=dict)
+    """A domain group's own k (wins over `min_per_model`)."""
+
+
 class MonitorConfig(_Strict):
     instance: str | None = None
     """This monitor's name in the cluster (unique among the monitors sharing a store; two live monitors
@@ -534,6 +550,7 @@ class MonitorConfig(_Strict):
     snmp: SnmpConfig = SnmpConfig()
     redfish_events: RedfishEventsConfig = RedfishEventsConfig()
     mqtt: MqttConfig | None = None
+    spares: SparesConfig = SparesConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     """`json`: one JSON object per line (time, level, logger, message); `--log-format` overrides it."""
