@@ -182,7 +182,8 @@ async def test_plan_cli(lab: LabSimulator, start_daemon: DaemonFactory, tmp_path
     assert "fence level bmc      answers: On" in out
     code, out, err = await cli("plan", "enc1-bay4", "--api", h.base)
     assert code == 0, err
-    assert "passed over: enc1-bay9: model ProLiant BL460c differs from the source's ProLiant BL465c" in out, out
+    assert ("passed over: enc1-bay9: model ProLiant BL460c differs from the source's ProLiant BL465c"
+            in out), out
     code, out, _ = await cli("plan", "enc1-bay1", "--json", "--api", h.base)
     assert code == 0 and json.loads(out)["spare"]["spare"] == "enc1-bay9"
     code, _, err = await cli("plan", "enc9-bay9", "--api", h.base)
