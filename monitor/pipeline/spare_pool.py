@@ -187,6 +187,23 @@ class SparePool:
         async with self._checked:
             await asyncio.wait_for(self._checked.wait_for(lambda: self.checks >= n), timeout)
 
+    async def _check_unless(self, stop: asyncio.Event) -> None:
+        """One check, abandoned when `stop` is set meanwhile (a slow BMC never delays the shutdown)."""
+        check = asyncio.ensure_future(self.check())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([check, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not check.done():
+                check.cancel()
+            await asyncio.gather(check, stopped, return_exceptions=True)
+        if check.cancelled():
+            return
+        if (exc := check.exception()) is not None:  # one bad check never ends the task; the next runs
+            self.metrics.inc("spare_check_errors_total")
+            log.error("spare pool check failed", exc_info=exc)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Check every `check_interval` (plus jitter) until `stop`; while the inventory is not loaded
         yet, look again every INVENTORY_WAIT seconds."""
@@ -195,9 +212,5 @@ class SparePool:
             if self._inventory() is None:
                 wait = min(wait, INVENTORY_WAIT)
             else:
-                try:
-                    await self.check()
-                except Exception:  # one bad check never ends the task; the next one runs
-                    self.metrics.inc("spare_check_errors_total")
-                    log.exception("spare pool check failed")
+                await self._check_unless(stop)
             await sleep_unless(self.clock, wait, stop)
