@@ -154,8 +154,8 @@ async def test_spare_check_alerts_when_a_spares_bmc_goes_down_and_clears(
     bay15 = next(s for s in r["spares"] if s["server"] == "enc1-bay15")
     assert bay15["reachable"] is False and bay15["ready"] is False
     metrics = (await h.api("GET", "/metrics"))[1]
-    assert 'failover_monitor_spare_capacity_short{domain_group="dg1",model="Integrity BL870c"} 1' in metrics
-    assert 'failover_monitor_spare_capacity{domain_group="dg1",model="ProLiant BL460c"} 6' in metrics
+    assert 'failover_monitor_spare_capacity_short{domain_group="dg1",model="Integrity BL870c"} 1.0' in metrics
+    assert 'failover_monitor_spare_capacity{domain_group="dg1",model="ProLiant BL460c"} 6.0' in metrics
     code, out, _ = await cli("spares", "--group", "dg1", "--api", h.base)
     assert code == 1  # a group below N+k
     assert "enc1-bay15" in out and "NOT READY: BMC unreachable" in out and "SHORT by 1" in out, out
