@@ -120,6 +120,12 @@ async def test_status_shows_a_running_jobs_step_and_its_lock(
     code, out, err = await cli("status", "--api", h.base)
     assert code == 0, err
     assert f"dg1          locked by job {job}" in out and "step power_off_source" in out, out
+    status, row = await h.api("POST", "/api/v1/silences", {"kind": "server", "target": "enc1-bay5",
+                                                            "author": "ops", "comment": "fan swap",
+                                                            "duration": 3600})
+    assert status == 201, row
+    _, s = await h.api("GET", "/api/v1/status")
+    assert [(x["origin"], x["id"], x["target"]) for x in s["silences"]] == [("store", row["id"], "enc1-bay5")]
     await lab_control.call("DELETE", "/lab/v1/faults")
 
 
