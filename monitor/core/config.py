@@ -521,6 +521,9 @@ class SparesConfig(_Strict):
     """Seconds between two checks of the whole pool; 0 is not allowed (the check always runs)."""
     jitter: float = Field(default=0.1, ge=0, le=1)
     """A random part of the interval added to each wait, so several monitors do not read at once."""
+    initial_delay: float = Field(default=30.0, ge=0)
+    """Seconds after start before the first check (plus the same jitter): a restart, or many monitors
+    starting together, does not read every spare's BMC at once while the daemon is still coming up."""
     timeout: float = Field(default=10.0, gt=0)
     """Seconds one spare's BMC read may take."""
     min_per_model: int = Field(default=1, ge=0)

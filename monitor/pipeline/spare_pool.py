@@ -207,6 +207,9 @@ class SparePool:
     async def run(self, stop: asyncio.Event) -> None:
         """Check every `check_interval` (plus jitter) until `stop`; while the inventory is not loaded
         yet, look again every INVENTORY_WAIT seconds."""
+        first = self.config.initial_delay * (1 + self.config.jitter * self._rng.random())
+        if first > 0 and await sleep_unless(self.clock, first, stop):
+            return
         while not stop.is_set():
             wait = self.config.check_interval * (1 + self.config.jitter * self._rng.random())
             if self._inventory() is None:

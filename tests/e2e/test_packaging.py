@@ -74,6 +74,7 @@ def _static_config(tmp: Path) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 async def test_the_daemon_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -60,6 +60,7 @@ async def assert_failed_safe(h: Harness, lab_control: LabControl, job: dict[str,
     ("bmc_down", {}, "onnect"),
     ("bmc_slow", {"delay_s": 1.5}, "no answer within 0.3 s"),  # slower than redfish.timeout
 ])
+@pytest.mark.slow
 async def test_source_bmc_fault_fails_safe(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str, fault: str, extra: dict[str, Any], says: str) -> None:

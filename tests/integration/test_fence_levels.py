@@ -349,6 +349,7 @@ async def test_ipmi_level_refuses_a_wrong_password(tmp_path: Path) -> None:
             await level.close()
 
 
+@pytest.mark.slow
 async def test_ipmi_level_times_out_when_the_bmc_is_stopped(tmp_path: Path) -> None:
     async with start_ipmi_sim(tmp_path, username="fence", password="fence-pass") as sim:
         level = IpmiFence(IpmiSettings.model_validate(
@@ -459,6 +460,7 @@ async def test_a_dead_bmc_falls_through_to_the_oa_and_the_job_completes(
     await assert_unlocked(h)
 
 
+@pytest.mark.slow
 async def test_every_level_failing_keeps_the_profile_on_the_source(
         oa_lab: LabSimulator, oa_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:

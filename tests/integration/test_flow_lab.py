@@ -163,6 +163,7 @@ async def test_integrity_spare_spans_the_same_bays(
     assert "Integrity" in job["steps"][STEPS.index("check_product")]["detail"]
 
 
+@pytest.mark.slow
 async def test_two_faults_in_one_group_run_in_turn_and_take_different_spares(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:

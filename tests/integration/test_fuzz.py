@@ -160,6 +160,7 @@ def growth_kib(run: Callable[[int], None], warmup: int, measured: int) -> float:
 # --- Redfish events ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(body=event_like)
 def test_parse_event_payload_takes_anything(body: Any) -> None:
@@ -472,6 +473,7 @@ async def test_check_config_command_exits_1_without_traceback(tmp_path: Path, ca
     assert "Traceback" not in text and "FAILED" in text, text[-2000:]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(doc=json_values)
 def test_random_config_documents(tmp_path_factory: pytest.TempPathFactory, doc: Any) -> None:

@@ -252,6 +252,7 @@ async def test_webhook_garbage_or_timeout_moves_nothing(
     assert lab.world.servers[SPARE].power == "Off"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["task_recorded", "sent_not_recorded"])
 async def test_takeover_while_the_task_runs_follows_it(
         lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path,
@@ -359,6 +360,7 @@ async def test_command_seed_flow_completes(lab: LabSimulator, start_daemon: Daem
     assert h.jobs[job["job"]].context.move.task == "job-1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["refuse", "hang"])
 async def test_command_refusing_or_hanging_moves_nothing(lab: LabSimulator, start_daemon: DaemonFactory,
                                                          tmp_path: Path, mode: str) -> None:

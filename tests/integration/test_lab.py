@@ -394,6 +394,7 @@ async def test_redfish_resources(api: Api) -> None:
     assert status == 404 and "error" in body
 
 
+@pytest.mark.slow
 async def test_power_transitions(api: Api) -> None:
     await api.ok("PUT", "/lab/v1/latency", {"power_off_s": 0.3, "power_on_s": 0.3})
     status, body = await api.reset("enc1-bay2", "ForceOff")

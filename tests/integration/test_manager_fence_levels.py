@@ -117,6 +117,7 @@ async def test_oneview_confirms_off_when_the_bmc_is_dead_and_the_job_completes(
     assert ov.puts_received(ov_lab) == 1  # and the move went through OneView once
 
 
+@pytest.mark.slow
 async def test_oneview_every_level_failing_keeps_the_profile_on_the_source(
         ov_lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
     ov_lab.world.add_fault("bmc_down", SOURCE, None)
@@ -143,6 +144,7 @@ async def test_ome_confirms_off_when_the_bmc_is_dead_and_the_job_completes(
     assert len(ome.migrations(ome_lab)) == 1
 
 
+@pytest.mark.slow
 async def test_ome_every_level_failing_keeps_the_profile_on_the_source(
         ome_lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
     ome_lab.world.add_fault("bmc_down", SOURCE, None)

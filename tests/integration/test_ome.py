@@ -428,6 +428,7 @@ async def _crash_while_moving(h: Harness, job_id: int, when: Callable[[Any], boo
     await h.stopped()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["task_recorded", "sent_job_named_since", "sent_job_not_named"])
 async def test_takeover_while_the_job_runs_follows_it(
         ome_lab: LabSimulator, ome_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
@@ -470,6 +471,7 @@ async def test_takeover_while_the_job_runs_follows_it(
     assert world.violations == []
 
 
+@pytest.mark.slow
 async def test_session_expiring_mid_job_does_not_stop_the_flow(
         ome_lab: LabSimulator, ome_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:
@@ -486,6 +488,7 @@ async def test_session_expiring_mid_job_does_not_stop_the_flow(
     assert len(f.migrate_requests) == 1 and ome_lab.world.violations == []
 
 
+@pytest.mark.slow
 async def test_hung_job_ends_the_step_at_its_limit_and_nothing_is_powered_on(
         ome_lab: LabSimulator, ome_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str) -> None:

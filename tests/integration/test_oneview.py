@@ -208,6 +208,7 @@ async def test_etag_conflict_is_a_clear_error(ov_lab: LabSimulator, start_daemon
     assert ov_lab.world.profiles[PROFILE].server == SOURCE and ov_lab.world.violations == []
 
 
+@pytest.mark.slow
 async def test_session_expiring_mid_task_logs_in_again_and_follows(
         ov_lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
     face(ov_lab).durations = face(ov_lab).durations.model_copy(update={"profile_move_s": 0.6})
@@ -264,6 +265,7 @@ async def test_appliance_unavailable_at_the_move_moves_nothing(
     assert w.profiles[PROFILE].server == SOURCE and w.violations == []
 
 
+@pytest.mark.slow
 async def test_hung_task_ends_the_step_at_its_time_limit(ov_lab: LabSimulator,
                                                          start_daemon: DaemonFactory, tmp_path: Path,
                                                          token: str) -> None:
@@ -385,6 +387,7 @@ async def test_login_and_version_errors(ov_lab: LabSimulator) -> None:
         assert r.status == 412 and (await r.json())["errorCode"] == "INVALID_API_VERSION"
 
 
+@pytest.mark.slow
 async def test_preconditions_of_a_move(ov_lab: LabSimulator) -> None:
     m = manager(ov_lab)
     w = ov_lab.world

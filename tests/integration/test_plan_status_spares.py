@@ -132,6 +132,7 @@ async def test_status_shows_a_running_jobs_step_and_its_lock(
 # --- the spare pool ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_spare_check_alerts_when_a_spares_bmc_goes_down_and_clears(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str, caplog: pytest.LogCaptureFixture) -> None:
