@@ -30,8 +30,8 @@ from aiohttp import web
 from adapters.redfish.listener import bmc_token
 from lab.config import LabConfig
 from lab.main import LabSimulator
+from lab.traps import encode_v2c_trap
 from monitor.app.daemon import Daemon
-from monitor.app.trapsend import encode_v2c_trap
 from monitor.core.config import LoadedConfig, MonitorConfig
 from monitor.core.model import Job
 

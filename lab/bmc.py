@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from lab.config import Credentials
-from lab.fencing import FENCE_HEADER, MalformedFence, parse_fence
+from lab.fencing import FENCE_HEADER, MalformedFence, parse_fence, read_token
 from lab.world import (
     DELIVERY_RETRY_ATTEMPTS,
     EVENT_TYPES,
@@ -308,13 +308,9 @@ def _credentials_ok(user: str, password: str, credentials: Credentials) -> bool:
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A read carrying a fencing token tells the world the job's newest epoch (World.observe)."""
-    if request.method == "GET" and FENCE_HEADER in request.headers:
-        try:
-            token = parse_fence(request.headers.getall(FENCE_HEADER, []))
-        except MalformedFence:
-            token = None  # a read is never refused for its header
-        if token is not None:
-            request.app[STATE].world.observe(token)
+    token = read_token(request.method, request.headers.getall(FENCE_HEADER, []))
+    if token is not None:
+        request.app[STATE].world.observe(token)
     return await handler(request)
 
 

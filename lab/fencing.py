@@ -75,3 +75,14 @@ def parse_fence(values: Sequence[str]) -> FenceToken | None:
     if not _NAME.fullmatch(found["monitor"]):
         raise MalformedFence(f"{FENCE_HEADER} {value!r}: monitor must be a name without blanks, ';' or '='")
     return FenceToken(int(found["job"]), int(found["epoch"]), found["monitor"])
+
+
+def read_token(method: str, values: Sequence[str]) -> FenceToken | None:
+    """The fencing token a read (GET) carries, for `World.observe`; None for other methods, without the
+    header, or with a malformed one (a read is never refused for its header)."""
+    if method != "GET" or not values:
+        return None
+    try:
+        return parse_fence(values)
+    except MalformedFence:
+        return None

@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from lab.config import split_host_port
-from lab.fencing import FENCE_HEADER, FenceMode, FenceToken, MalformedFence, parse_fence
+from lab.fencing import FENCE_HEADER, FenceMode, FenceToken, MalformedFence, parse_fence, read_token
 from lab.traps import encode_v2c_trap, send_trap
 from lab.world import LabError, StaleFence, World
 
@@ -187,13 +187,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A read carrying a fencing token tells the world the job's newest epoch (World.observe)."""
-    if request.method == "GET" and FENCE_HEADER in request.headers:
-        try:
-            token = parse_fence(request.headers.getall(FENCE_HEADER, []))
-        except MalformedFence:
-            token = None  # a read is never refused for its header
-        if token is not None:
-            request.app[STATE].world.observe(token)
+    token = read_token(request.method, request.headers.getall(FENCE_HEADER, []))
+    if token is not None:
+        request.app[STATE].world.observe(token)
     return await handler(request)
 
 

@@ -18,7 +18,7 @@ import secrets
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -760,6 +760,12 @@ _FILTER = re.compile(r"""^\s*"?\s*([A-Za-z][A-Za-z0-9_.]*)\s*(==|=|!=|<>)\s*'([^
 _QUERY = re.compile(r"""^\s*([A-Za-z]+)\s*[=:]\s*'([^']*)'\s*$""")
 
 
+def _known(index: Mapping[str, object], uri: str) -> None:
+    """404 RESOURCE_NOT_FOUND, as the appliance answers, for a URI the face does not hold."""
+    if uri not in index:
+        raise OneViewError(404, "RESOURCE_NOT_FOUND", f"The resource {uri} was not found.")
+
+
 def _face(request: web.Request) -> OneViewFace:
     return request.app[FACE]
 
@@ -1006,8 +1012,7 @@ async def get_types(request: web.Request) -> web.Response:
 async def get_type(request: web.Request) -> web.Response:
     face = _face(request)
     uri = f"/rest/server-hardware-types/{request.match_info['id']}"
-    if uri not in face.sht_by_uri:
-        raise OneViewError(404, "RESOURCE_NOT_FOUND", f"The resource {uri} was not found.")
+    _known(face.sht_by_uri, uri)
     return _json(face.sht_view(face.sht_by_uri[uri]))
 
 
@@ -1020,8 +1025,7 @@ async def get_groups(request: web.Request) -> web.Response:
 async def get_group(request: web.Request) -> web.Response:
     face = _face(request)
     uri = f"/rest/enclosure-groups/{request.match_info['id']}"
-    if uri not in face.eg_by_uri:
-        raise OneViewError(404, "RESOURCE_NOT_FOUND", f"The resource {uri} was not found.")
+    _known(face.eg_by_uri, uri)
     return _json(face.eg_view(face.eg_by_uri[uri]))
 
 
@@ -1034,8 +1038,7 @@ async def get_enclosures(request: web.Request) -> web.Response:
 async def get_enclosure(request: web.Request) -> web.Response:
     face = _face(request)
     uri = f"/rest/enclosures/{request.match_info['id']}"
-    if uri not in face.enc_by_uri:
-        raise OneViewError(404, "RESOURCE_NOT_FOUND", f"The resource {uri} was not found.")
+    _known(face.enc_by_uri, uri)
     return _json(face.enclosure_view(face.enc_by_uri[uri]))
 
 
@@ -1170,8 +1173,7 @@ async def get_scopes(request: web.Request) -> web.Response:
 async def get_scope(request: web.Request) -> web.Response:
     face = _face(request)
     uri = f"/rest/scopes/{request.match_info['id']}"
-    if uri not in face.scope_by_uri:
-        raise OneViewError(404, "RESOURCE_NOT_FOUND", f"The resource {uri} was not found.")
+    _known(face.scope_by_uri, uri)
     return _json(face.scope_view(face.scope_by_uri[uri]))
 
 

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from adapters.redfish.listener import bmc_token
 from adapters.redfish.payload import NotAnEvent, parse_event_payload
 from lab.main import LabSimulator
+from lab.traps import encode_v2c_trap
 from monitor.app.cli import check_config
-from monitor.app.trapsend import encode_v2c_trap
 from monitor.core.config import MonitorConfig
 from monitor.core.events import Event
 from tests.support.harness import DaemonFactory, Harness, monitor_config
