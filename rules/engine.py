@@ -68,6 +68,10 @@ def server_attribute(server: Server, name: str) -> Any:
     return getattr(value, "value", value)
 
 
+CANDIDATE_CACHE = 10_000
+"""Distinct (trap OID, message key, source) kept in a rule set's candidate cache before it starts anew."""
+
+
 class RuleSet:
     """Compiled rules and their index."""
 
@@ -77,6 +81,8 @@ class RuleSet:
         self._by_prefix: dict[str, list[Rule]] = {}
         self._by_msg: dict[str, list[Rule]] = {}
         self._generic: list[Rule] = []
+        self._candidates: dict[tuple[str | None, str | None, str], list[Rule]] = {}
+        """(trap OID, message key, source) -> the candidate rules: a storm repeats a few keys."""
         for rule in rules:
             if not rule.spec.enabled:
                 continue
@@ -99,19 +105,29 @@ class RuleSet:
         self._generic.append(rule)
 
     def candidates(self, event: Event) -> list[Rule]:
+        """The rules an event may fire (by trap OID, message key, or generic), for its source."""
+        key = event.message_key or (event.message_id.rsplit(".", 1)[-1] if event.message_id else None)
+        cache_key = (event.trap_oid, key, event.source)
+        found = self._candidates.get(cache_key)
+        if found is None:
+            if len(self._candidates) >= CANDIDATE_CACHE:
+                self._candidates.clear()
+            found = self._candidates[cache_key] = self._find(event.trap_oid, key, event.source)
+        return found
+
+    def _find(self, trap_oid: str | None, key: str | None, source: str) -> list[Rule]:
         found: list[Rule] = []
-        if event.trap_oid:
-            oid = event.trap_oid.strip(".")
+        if trap_oid:
+            oid = trap_oid.strip(".")
             found.extend(self._by_oid.get(oid, ()))
             if self._by_prefix:
                 parts = oid.split(".")
                 for n in range(len(parts), 0, -1):
                     found.extend(self._by_prefix.get(".".join(parts[:n]), ()))
-        key = event.message_key or (event.message_id.rsplit(".", 1)[-1] if event.message_id else None)
         if key:
             found.extend(self._by_msg.get(key.lower(), ()))
         found.extend(self._generic)
-        return [r for r in found if r.wants_source(event.source)]
+        return [r for r in found if r.wants_source(source)]
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -148,6 +164,13 @@ class Decision:
     consumed: tuple[str, float | None, str | None] | None = None
     """What the guards used up for this failover (server, its previous cooldown mark, the rate-limited
     group), so a declined confirmation can give it back."""
+    _event_json: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def event_json(self) -> dict[str, Any]:
+        """The event as JSON, made once: the decision's record and its alert share it. Read only."""
+        if self._event_json is None:
+            self._event_json = self.event.model_dump(mode="json", exclude_defaults=True)
+        return self._event_json
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -156,7 +179,7 @@ class Decision:
             "matched": [{"rule": r, "action": a, "note": n} for r, a, n in self.matched],
             "near_misses": [{"rule": r, "why": w} for r, w in self.near],
             "guard": self.guard, "job": self.job,
-            "event": self.event.model_dump(mode="json", exclude_defaults=True),
+            "event": self.event_json(),
         }
         if self.confirmation is not None:
             out["confirmation"] = self.confirmation

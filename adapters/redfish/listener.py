@@ -41,30 +41,51 @@ def bmc_token(secret: str, bmc_url: str) -> str:
 class BmcTokens:
     """Token -> BMC URL for the listener (`resolve_token`), over the current servers' BMCs.
 
-    Every known token is compared (constant time, no early exit), so timing does not reveal which BMC
-    or how much of a token matched."""
+    The tokens are kept in a table keyed by the SHA-256 of each token: a pushed token is hashed, looked
+    up, and compared in constant time with the one found, so one push costs the same with 10 BMCs or
+    10,000, and timing reveals nothing of which BMC or how much of a token matched (the attacker cannot
+    steer the hash). The table is rebuilt when `generation()` (the inventory object) changes; without
+    one, when the set of BMC URLs does. A BMC's token is computed once while its URL stays."""
 
-    def __init__(self, secret: str, servers: Callable[[], Iterable[Server]]) -> None:
+    def __init__(self, secret: str, servers: Callable[[], Iterable[Server]], *,
+                 generation: Callable[[], object] | None = None) -> None:
         self._secret = secret
         self._servers = servers
-        self._cache: dict[str, bytes] = {}
+        self._generation = generation
+        self._key: object = None
+        self._built = False
+        self._tokens: dict[str, bytes] = {}
+        """BMC URL -> its token."""
+        self._table: dict[bytes, tuple[bytes, str]] = {}
+        """SHA-256 of a token -> (the token, its BMC URL)."""
 
     def token_for(self, bmc_url: str) -> str:
         return bmc_token(self._secret, bmc_url)
 
+    def _current(self) -> dict[bytes, tuple[bytes, str]]:
+        if self._generation is not None:
+            key: object = self._generation()
+            if self._built and key is self._key:
+                return self._table
+            urls = frozenset(normalize_bmc_url(s.bmc.url) for s in self._servers() if s.bmc is not None)
+        else:
+            urls = frozenset(normalize_bmc_url(s.bmc.url) for s in self._servers() if s.bmc is not None)
+            key = urls
+            if self._built and key == self._key:
+                return self._table
+        tokens = {url: self._tokens.get(url) or bmc_token(self._secret, url).encode() for url in urls}
+        self._tokens = tokens
+        self._table = {hashlib.sha256(tok).digest(): (tok, url) for url, tok in tokens.items()}
+        self._key, self._built = key, True
+        return self._table
+
     def __call__(self, token: str) -> str | None:
         given = token.encode("utf-8", "replace")
-        found: str | None = None
-        urls = {normalize_bmc_url(s.bmc.url) for s in self._servers() if s.bmc is not None}
-        for url in sorted(urls):
-            expected = self._cache.get(url)
-            if expected is None:
-                expected = self._cache[url] = bmc_token(self._secret, url).encode()
-            if hmac.compare_digest(given, expected) and found is None:
-                found = url
-        for stale in set(self._cache) - urls:
-            del self._cache[stale]
-        return found
+        hit = self._current().get(hashlib.sha256(given).digest())
+        if hit is None:
+            return None
+        expected, url = hit
+        return url if hmac.compare_digest(given, expected) else None
 
 
 class _Refused(Exception):

@@ -13,7 +13,7 @@ from typing import Any
 from adapters.redfish.client import (
     path_of,
 )
-from monitor.core.events import BMC_SERVICE_ATTRIBUTE, Event
+from monitor.core.events import BMC_SERVICE_ATTRIBUTE, Event, split_message_id
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,29 @@ def get_field(record: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+class _Props:
+    """A record's properties by name, tolerating wrong case like `get_field`, with the case-folded
+    names made once per record (not once per missing property)."""
+
+    __slots__ = ("_folded", "_record")
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self._record = record
+        self._folded: dict[str, Any] | None = None
+
+    def get(self, key: str) -> Any:
+        record = self._record
+        if key in record:
+            return record[key]
+        folded = self._folded
+        if folded is None:
+            folded = self._folded = {}
+            for k, v in record.items():
+                if isinstance(k, str):
+                    folded.setdefault(k.casefold(), v)  # the first of two spellings, as get_field
+        return folded.get(key.casefold())
+
+
 def _text(value: object, limit: int = _MAX_TEXT) -> str | None:
     if isinstance(value, str):
         return value[:limit]
@@ -99,9 +122,9 @@ def _redact_context(value: object) -> Any:
     return _bounded(value)
 
 
-def _severity(record: Mapping[str, Any]) -> str | None:
+def _severity(record: _Props) -> str | None:
     for key in ("MessageSeverity", "Severity"):
-        value = _text(get_field(record, key), 64)
+        value = _text(record.get(key), 64)
         if value and value.strip():
             return _SEVERITIES.get(value.strip().lower(), value.strip())
     return None
@@ -136,45 +159,47 @@ _RECORD_ATTRIBUTES = ("EventTimestamp", "MemberId", "EventGroupId", "Resolution"
 
 
 def _record_event(
-    record: Mapping[str, Any], root: Mapping[str, Any], *, sender: str | None, source: str,
+    record: _Props, root: _Props, *, sender: str | None, source: str,
     received: datetime, service: str | None,
 ) -> Event | None:
-    message_id = get_field(record, "MessageId")
+    message_id = record.get("MessageId")
     if not isinstance(message_id, str) or not message_id.strip():
         return None  # a MessageId is a string (Registry.Major.Minor.Key, or a bare key)
-    message_id = message_id[:_MAX_ID]
+    message_id = message_id[:_MAX_ID].strip()
     attributes: dict[str, Any] = {}
     for key in _RECORD_ATTRIBUTES:
-        value = get_field(record, key)
+        value = record.get(key)
         if value is not None:
             attributes[key] = _bounded(value)
     if isinstance(attributes.get("LogEntry"), dict):
         attributes["LogEntry"] = _origin(attributes["LogEntry"])
-    context = get_field(record, "Context")
+    context = record.get("Context")
     if context is None:
-        context = get_field(root, "Context")
+        context = root.get("Context")
     if context is not None:
         attributes["Context"] = _redact_context(context)
     for key, name in _ROOT_ATTRIBUTES:
-        value = get_field(root, key)
+        value = root.get(key)
         if value is not None:
             attributes[name] = _bounded(value)
     if service is not None:
         attributes[BMC_SERVICE_ATTRIBUTE] = service
-    event = Event(
+    registry, message_key = split_message_id(message_id)
+    return Event(
         source=source,  # type: ignore[arg-type]  # checked by pydantic
         time=received,
         sender=sender,
-        message_id=message_id.strip(),
-        message=_text(get_field(record, "Message")),
-        message_args=_message_args(get_field(record, "MessageArgs")),
+        message_id=message_id,
+        registry=registry,
+        message_key=message_key,
+        message=_text(record.get("Message")),
+        message_args=_message_args(record.get("MessageArgs")),
         severity=_severity(record),
-        origin=_origin(get_field(record, "OriginOfCondition")),
-        event_type=_text(get_field(record, "EventType"), 64),
-        event_id=_text(get_field(record, "EventId"), _MAX_ID),
+        origin=_origin(record.get("OriginOfCondition")),
+        event_type=_text(record.get("EventType"), 64),
+        event_id=_text(record.get("EventId"), _MAX_ID),
         attributes=attributes,
     )
-    return event.with_message_id()
 
 
 def parse_event_payload(
@@ -205,10 +230,11 @@ def parse_event_payload(
     if not records:
         raise NotAnEvent("the Event has no EventRecords (Events is empty)")
     events: list[Event] = []
+    root_props = _Props(root)
     for record in records[:MAX_RECORDS]:
         if isinstance(record, dict):
-            event = _record_event(record, root, sender=sender, source=source, received=received,
-                                  service=service)
+            event = _record_event(_Props(record), root_props, sender=sender, source=source,
+                                  received=received, service=service)
             if event is not None:
                 events.append(event)
     if not events:

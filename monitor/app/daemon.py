@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import socket
 import ssl
@@ -244,6 +245,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
             closing = _Closing(stack)
+            closing.sync("the collector's frozen objects", gc.unfreeze)  # frozen at the first inventory
             self._tls = tls_context(self.loaded)  # before binding: a bad certificate is a start-up error
             sock = bind_tcp(self.config.http.listen)
             closing.sync("the HTTP socket", sock.close)  # closed by the HTTP site once it has started
@@ -426,7 +428,8 @@ class Daemon:
         cfg = self.config.redfish_events
         servers = self.inventory_view.servers
         secret = cfg.secret.get_secret_value() if cfg.secret else None
-        resolve: Any = BmcTokens(secret, servers) if secret else (lambda _token: None)
+        resolve: Any = (BmcTokens(secret, servers, generation=self.inventory_view.current) if secret
+                        else (lambda _token: None))
         listener = RedfishEventListener(cfg, self.events, self.metrics, self.clock, resolve)
         workers: dict[str, Any] = {}
         timeout = self.config.redfish.timeout

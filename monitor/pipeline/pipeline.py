@@ -51,7 +51,15 @@ PAUSE_KEY = "pause"
 SNAPSHOT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 """Decisions kept in memory while the store is away."""
-FLUSH_INTERVAL = 0.2
+FLUSH_INTERVAL = 0.05
+"""Seconds between two stores of the pending decisions (one transaction each)."""
+FLUSH_BATCH = 1000
+"""Pending decisions that start a store at once, without waiting for the interval."""
+CONSUME_BATCH = 256
+"""Events decided in a row before the consumer lets the rest of the loop run (receivers, the API,
+the flusher): a burst does not hold everything else up until the queue is empty."""
+PERIOD = 0.2
+"""Seconds between two looks at the rule files and the snapshot's age."""
 DRAIN_TIMEOUT = 5.0
 """Seconds the pipeline goes on deciding queued events at stop."""
 
@@ -78,6 +86,7 @@ class Pipeline:
         self._resolver: Resolver | None = None
         self._pending: list[Decision] = []
         self._flushed = asyncio.Event()
+        self._flush_now = asyncio.Event()
         self.watch_interval = watch_interval
         self.processed = 0
         self._busy = False
@@ -117,7 +126,7 @@ class Pipeline:
         enclosure = resolver.enclosure(event, sid)[0] if resolver else None
         if event.server != sid or event.enclosure != enclosure:
             event = event.model_copy(update={"server": sid, "enclosure": enclosure})
-        group_size = len(resolver.inventory.in_group(server.domain_group)) if resolver and server else None
+        group_size = resolver.group_sizes.get(server.domain_group, 0) if resolver and server else None
         return event, server, found, group_size
 
     async def _confirm(self, decider: Decider, decision: Decision, server: Server,
@@ -187,13 +196,15 @@ class Pipeline:
             for sink in self.sinks:
                 sink.alert(decision.server, payload)
         self._pending.append(decision)
+        if len(self._pending) >= FLUSH_BATCH:
+            self._flush_now.set()
         self.processed += 1
         return decision
 
     @staticmethod
     def alert_payload(d: Decision) -> dict[str, object]:
         return {"server": d.server, "rule": d.rule, "action": d.action, "severity": d.severity,
-                "event": d.event.model_dump(mode="json", exclude_defaults=True), "time": iso(d.time),
+                "event": d.event_json(), "time": iso(d.time),
                 "guard": d.guard, "job": d.job, "labels": d.labels,
                 **({"storm": d.storm_alert} if d.storm_alert else {}),
                 **({"confirmation": d.confirmation} if d.confirmation else {})}
@@ -239,8 +250,10 @@ class Pipeline:
             async with asyncio.TaskGroup() as tg:
                 consumer = tg.create_task(self._consume(), name="rules-consumer")
                 periodic = tg.create_task(self._periodic(stop), name="rules-periodic")
+                flusher = tg.create_task(self._flusher(stop), name="decisions-flusher")
                 await stop.wait()
                 periodic.cancel()
+                flusher.cancel()
                 self._closing = True
                 if not self._busy and self.queue.empty():
                     consumer.cancel()  # waiting for an event that will not come
@@ -260,8 +273,13 @@ class Pipeline:
                           len(self._pending), exc)
 
     async def _consume(self) -> None:
+        in_a_row = 0
         while True:
+            if in_a_row >= CONSUME_BATCH:
+                in_a_row = 0
+                await asyncio.sleep(0)  # a burst: let the receivers, the API and the flusher run
             event = await self.queue.get()
+            in_a_row = in_a_row + 1 if not self.queue.empty() else 0
             self._busy = True
             try:
                 await self.handle(event)
@@ -273,21 +291,43 @@ class Pipeline:
             if self._closing and self.queue.empty():
                 return  # drained
 
+    async def _flusher(self, stop: asyncio.Event) -> None:
+        """Store the pending decisions every FLUSH_INTERVAL, or at once when FLUSH_BATCH are pending."""
+        while not stop.is_set():
+            if not self._flush_now.is_set():
+                await self._wait_flush()
+            self._flush_now.clear()
+            try:
+                await self.flush()
+            except StoreError as exc:
+                self.metrics.inc("store_errors_total", part="decisions")
+                log.warning("decisions wait for the store (%d pending): %s", len(self._pending), exc)
+                await self.clock.sleep(FLUSH_INTERVAL * 20)  # the store is away: not 20 tries a second
+
+    async def _wait_flush(self) -> None:
+        """Until FLUSH_INTERVAL has passed on the clock or the pending batch is full."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(FLUSH_INTERVAL))
+        full = asyncio.ensure_future(self._flush_now.wait())
+        try:
+            await asyncio.wait([sleeper, full], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            full.cancel()
+
     async def _periodic(self, stop: asyncio.Event) -> None:
         since_snapshot = 0.0
         since_watch = 0.0
         while not stop.is_set():
-            await self.clock.sleep(FLUSH_INTERVAL)
-            since_snapshot += FLUSH_INTERVAL
-            since_watch += FLUSH_INTERVAL
-            try:
-                await self.flush()
-                if since_snapshot >= SNAPSHOT_INTERVAL:
-                    since_snapshot = 0.0
+            await self.clock.sleep(PERIOD)
+            since_snapshot += PERIOD
+            since_watch += PERIOD
+            if since_snapshot >= SNAPSHOT_INTERVAL:
+                since_snapshot = 0.0
+                try:
                     await self.snapshot()
-            except StoreError as exc:
-                self.metrics.inc("store_errors_total", part="decisions")
-                log.warning("decisions wait for the store (%d pending): %s", len(self._pending), exc)
+                except StoreError as exc:
+                    self.metrics.inc("store_errors_total", part="decisions")
+                    log.warning("the rule state waits for the store: %s", exc)
             if since_watch >= self.watch_interval:
                 since_watch = 0.0
                 if self.holder.changed():

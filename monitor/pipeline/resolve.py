@@ -130,11 +130,14 @@ class Resolver:
         self.by_service: dict[str, list[Server]] = {}
         self.enclosure_by_address: dict[str, str] = {}
         self.enclosure_by_name: dict[str, str] = {}
+        self.group_sizes: dict[str, int] = {}
+        """Servers per domain group (what the storm guard weighs a group's failures against)."""
         for e in inventory.enclosures.values():
             self.enclosure_by_name[e.id.lower()] = e.id
             for addr in e.management_addresses:
                 self.enclosure_by_address[addr] = e.id
         for s in inventory.servers.values():
+            self.group_sizes[s.domain_group] = self.group_sizes.get(s.domain_group, 0) + 1
             for addr in s.management_addresses:
                 self._addresses[0].setdefault(addr, set()).add(s.id)
             if s.bmc:

@@ -617,16 +617,19 @@ class SqliteStore:
         """Store decisions (time, server, action, rule, body) in one transaction; return their ids.
         Only the newest `keep` are kept."""
 
+        if not rows:
+            return []
+        params = [(t, server, action, rule, json.dumps(body)) for t, server, action, rule, body in rows]
+
         def _add(c: sqlite3.Connection) -> list[int]:
             c.execute("BEGIN IMMEDIATE")
             try:
-                ids = []
-                for t, server, action, rule, body in rows:
-                    cur = c.execute(
-                        "INSERT INTO decisions(time, server, action, rule, body) VALUES (?, ?, ?, ?, ?)",
-                        (t, server, action, rule, json.dumps(body)))
-                    ids.append(int(cur.lastrowid or 0))
-                if ids and ids[-1] % 1000 < len(ids):
+                c.executemany("INSERT INTO decisions(time, server, action, rule, body)"
+                              " VALUES (?, ?, ?, ?, ?)", params)
+                # One writer inside BEGIN IMMEDIATE: the rows took consecutive ids ending at the last.
+                last = int(c.execute("SELECT last_insert_rowid()").fetchone()[0])
+                ids = list(range(last - len(params) + 1, last + 1))
+                if ids[-1] % 1000 < len(ids):
                     c.execute("DELETE FROM decisions WHERE id <= ?", (ids[-1] - keep,))
                 c.execute("COMMIT")
                 return ids
