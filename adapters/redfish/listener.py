@@ -264,6 +264,11 @@ class RedfishEventListener:
         length = request.content_length
         if length is not None and length > limit:
             raise _Refused(413, "too_large", f"body of {length} bytes is over the limit of {limit}")
+        if length is not None:  # the usual push: its length said, and within the limit
+            raw = await request.content.read()
+            if len(raw) > limit:
+                raise _Refused(413, "too_large", f"body over the limit of {limit} bytes")
+            return raw
         body = bytearray()
         async for chunk in request.content.iter_chunked(64 * 1024):
             body += chunk

@@ -26,7 +26,7 @@ Field names (documented in the README, used by rule files):
 
 from __future__ import annotations
 
-import random
+import os
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -62,9 +62,8 @@ def split_message_id(message_id: str) -> tuple[str | None, str]:
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(default_factory=lambda: f"{random.getrandbits(64):016x}")
-    """16 random hex digits: unique enough for an event's id, and cheap at thousands a second (uuid4
-    and os.urandom each make a system call per event)."""
+    id: str = Field(default_factory=lambda: os.urandom(8).hex())
+    """16 random hex digits from the OS (uuid4 did the same and more: a third of the cost)."""
     source: EventSource
     time: datetime
     sender: str | None = None
