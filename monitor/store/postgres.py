@@ -560,7 +560,10 @@ class PostgresStore:
                 f" AND j.state IN {ACTIVE_SQL}) RETURNING grp, job")
             return {r[0]: int(r[1]) for r in rows}
 
-        return await self._run(_release, "release_stale_locks")
+        done = await self._run(_release)
+        if done:  # a transaction that wrote something
+            self.commits["release_stale_locks"] += 1
+        return done
 
     # --- durable timers --------------------------------------------------------------------------
 
@@ -605,7 +608,10 @@ class PostgresStore:
                 f" RETURNING {_TIMER_COLS}", instance, hold, now)
             return sorted((_timer(r) for r in rows), key=lambda t: (t.due, t.id))
 
-        return await self._run(_claim, "claim_due_timers")
+        done = await self._run(_claim)
+        if done:  # a transaction that wrote something
+            self.commits["claim_due_timers"] += 1
+        return done
 
     async def scheduled_timers(self) -> list[Timer]:
         async def _q(c: Conn) -> list[Timer]:
@@ -713,7 +719,10 @@ class PostgresStore:
                     [int(r["id"]) for r in rows], [int(r["epoch"]) for r in rows], instance, token, t)
             return await self._jobs_from(c, sorted(rows, key=lambda r: int(r["id"])))
 
-        return await self._tx(_adopt, "adopt_jobs")
+        done = await self._tx(_adopt)
+        if done:  # a transaction that wrote something
+            self.commits["adopt_jobs"] += 1
+        return done
 
     async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
         """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first.

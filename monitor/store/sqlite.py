@@ -445,7 +445,10 @@ class SqliteStore:
                 raise
             return {r[0]: int(r[1]) for r in rows}
 
-        return await self._run(_release, "release_stale_locks")
+        done = await self._run(_release)
+        if done:  # a transaction that wrote something
+            self.commits["release_stale_locks"] += 1
+        return done
 
     # --- durable timers --------------------------------------------------------------------------
 
@@ -491,7 +494,10 @@ class SqliteStore:
                 raise
             return [t for t in (self._timer(c, i) for i in ids) if t is not None]
 
-        return await self._run(_claim, "claim_due_timers")
+        done = await self._run(_claim)
+        if done:  # a transaction that wrote something
+            self.commits["claim_due_timers"] += 1
+        return done
 
     @staticmethod
     def _timer(c: sqlite3.Connection, timer_id: int) -> Timer | None:
@@ -615,7 +621,10 @@ class SqliteStore:
                 jobs.append(self._job_from(c, r))
             return jobs
 
-        return await self._run(_adopt, "adopt_jobs")
+        done = await self._run(_adopt)
+        if done:  # a transaction that wrote something
+            self.commits["adopt_jobs"] += 1
+        return done
 
     async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
         """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first.
