@@ -75,6 +75,7 @@ class _Ledger:
     def timer(self, kind: str, server: str, due: float) -> None:
         self._runner._staged[self._job.id] = TimerWrite(kind, server, due)
 
+
 class JobRunner:
     def __init__(self, deps: FlowDeps, metrics: Metrics, *, instance: str = "monitor-1",
                  cluster: ClusterConfig | None = None, discovery_timeout: float = 30.0,
