@@ -24,6 +24,7 @@ acting (resuming it, or failing it safe).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -526,12 +527,14 @@ class JobRunner:
             job.context.locked = False
         elif not lock_ran:
             unlock.state = StepState.SKIPPED
-        job.state = JobState.FAILED if job.error else JobState.COMPLETED
-        job.finished = clock.now()
         # One transaction: the end, the unlock and the timer (a group must never stay locked: retried
-        # while the lease holds; past it, the monitor taking the job over unlocks it).
-        saved = await self._save_job(job, JobWrites(unlock=job.group) if unlocking else None,
+        # while the lease holds; past it, the monitor taking the job over unlocks it). The end is saved
+        # from a copy: a listener holding the job sees it ended only once that is committed.
+        end = dataclasses.replace(job, state=JobState.FAILED if job.error else JobState.COMPLETED,
+                                  finished=clock.now())
+        saved = await self._save_job(end, JobWrites(unlock=job.group) if unlocking else None,
                                      retry_all=True)
+        job.state, job.finished = end.state, end.finished
         if unlocking:
             held = self.d.locks.released(job.group, job.id)
             if not (held or saved.unlocked):
