@@ -54,8 +54,9 @@ from monitor.core.config import LoadedConfig, MonitorConfig  # noqa: E402
 from monitor.core.inventory_file import load_inventory_file  # noqa: E402
 from monitor.core.model import STEPS, Job, JobState, Step, identify_product  # noqa: E402
 from monitor.jobs import JobRunner  # noqa: E402
-from monitor.jobs.flow import FailoverFlow, FlowDeps  # noqa: E402
+from monitor.jobs.flow import FailoverFlow, FlowDeps, Note  # noqa: E402
 from monitor.jobs.locks import GroupLocks  # noqa: E402
+from monitor.store.rows import JOB_WRITES  # noqa: E402
 from monitor.store.sqlite import SqliteStore  # noqa: E402
 
 Sync = Literal["full", "normal"]
@@ -251,7 +252,8 @@ class JobWatcher:
         self.events: dict[str, asyncio.Event] = {}
         self.ended: dict[str, float] = {}
         self.jobs: dict[str, Job] = {}
-        self.saves: dict[int, int] = {}
+        self.told: dict[int, int] = {}
+        """Per job: how many times the listeners were told of it (every step change)."""
         runner.add_listener(self._on_job)
 
     def expect(self, server: str) -> asyncio.Event:
@@ -260,7 +262,7 @@ class JobWatcher:
         return ev
 
     async def _on_job(self, job: Job) -> None:
-        self.saves[job.id] = self.saves.get(job.id, 0) + 1
+        self.told[job.id] = self.told.get(job.id, 0) + 1
         if job.state.active:
             return
         ev = self.events.get(job.server)
@@ -270,7 +272,7 @@ class JobWatcher:
             ev.set()
 
 
-async def _noop_note(_text: str) -> None:
+async def _noop_note(text: str, *, durable: bool = True) -> None:
     return None
 
 
@@ -311,7 +313,7 @@ async def direct_failover(deps: FlowDeps, job_id: int, pair: Pair) -> float:
               trigger={"kind": "bench"}, created=deps.clock.now(), steps=[Step(n) for n in STEPS])
     flow = FailoverFlow(job, deps, _Unfenced())
     for name in STEPS:
-        step: Callable[[Callable[[str], Awaitable[None]]], Awaitable[str]] = getattr(flow, name)
+        step: Callable[[Note], Awaitable[str]] = getattr(flow, name)
         await step(_noop_note)
     dt = time.perf_counter() - t0
     if job.spare is None:
@@ -337,7 +339,9 @@ async def job_failover(runner: JobRunner, watcher: JobWatcher, pair: Pair) -> tu
 class SeqRun:
     times: list[float]
     saves_per_job: float = 0.0
+    """Store commits of the job's own writes (Store.commits over rows.JOB_WRITES), per job."""
     violations: int = 0
+    told_per_job: float = 0.0
 
 
 async def _seq_direct(pairs: list[Pair], tmp: Path, sync: Sync, gap: float, enclosures: int) -> SeqRun:
@@ -359,13 +363,22 @@ async def _seq_jobs(pairs: list[Pair], tmp: Path, sync: Sync, gap: float, enclos
             watcher = JobWatcher(daemon.runner)
             await asyncio.sleep(gap)  # the start-up inventory refresh
             times: list[float] = []
-            saves: list[int] = []
+            commits: list[int] = []
+            told: list[int] = []
+            counter = daemon.runner.store.commits
+
+            def job_writes() -> int:
+                return sum(counter[k] for k in JOB_WRITES)
+
             for pair in pairs:
+                before = job_writes()
                 dt, job = await job_failover(daemon.runner, watcher, pair)
                 times.append(dt)
-                saves.append(watcher.saves[job.id])
+                commits.append(job_writes() - before)
+                told.append(watcher.told[job.id])
                 await asyncio.sleep(gap)  # let the after-job inventory refresh run outside the window
-        return SeqRun(times[1:], statistics.mean(saves), await lab_violations(lab))
+        return SeqRun(times[1:], statistics.mean(commits[1:]), await lab_violations(lab),
+                      statistics.mean(told[1:]))
 
 
 async def bench_overhead(res: Results, quick: bool, tmp: Path) -> None:
@@ -389,6 +402,7 @@ async def bench_overhead(res: Results, quick: bool, tmp: Path) -> None:
             "job_ms": [round(t * 1000, 2) for t in jobs.times],
             "direct_ms": [round(t * 1000, 2) for t in direct.times],
             "store_commits_per_job": jobs.saves_per_job,
+            "listener_calls_per_job": jobs.told_per_job,
             "lab_violations": direct.violations + jobs.violations,
         }
         tag = f"a) job overhead, sync={sync}"

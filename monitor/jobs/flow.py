@@ -1,9 +1,13 @@
 """The failover flow of the VCEM white paper, as named steps (monitor.core.model.STEP_TABLE).
 
-Each step records "about to …" in the store before it acts (write-ahead), sends every outside action
-through the job's gate (`Actor.act`: the owner's lease and fencing token), and ends `done` with a
-detail or raises `StepFailed`. Every step is safe to run again after a crash or a takeover: it reads the
-world first and only does what is still to be done.
+Each step records "about to …" in the store before it acts (write-ahead: `note(text)` commits the job
+record, with everything the job learnt since its last commit, before the action it names), sends every
+outside action through the job's gate (`Actor.act`: the owner's lease and fencing token), and ends
+`done` with a detail or raises `StepFailed`. What only reports progress (`note(text, durable=False)`,
+an outcome the next write-ahead carries) is told to the job's listeners without a commit of its own.
+The job's own store writes (the group lock, the rediscovery timer) go through the `Ledger` when there
+is one (the runner's: written in the job record's own transaction). Every step is safe to run again
+after a crash or a takeover: it reads the world first and only does what is still to be done.
 
 Compensation (the table's `compensation`, run by the runner on any failure of the step):
 - power_off_source: none: fencing is final (a failed server stays off).
@@ -99,8 +103,25 @@ class FlowDeps:
     """The fence levels tried in order to power the source off (None: the BMC through `power` alone)."""
 
 
-Note = Callable[[str], Awaitable[None]]
-"""Write-ahead: records the step's current detail in the store before the step acts."""
+class Note(Protocol):
+    """Records the step's current detail. Durable (the default): committed to the store, with the whole
+    job record, before the step acts (write-ahead). `durable=False`: progress or an outcome that the
+    next durable note (or the step's end) carries; only told to the job's listeners now."""
+
+    async def __call__(self, text: str, *, durable: bool = True) -> None: ...
+
+
+class Ledger(Protocol):
+    """The job's own store writes, in its record's transaction (the runner's `_Ledger`)."""
+
+    async def lock(self, group: str) -> int | None:
+        """Commit the job record and take `group` in one transaction: None when the job holds it now,
+        else the job holding it or going first (the record is committed either way)."""
+        ...
+
+    def timer(self, kind: str, server: str, due: float) -> None:
+        """Schedule the job's timer with its next commit (the record naming it, in one transaction)."""
+        ...
 
 
 def _err(exc: BaseException) -> str:
@@ -112,10 +133,12 @@ def _err(exc: BaseException) -> str:
 class FailoverFlow:
     """The steps of one job. `job.context` carries what later steps (and a restart) need."""
 
-    def __init__(self, job: Job, deps: FlowDeps, actor: Actor) -> None:
+    def __init__(self, job: Job, deps: FlowDeps, actor: Actor, ledger: Ledger | None = None) -> None:
         self.job = job
         self.d = deps
         self.actor = actor
+        self.ledger = ledger
+        """None: the lock and the timer are written on their own (the store's lock_group, add_timer)."""
 
     @property
     def ctx(self) -> FlowContext:
@@ -152,7 +175,9 @@ class FailoverFlow:
         async def waiting(other: int) -> None:
             await note(f"waiting for domain group {group} (job {other} goes first)")
 
-        await self.d.locks.acquire(group, self.job.id, waiting)
+        ledger = self.ledger
+        take = (lambda: ledger.lock(group)) if ledger is not None else None
+        await self.d.locks.acquire(group, self.job.id, waiting, take)
         self.ctx.locked = True
         # The domain may have changed while this job waited its turn: check it again under the lock.
         try:
@@ -245,7 +270,7 @@ class FailoverFlow:
                 record.confirmed = True
                 return (f"{confirmation}{source.id} confirmed Off by {level.name} after {took:.1f} s "
                         f"(was {before}); fence levels: {'; '.join(record.levels)}")
-            await note(f"{source.id} not confirmed Off by {level.name}: {result}")
+            await note(f"{source.id} not confirmed Off by {level.name}: {result}", durable=False)
         raise StepFailed(
             f"power-off of {source.id} not confirmed by any fence level ({'; '.join(record.levels)}); "
             "the profile was not moved"
@@ -429,7 +454,7 @@ class FailoverFlow:
                 await self.actor.act(f"move profile {profile} to {spare_id}",
                                      lambda: self.d.manager.move_profile(profile, source_id, spare_id))
                 m.moved = True
-                await note(f"profile {profile} moved to {spare_id}")
+                await note(f"profile {profile} moved to {spare_id}", durable=False)
         if m.spare_clearing and not m.spare_cleared:
             await self._retry(f"clear the spare flag of {spare_id}",
                               lambda: self.d.manager.set_spare(spare_id, False))
@@ -669,10 +694,16 @@ class FailoverFlow:
         assert spare_id is not None
         delay = self.d.settings.rediscovery.delay
         due_at = await self.d.store.clock() + delay  # timers are due on the store's clock
-        timer = await self.d.store.add_timer("rediscovery", self.job.id, spare_id, due_at)
-        due = iso(datetime.fromtimestamp(timer.due, UTC))
-        self.job.rediscovery = {"server": spare_id, "due": due, "state": timer.state,
-                                "attempts": timer.attempts, "detail": ""}
+        if self.ledger is not None:
+            # Written with the job's next commit (its end), in one transaction with the record naming it.
+            self.ledger.timer("rediscovery", spare_id, due_at)
+            due_on, state, attempts = due_at, "scheduled", 0
+        else:
+            timer = await self.d.store.add_timer("rediscovery", self.job.id, spare_id, due_at)
+            due_on, state, attempts = timer.due, timer.state, timer.attempts
+        due = iso(datetime.fromtimestamp(due_on, UTC))
+        self.job.rediscovery = {"server": spare_id, "due": due, "state": state, "attempts": attempts,
+                                "detail": ""}
         return f"discovery of {spare_id} scheduled for {due} (in {delay:g} s)"
 
     # --- unlock_group ------------------------------------------------------------------------

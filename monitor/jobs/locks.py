@@ -4,6 +4,10 @@ The store decides (so several monitors sharing one store agree): the group goes 
 active job of the group waiting for it. A waiting job is woken when a job of this monitor releases the
 group, and otherwise looks again every `poll` seconds (another monitor released it). Each job locks
 exactly one group, so there is no lock ordering and no deadlock.
+
+A job's runner takes the group in its job record's own commit (`acquire(..., take=…)`: the first attempt
+writes the job row and the lock in one transaction, `Store.save_job` with `JobWrites.lock`) and releases
+it with the job's final state (`JobWrites.unlock`, then `released`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from monitor.core.errors import Parked
 from monitor.store import Store
 
 Waiting = Callable[[int], Awaitable[None]]
+Take = Callable[[], Awaitable[int | None]]
+"""The first attempt at the group, written with the job's record: None when granted, else the job
+holding it or going first."""
 
 
 class GroupLocks:
@@ -42,16 +49,22 @@ class GroupLocks:
         """Shutdown: every job waiting for a group (now or later) stops waiting with `Parked`."""
         self._closing.set()
 
-    async def acquire(self, group: str, job: int, on_wait: Waiting | None = None) -> None:
+    async def acquire(self, group: str, job: int, on_wait: Waiting | None = None,
+                      take: Take | None = None) -> None:
         """Wait until `job` holds `group` (recorded in the store before this returns). `on_wait` is
         told, once per new holder, which job the group waits for. `Parked` once `stop_waiting` is
-        called while the group is held by another job (waiting is a safe point)."""
+        called while the group is held by another job (waiting is a safe point). `take`: the first
+        attempt (the job's record and the lock in one commit); later ones are `Store.lock_group`."""
         told: int | None = None
         self._waiting.setdefault(group, set()).add(job)
         try:
             while True:
                 event = self._released.setdefault(group, asyncio.Event())
-                other = await self._store.lock_group(group, job)
+                if take is not None:
+                    other = await take()
+                    take = None
+                else:
+                    other = await self._store.lock_group(group, job)
                 if other is None:
                     self._held[group] = job
                     return
@@ -72,13 +85,18 @@ class GroupLocks:
     async def release(self, group: str, job: int) -> bool:
         """Release the group (durably). Returns whether the job held it."""
         recorded = await self._store.unlock_group(group, job)
+        return self.released(group, job) or recorded
+
+    def released(self, group: str, job: int) -> bool:
+        """The store released the group of `job` (or it is released with the job's final state): forget
+        it here and wake the jobs waiting for it. Returns whether this monitor held it for the job."""
         memory = self._held.get(group) == job
         if memory:
             del self._held[group]
         event = self._released.pop(group, None)
         if event is not None:
             event.set()
-        return recorded or memory
+        return memory
 
     def forget(self, group: str, job: int) -> None:
         """Another monitor took the job over: this one no longer holds its group (the store says so)."""

@@ -1,11 +1,19 @@
 """The job runner: numbered durable jobs, one active job per server, owned by one monitor at a time.
 
 A job is created `queued`, becomes `running` when its task starts, and ends `completed` or `failed`.
-Every state change is committed to the store before the action it announces, under the job's epoch (a
-save under an older epoch is refused: another monitor took the job over). Every outside action passes
-the job's gate (monitor.jobs.gate). A step's failure is durable before anything else of the job's end
-(its compensation, the unlock, the final state), so a failed job is never resumed: after a crash it is
-only finished. `unlock_group` runs whenever `lock_group` ran, also after a failure.
+Write-ahead: before every action the job's record naming it is committed to the store, under the job's
+epoch (a save under an older epoch is refused: another monitor took the job over), and what an action
+did is committed before another action depends on it. Commits are made only there: a job's progress
+(a step started or done, a read-only check, an outcome) rides with its next commit, which is one
+transaction with the job's own store writes (`JobWrites`: the group lock with the first record, the
+rediscovery timer and the unlock with the final state). A lab failover commits 8 times: created, the
+lock, the four write-aheads of power-off, spare flag, host record and move, the power-on's, the end.
+The listeners (MQTT `jobs/N`, status followers) are told at every step change all the same, committed
+or not (identical pictures once). Every outside action passes the job's gate (monitor.jobs.gate). A
+step's failure is durable before anything else of the job's end when an undo is owed (then the undo,
+the unlock and the final state); otherwise it is committed with the unlock and the final state, in one
+transaction; either way a failed job is never resumed: after a crash it is only finished.
+`unlock_group` runs whenever `lock_group` ran, also after a failure.
 
 Cluster membership (monitor.jobs.membership) and the durable timers (monitor.jobs.timers) run on tasks
 of their own; taking over the jobs of a monitor whose lease ran out is this module's: the adopter waits
@@ -16,6 +24,7 @@ acting (resuming it, or failing it safe).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -42,7 +51,7 @@ from monitor.jobs.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.jobs.gate import Gate
 from monitor.jobs.membership import Membership
 from monitor.jobs.timers import DurableTimers
-from monitor.store import Store
+from monitor.store import JobWrites, Saved, Store, TimerWrite
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +62,19 @@ _RESTART_GAP = 2.0
 """Seconds before this monitor runs again a job of its own whose task ended without finishing it."""
 
 
+class _Ledger:
+    """A job's own store writes in its record's transaction (monitor.jobs.flow.Ledger)."""
 
+    def __init__(self, runner: JobRunner, job: Job) -> None:
+        self._runner = runner
+        self._job = job
 
+    async def lock(self, group: str) -> int | None:
+        saved = await self._runner._save_job(self._job, JobWrites(lock=group))
+        return saved.holder
+
+    def timer(self, kind: str, server: str, due: float) -> None:
+        self._runner._staged[self._job.id] = TimerWrite(kind, server, due)
 
 
 class JobRunner:
@@ -71,9 +91,13 @@ class JobRunner:
         """Seconds an adopter waits after the old owner's lease before it acts."""
         self.membership = Membership(deps.store, deps.clock, instance, self.cluster, self.fence_grace,
                                      metrics)
-        self.timers = DurableTimers(deps, metrics, self.membership, self._save_job,
+        self.timers = DurableTimers(deps, metrics, self.membership, self._save_timer_job,
                                     discovery_timeout=discovery_timeout)
         self._listeners: list[JobListener] = []
+        self._told: dict[int, dict[str, Any]] = {}
+        """Per active job: the picture its listeners were last told (the same one is not told twice)."""
+        self._staged: dict[int, TimerWrite] = {}
+        """A job's timer, written with its next commit."""
         self._tg: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -125,7 +149,7 @@ class JobRunner:
                                               owner=self.instance, token=self.membership.token)
             self.metrics.inc("failover_jobs_created_total")
             log.info("job %s: failover of %s (%s) queued", job.id, server.id, trigger.get("kind"))
-            await self._emit(job)  # "queued" goes out before the job's first step
+            await self._tell(job)  # "queued" goes out before the job's first step
             self._start(job)
         return job
 
@@ -260,34 +284,68 @@ class JobRunner:
 
     # --- one job ---------------------------------------------------------------------------------
 
-    async def _emit(self, job: Job) -> None:
+    async def _tell(self, job: Job) -> None:
+        """Tell the listeners the job's picture (at every step change, committed or not), unless they
+        were told this very picture last."""
+        picture = job.public()
+        if self._told.get(job.id) == picture:
+            return
+        if job.state.active:
+            self._told[job.id] = picture
+        else:
+            self._told.pop(job.id, None)
         for listener in self._listeners:
             try:
                 await listener(job)
             except Exception:  # a listener never breaks a job
                 log.exception("job listener failed")
 
-    async def _save_job(self, job: Job) -> None:
-        """Save (write-ahead). A store that is briefly away is waited for while the lease holds;
-        LostOwnership when another monitor took the job over."""
+    async def _save_job(self, job: Job, also: JobWrites | None = None, *,
+                        retry_all: bool = False) -> Saved:
+        """Commit the job's record (write-ahead), with `also` and a staged timer in the same transaction,
+        then tell the listeners. A store that is briefly away is waited for while the lease holds
+        (`retry_all`: any store error, for the end that must unlock the group); LostOwnership when
+        another monitor took the job over."""
+        staged = self._staged.get(job.id)
+        if staged is not None:
+            also = JobWrites(also.lock if also else None, also.unlock if also else None, staged)
         delay = 0.2
         while True:
             try:
-                await self.store.save_job(job)
+                saved = await self.store.save_job(job, also)
                 break
             except StoreUnavailable as exc:
                 if not self.membership.valid():
                     raise LeaseLost(f"job {job.id}: store unreachable past the lease: {exc}") from exc
                 self.metrics.inc("store_retries_total")
                 log.warning("job %s: store unavailable (%s); retrying", job.id, exc)
-                await self.d.clock.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        await self._emit(job)
+            except (LostOwnership, LeaseLost):
+                raise
+            except StoreError as exc:
+                if not retry_all:
+                    raise
+                if not self.membership.valid():
+                    raise LeaseLost(f"job {job.id}: store unreachable past the lease: {exc}") from exc
+                log.error("job %s: its end (and unlock of %s) not recorded (%s); retrying", job.id,
+                          job.group, exc)
+            await self.d.clock.sleep(delay)
+            delay = min(delay * 2, 2.0 if not retry_all else 30.0)
+        if staged is not None:
+            del self._staged[job.id]
+            if saved.timer is not None and job.rediscovery is not None:
+                job.rediscovery.update(state=saved.timer.state, attempts=saved.timer.attempts)
+            self.timers.changed()
+        await self._tell(job)
+        return saved
+
+    async def _save_timer_job(self, job: Job) -> None:
+        """The timers' record of a rediscovery's outcome on its job."""
+        await self._save_job(job)
 
     async def _execute(self, job: Job, *, adopted: bool = False) -> None:
         lost = asyncio.Event()
         gate = Gate(self.membership, self.d.clock, job, self.action_timeout, lost)
-        flow = FailoverFlow(job, self.d, gate)
+        flow = FailoverFlow(job, self.d, gate, _Ledger(self, job))
         try:
             # Reads carry the job's token (fencing.observing): a token-aware system learns this epoch
             # at this owner's first read, and refuses what a paused former owner sends after it.
@@ -301,6 +359,7 @@ class JobRunner:
             log.error("job %s: %s; this monitor stops working on it", job.id, exc)
         except Parked as exc:
             log.info("job %s parked at a safe point for shutdown: %s", job.id, exc)
+            await self._park_job(job)
         except asyncio.CancelledError:
             # Shutdown overran its grace period: the write-ahead record lets the next owner resume.
             lost.set()
@@ -313,6 +372,9 @@ class JobRunner:
             self.metrics.inc("failover_job_errors_total")
             log.exception("job %s: internal error outside its steps; it is run again", job.id)
             self._look.set()
+        finally:
+            self._told.pop(job.id, None)
+            self._staged.pop(job.id, None)
 
     async def _run_job(self, job: Job, flow: FailoverFlow, adopted: bool) -> None:
         clock = self.d.clock
@@ -333,7 +395,7 @@ class JobRunner:
             self.metrics.inc("failover_jobs_resumed_total")
         if job.state is JobState.QUEUED:
             job.state = JobState.RUNNING
-        await self._save_job(job)
+        await self._tell(job)  # committed with the first write ahead of an action (the lock)
         for spec in STEP_TABLE:
             if spec.always:
                 continue
@@ -342,11 +404,12 @@ class JobRunner:
                 continue
             if self._stopping.is_set() and step.state is not StepState.RUNNING:
                 log.info("job %s parked at a safe point for shutdown", job.id)
+                await self._park_job(job)
                 return
             if step.state is not StepState.RUNNING or step.started is None:
                 step.started = clock.now()
             step.state = StepState.RUNNING
-            await self._save_job(job)
+            await self._tell(job)  # the step's own write-ahead (if it acts) commits it
             failure = await self._run_step(job, flow, spec)
             if failure is not None:
                 await self._fail(job, flow, spec, failure)
@@ -360,9 +423,12 @@ class JobRunner:
         step = job.step(spec.name)
         limit = self.d.settings.step_timeout(spec.name)
 
-        async def note(text: str) -> None:
+        async def note(text: str, *, durable: bool = True) -> None:
             step.detail = text
-            await self._save_job(job)
+            if durable:
+                await self._save_job(job)
+            else:
+                await self._tell(job)
 
         action = getattr(flow, spec.name)
         while True:
@@ -391,11 +457,17 @@ class JobRunner:
         step.state = StepState.DONE
         step.finished = clock.now()
         step.detail = detail
-        await self._save_job(job)
+        await self._tell(job)  # committed with the next write-ahead (or the job's end)
         log.info("job %s: %s: %s", job.id, spec.name, detail)
-        if spec.name == "schedule_rediscovery":
-            self.timers.changed()
         return None
+
+    async def _park_job(self, job: Job) -> None:
+        """Shutdown at a safe point: what the job did since its last commit, in one commit."""
+        try:
+            await self._save_job(job)
+        except (LostOwnership, LeaseLost, StoreError) as exc:
+            log.warning("job %s: parked without recording its last progress (%s); it resumes from its "
+                        "last commit", job.id, exc)
 
     async def _fail(self, job: Job, flow: FailoverFlow, spec: StepSpec | None, failure: str) -> None:
         """A step failed: make the failure durable first (with the compensation still owed), then
@@ -408,7 +480,10 @@ class JobRunner:
             current.detail = failure
         job.error = failure
         job.context.compensating = spec.name if spec is not None and spec.compensation else None
-        await self._save_job(job)
+        if job.context.compensating is not None:
+            await self._save_job(job)  # durable first: the failure and the undo still owed
+        else:
+            await self._tell(job)  # committed with the unlock and the final state, in one transaction
         log.warning("job %s: %s", job.id, failure)
         await self._end_failed(job, flow, failure)
 
@@ -428,7 +503,9 @@ class JobRunner:
             job.context.compensating = None
             current = job.step(owed)
             current.detail = job.error
-            await self._save_job(job)
+            # Committed with the unlock and the final state: a crash before it runs the undo again
+            # (it reads where the profile is first, and each restore is idempotent).
+            await self._tell(job)
         await self._finish(job, flow)
 
     async def _finish(self, job: Job, flow: FailoverFlow) -> None:
@@ -439,35 +516,32 @@ class JobRunner:
         unlock = job.step("unlock_group")
         lock_ran = job.step("lock_group").state in (StepState.DONE, StepState.FAILED, StepState.RUNNING) \
             or job.context.locked
-        if lock_ran and unlock.state is not StepState.DONE:
+        unlocking = lock_ran and unlock.state is not StepState.DONE
+        if unlocking:
             unlock.state = StepState.RUNNING
             unlock.started = unlock.started or clock.now()
-            await self._save_job(job)
-            unlock.detail = await self._unlock(flow)
+            await self._tell(job)
+            unlock.detail = f"domain group {job.group} unlocked"
             unlock.state = StepState.DONE
             unlock.finished = clock.now()
+            job.context.locked = False
         elif not lock_ran:
             unlock.state = StepState.SKIPPED
-        job.state = JobState.FAILED if job.error else JobState.COMPLETED
-        job.finished = clock.now()
-        await self._save_job(job)
+        # One transaction: the end, the unlock and the timer (a group must never stay locked: retried
+        # while the lease holds; past it, the monitor taking the job over unlocks it). The end is saved
+        # from a copy: a listener holding the job sees it ended only once that is committed.
+        end = dataclasses.replace(job, state=JobState.FAILED if job.error else JobState.COMPLETED,
+                                  finished=clock.now())
+        saved = await self._save_job(end, JobWrites(unlock=job.group) if unlocking else None,
+                                     retry_all=True)
+        job.state, job.finished = end.state, end.finished
+        if unlocking:
+            held = self.d.locks.released(job.group, job.id)
+            if not (held or saved.unlocked):
+                log.info("job %s: domain group %s was not held at its end", job.id, job.group)
         self.metrics.inc("failover_jobs_finished_total", state=job.state.value)
         observe_durations(self.metrics, job)
         log.info("job %s %s%s", job.id, job.state.value, f": {job.error}" if job.error else "")
-
-    async def _unlock(self, flow: FailoverFlow) -> str:
-        """Always unlock; retried until it is recorded, since a group must never stay locked (another
-        monitor taking the job over unlocks it otherwise)."""
-        delay = 0.5
-        while True:
-            try:
-                return await flow.unlock_group(lambda _t: asyncio.sleep(0))
-            except StoreError as exc:
-                if not self.membership.valid():
-                    raise LeaseLost(f"job {flow.job.id}: unlock: store unreachable past the lease") from exc
-                log.error("job %s: unlock of %s failed (%s); retrying", flow.job.id, flow.job.group, exc)
-                await self.d.clock.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def _fail_safe(self, job: Job, flow: FailoverFlow) -> None:
         """End a job taken over mid-flight without acting further: profile where it is (undoing what an
@@ -495,7 +569,10 @@ class JobRunner:
         # Durable first: the failure, and the undo still owed; then the undo, the unlock, the end.
         job.error = msg
         job.context.compensating = where if owes_undo else None
-        await self._save_job(job)
+        if owes_undo:
+            await self._save_job(job)  # durable first: the failure and the undo still owed
+        else:
+            await self._tell(job)  # committed with the unlock and the final state
         if owes_undo:
             assert spec is not None and spec.compensation is not None
             undo = getattr(flow, spec.compensation)
@@ -505,7 +582,7 @@ class JobRunner:
             except (TimeoutError, AdapterError, StepFailed) as exc:
                 job.error = f"{msg}; undo not completed: {exc or type(exc).__name__}"
             job.context.compensating = None
-            await self._save_job(job)
+            await self._tell(job)  # committed with the unlock and the final state
         await self._finish(job, flow)
 
 

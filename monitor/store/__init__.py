@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.store.postgres import PostgresStore
-from monitor.store.rows import SCHEMA_VERSION, JoinResult, SilenceRow, Timer
+from monitor.store.rows import SCHEMA_VERSION, JobWrites, JoinResult, Saved, SilenceRow, Timer, TimerWrite
 from monitor.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from monitor.core.config import MonitorConfig
     from monitor.core.model import Job
+
+__all__ = ["JobWrites", "PostgresStore", "Saved", "SqliteStore", "Store", "TimerWrite", "is_postgres",
+           "open_store", "upgrade_store"]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -32,7 +36,12 @@ class Store(Protocol):
 
     Times that decide between monitors (leases, claims, de-duplication) are on the store's clock: a
     `now` argument of None means "the store's clock" (PostgreSQL's `clock_timestamp()`; for SQLite,
-    one host, the clock the store was built with); tests may pass their own."""
+    one host, the clock the store was built with); tests may pass their own.
+
+    `commits` counts the committed write transactions per method name (a job's own writes: the names in
+    rows.JOB_WRITES), so that tests and benches count a job's commits exactly."""
+
+    commits: Counter[str]
 
     async def open(self) -> None:
         """Connect and migrate to SCHEMA_VERSION; StoreError when the store is newer than this program
@@ -47,8 +56,10 @@ class Store(Protocol):
     async def create_job(self, server: str, group: str, trigger: dict[str, Any], now: datetime,
                          owner: str | None = None, token: str | None = None) -> Job:
         """A new queued job at epoch 1 of `owner`/`token`; ActiveJobExists when the server has one."""
-    async def save_job(self, job: Job) -> None:
-        """Write the job and its steps atomically while `job.epoch` is current; LostOwnership else."""
+    async def save_job(self, job: Job, also: JobWrites | None = None) -> Saved:
+        """Write the job and its steps atomically while `job.epoch` is current; LostOwnership else
+        (and nothing is written). `also`: the job's group lock, unlock and timer, written in the same
+        transaction (one commit; see JobWrites and Saved)."""
     async def get_job(self, job_id: int) -> Job | None:
         """The job with its steps and ownership history; None when there is no such job."""
     async def list_jobs(

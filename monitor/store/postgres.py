@@ -12,13 +12,15 @@ Concurrency, with several monitors writing at once:
   the loser waits for the winner's transaction and reads the winner's job id.
 - save_job: one statement: the job row updated only `WHERE owner IS NOT DISTINCT FROM $owner` (the row
   lock and READ COMMITTED's re-check fence it against an adoption committed meanwhile), its steps only
-  when the job row was updated.
+  when the job row was updated; with `JobWrites`, the group lock (as lock_group), unlock and timer follow
+  in the same transaction.
 - lock_group: a transaction holding `pg_advisory_xact_lock(LOCK_NS, hashtext(group))`, so the decision
   (holder, lowest waiting job, stale rows) is taken by one monitor at a time per group.
 - claim_due_timers: `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`.
 - adopt_jobs: one `UPDATE … RETURNING` (the row lock and re-check: two adopters never take one job).
 - dedupe: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expired OR ours`.
-Serialization failures and deadlocks are retried a few times inside the call.
+Serialization failures and deadlocks are retried a few times inside the call. `commits` counts the
+committed write transactions per method.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -40,7 +43,9 @@ from monitor.store.rows import (
     ACTIVE_SQL,
     SCHEMA_VERSION,
     SILENCE_COLS,
+    JobWrites,
     JoinResult,
+    Saved,
     SilenceRow,
     Timer,
     audit_from,
@@ -216,6 +221,8 @@ class PostgresStore:
         self.max_size = max_size
         self.timeout = timeout
         self._pool: asyncpg.Pool | None = None
+        self.commits: Counter[str] = Counter()
+        """Committed write transactions, per method (a write that changed nothing is not counted)."""
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r})"
@@ -228,9 +235,10 @@ class PostgresStore:
             what = f"no answer within {self.timeout:g} s"
         return StoreUnavailable(f"store {redact(self.url)}: {what}")
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], commit: str = "") -> T:
         """Run `fn` on a pooled connection under the deadline; map connection problems to
-        StoreUnavailable and retry serialization failures and deadlocks."""
+        StoreUnavailable and retry serialization failures and deadlocks. `commit`: the method's name,
+        counted in `commits` once `fn` returned (its write committed)."""
         pool = self._pool
         if pool is None:
             raise StoreError("store is not open")
@@ -238,7 +246,10 @@ class PostgresStore:
             try:
                 async with asyncio.timeout(self.timeout):
                     async with pool.acquire() as conn:
-                        return await fn(conn)
+                        result = await fn(conn)
+                if commit:
+                    self.commits[commit] += 1
+                return result
             except StoreError:
                 raise
             except asyncpg.exceptions.DataError as exc:  # a value of the wrong type: a bug, not an outage
@@ -256,12 +267,13 @@ class PostgresStore:
                 raise StoreError(f"store {redact(self.url)}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, isolation: str = "read_committed") -> T:
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]], commit: str = "", *,
+                  isolation: str = "read_committed") -> T:
         async def _in_tx(c: Conn) -> T:
             async with c.transaction(isolation=isolation):  # type: ignore[arg-type]
                 return await fn(c)
 
-        return await self._run(_in_tx)
+        return await self._run(_in_tx, commit)
 
     async def open(self, *, upgrade: bool = True) -> None:
         """Connect, and bring the schema up to SCHEMA_VERSION (refusing a newer one). `upgrade=False`
@@ -380,13 +392,14 @@ class PostgresStore:
                 # The holder ended between the two statements: try again.
             raise ActiveJobExists(server, 0)
 
-        job_id = await self._tx(_create)
+        job_id = await self._tx(_create, "create_job")
         return Job.queued(job_id, server, group, trigger, now, owner, token, since)
 
-    async def save_job(self, job: Job) -> None:
+    async def save_job(self, job: Job, also: JobWrites | None = None) -> Saved:
         """Write the job and all its steps in one committed transaction — only while `job.epoch` is still
         the job's epoch (LostOwnership otherwise: another monitor, or a later start of this one, took the
-        job over)."""
+        job over; nothing of `also` is written then). `also`: the group lock, unlock and timer written in
+        the same transaction, after the row (see JobWrites)."""
         args = (
             job.id, job.owner, job.state.value, _text(job.profile), _text(job.spare), _text(job.error),
             ts(job.finished), _text(job.context.model_dump_json()), json.dumps(job.notes),
@@ -396,7 +409,7 @@ class PostgresStore:
             [_text(s.detail) for s in job.steps], job.epoch,
         )
 
-        async def _save(c: Conn) -> None:
+        async def _save(c: Conn) -> Saved:
             # One statement is one transaction: the steps change only if the job row did.
             saved = await c.fetchval(
                 "WITH j AS (UPDATE jobs SET state=$3, profile=$4, spare=$5, error=$6, finished=$7,"
@@ -412,8 +425,16 @@ class PostgresStore:
             if not saved:
                 holder = await c.fetchval("SELECT owner FROM jobs WHERE id=$1", job.id)
                 raise LostOwnership(job.id, holder)
+            if also is None:
+                return Saved()
+            return Saved(await self._lock_in(c, also.lock, job.id, None) if also.lock else None,
+                         await self._unlock_in(c, also.unlock, job.id) if also.unlock else False,
+                         await self._add_timer_in(c, also.timer.kind, job.id, also.timer.server,
+                                                  also.timer.due) if also.timer else None)
 
-        await self._run(_save)
+        if also is None:  # one statement: its own transaction
+            return await self._run(_save, "save_job")
+        return await self._tx(_save, "save_job")
 
     @staticmethod
     async def _jobs_from(c: Conn, rows: Sequence[asyncpg.Record]) -> list[Job]:
@@ -474,35 +495,54 @@ class PostgresStore:
         waiting for it (its lock_group step running). A row left by a job that is no longer active is
         stale and replaced."""
 
-        async def _lock(c: Conn) -> int | None:
-            # Decided by one monitor at a time per group; each statement after the lock sees every
-            # commit made before it (READ COMMITTED).
-            await c.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_NS + _GROUP_LOCK, group)
-            holder = await c.fetchval(
-                "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
-                f" WHERE l.grp=$1 AND j.state IN {ACTIVE_SQL}", group)
-            if holder is not None and int(holder) != job:
-                return int(holder)
-            if holder is None:
-                first = await c.fetchval(
-                    "SELECT min(j.id) FROM jobs j JOIN steps s ON s.job = j.id AND s.step = 'lock_group'"
-                    " WHERE j.grp=$1 AND j.state='running' AND s.state='running'", group)
-                if first is not None and int(first) < job:
-                    return int(first)
-                await c.execute(
-                    f"INSERT INTO group_locks(grp, job, acquired) VALUES ($1, $2, {_now('$3')})"
-                    " ON CONFLICT (grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
-                    group, job, now)
-            return None
+        async def _lock(c: Conn) -> tuple[int | None, bool]:
+            wrote: list[bool] = []
+            return await self._lock_in(c, group, job, now, wrote), bool(wrote)
 
-        return await self._tx(_lock)
+        holder, took = await self._tx(_lock)
+        if took:
+            self.commits["lock_group"] += 1
+        return holder
+
+    @staticmethod
+    async def _lock_in(c: Conn, group: str, job: int, now: float | None,
+                       wrote: list[bool] | None = None) -> int | None:
+        """lock_group's decision and write, inside the caller's transaction (`wrote` gets True when the
+        lock row was written)."""
+        # Decided by one monitor at a time per group; each statement after the lock sees every commit
+        # made before it (READ COMMITTED).
+        await c.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_NS + _GROUP_LOCK, group)
+        holder = await c.fetchval(
+            "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
+            f" WHERE l.grp=$1 AND j.state IN {ACTIVE_SQL}", group)
+        if holder is not None:
+            return None if int(holder) == job else int(holder)
+        first = await c.fetchval(
+            "SELECT min(j.id) FROM jobs j JOIN steps s ON s.job = j.id AND s.step = 'lock_group'"
+            " WHERE j.grp=$1 AND j.state='running' AND s.state='running'", group)
+        if first is not None and int(first) < job:
+            return int(first)
+        await c.execute(
+            f"INSERT INTO group_locks(grp, job, acquired) VALUES ($1, $2, {_now('$3')})"
+            " ON CONFLICT (grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
+            group, job, now)
+        if wrote is not None:
+            wrote.append(True)
+        return None
+
+    @staticmethod
+    async def _unlock_in(c: Conn, group: str, job: int) -> bool:
+        status = await c.execute("DELETE FROM group_locks WHERE grp=$1 AND job=$2", group, job)
+        return bool(status != "DELETE 0")
 
     async def unlock_group(self, group: str, job: int) -> bool:
         async def _unlock(c: Conn) -> bool:
-            status = await c.execute("DELETE FROM group_locks WHERE grp=$1 AND job=$2", group, job)
-            return status != "DELETE 0"
+            return await self._unlock_in(c, group, job)
 
-        return await self._run(_unlock)
+        released = await self._run(_unlock)
+        if released:
+            self.commits["unlock_group"] += 1
+        return released
 
     async def group_locks(self) -> dict[str, int]:
         async def _q(c: Conn) -> dict[str, int]:
@@ -520,26 +560,39 @@ class PostgresStore:
                 f" AND j.state IN {ACTIVE_SQL}) RETURNING grp, job")
             return {r[0]: int(r[1]) for r in rows}
 
-        return await self._run(_release)
+        done = await self._run(_release)
+        if done:  # a transaction that wrote something
+            self.commits["release_stale_locks"] += 1
+        return done
 
     # --- durable timers --------------------------------------------------------------------------
 
     async def add_timer(self, kind: str, job: int, server: str, due: float) -> Timer:
         """Schedule a timer once per (kind, job); scheduling it again returns the existing one."""
 
-        async def _add(c: Conn) -> Timer:
-            for _ in range(_ATTEMPTS):
-                r = await c.fetchrow(
-                    "INSERT INTO timers(kind, job, server, due, state) VALUES ($1, $2, $3, $4, 'scheduled')"
-                    f" ON CONFLICT (kind, job) DO NOTHING RETURNING {_TIMER_COLS}", kind, job, server, due)
-                if r is None:
-                    r = await c.fetchrow(f"SELECT {_TIMER_COLS} FROM timers WHERE kind=$1 AND job=$2",
-                                         kind, job)
-                if r is not None:
-                    return _timer(r)
-            raise StoreError(f"timer {kind} of job {job}: could not be scheduled")
+        async def _add(c: Conn) -> tuple[Timer, bool]:
+            wrote: list[bool] = []
+            return await self._add_timer_in(c, kind, job, server, due, wrote), bool(wrote)
 
-        return await self._run(_add)
+        timer, wrote = await self._run(_add)
+        if wrote:
+            self.commits["add_timer"] += 1
+        return timer
+
+    @staticmethod
+    async def _add_timer_in(c: Conn, kind: str, job: int, server: str, due: float,
+                            wrote: list[bool] | None = None) -> Timer:
+        for _ in range(_ATTEMPTS):
+            r = await c.fetchrow(
+                "INSERT INTO timers(kind, job, server, due, state) VALUES ($1, $2, $3, $4, 'scheduled')"
+                f" ON CONFLICT (kind, job) DO NOTHING RETURNING {_TIMER_COLS}", kind, job, server, due)
+            if r is not None and wrote is not None:
+                wrote.append(True)
+            if r is None:
+                r = await c.fetchrow(f"SELECT {_TIMER_COLS} FROM timers WHERE kind=$1 AND job=$2", kind, job)
+            if r is not None:
+                return _timer(r)
+        raise StoreError(f"timer {kind} of job {job}: could not be scheduled")
 
     async def claim_due_timers(self, instance: str, now: float | None, hold: float) -> list[Timer]:
         """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor.
@@ -555,7 +608,10 @@ class PostgresStore:
                 f" RETURNING {_TIMER_COLS}", instance, hold, now)
             return sorted((_timer(r) for r in rows), key=lambda t: (t.due, t.id))
 
-        return await self._run(_claim)
+        done = await self._run(_claim)
+        if done:  # a transaction that wrote something
+            self.commits["claim_due_timers"] += 1
+        return done
 
     async def scheduled_timers(self) -> list[Timer]:
         async def _q(c: Conn) -> list[Timer]:
@@ -576,7 +632,7 @@ class PostgresStore:
                 state, due, attempts, _text(detail), timer_id, claimed_by)
             return str(status).endswith(" 1")
 
-        return await self._run(_u)
+        return await self._run(_u, "update_timer")
 
     # --- several monitors: membership, adoption, de-duplication ------------------------------------
 
@@ -603,7 +659,7 @@ class PostgresStore:
                 return JoinResult(False, "", 0.0, 0.0)
             return JoinResult(False, str(row[0]), float(row[1]), float(row[1]) + grace - t)
 
-        return await self._tx(_join)
+        return await self._tx(_join, "join")
 
     async def heartbeat(self, instance: str, token: str, address: str, lease: float,
                         now: float | None = None) -> None:
@@ -617,7 +673,7 @@ class PostgresStore:
             if status == "UPDATE 0":
                 raise MembershipLost(f"instance name {instance} is held by another process")
 
-        await self._run(_hb)
+        await self._run(_hb, "heartbeat")
 
     async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
         """A stop: the lease ends now (dated back `grace` seconds after a clean stop)."""
@@ -626,7 +682,7 @@ class PostgresStore:
             await c.execute(f"UPDATE members SET lease_until={_now('$4')} - $3"
                             " WHERE instance=$1 AND incarnation=$2", instance, token, grace, now)
 
-        await self._run(_leave)
+        await self._run(_leave, "leave")
 
     async def members(self, now: float | None = None) -> list[dict[str, Any]]:
         """The monitors that joined, with `lease_left` (seconds of the database's clock; None when over)."""
@@ -663,7 +719,10 @@ class PostgresStore:
                     [int(r["id"]) for r in rows], [int(r["epoch"]) for r in rows], instance, token, t)
             return await self._jobs_from(c, sorted(rows, key=lambda r: int(r["id"])))
 
-        return await self._tx(_adopt)
+        done = await self._tx(_adopt)
+        if done:  # a transaction that wrote something
+            self.commits["adopt_jobs"] += 1
+        return done
 
     async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
         """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first.
@@ -685,7 +744,7 @@ class PostgresStore:
                     return str(holder)
             raise StoreUnavailable(f"dedupe {key}: contended")
 
-        return await self._run(_d)
+        return await self._run(_d, "dedupe")
 
     # --- decisions -----------------------------------------------------------------------------
 
@@ -711,7 +770,7 @@ class PostgresStore:
                 await c.execute("DELETE FROM decisions WHERE id <= $1", ids[-1] - keep)
             return ids
 
-        return await self._tx(_add)
+        return await self._tx(_add, "add_decisions")
 
     async def list_decisions(self, *, server: str | None = None, action: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:
@@ -743,7 +802,7 @@ class PostgresStore:
                                 " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                                 key, json.dumps(value))
 
-        await self._run(_s)
+        await self._run(_s, "set_value")
 
     # --- state of the static inventory ---------------------------------------------------------
 
@@ -772,7 +831,7 @@ class PostgresStore:
                         " ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value",
                         kind, key, json.dumps(value))
 
-        await self._tx(_s)
+        await self._tx(_s, "set_states")
 
     # --- maintenance silences and the operators' actions ---------------------------------------
     # Times default to the database's clock, like leases: every monitor sees the same silences.
@@ -787,7 +846,7 @@ class PostgresStore:
             assert r is not None
             return silence_from(r)
 
-        return await self._run(_add)
+        return await self._run(_add, "add_silence")
 
     async def list_silences(self, *, since: float | None = None) -> list[SilenceRow]:
         async def _q(c: Conn) -> list[SilenceRow]:
@@ -808,7 +867,7 @@ class PostgresStore:
             r = await c.fetchrow(f"SELECT {SILENCE_COLS} FROM silences WHERE id=$1", silence_id)
             return silence_from(r) if r else None
 
-        return await self._tx(_e)
+        return await self._tx(_e, "expire_silence")
 
     async def add_audit(self, author: str, action: str, target: str, detail: dict[str, Any],
                         now: float | None = None) -> int:
@@ -818,7 +877,7 @@ class PostgresStore:
                 f" VALUES (coalesce($1::float8, {_CLOCK}), $2, $3, $4, $5) RETURNING id",
                 now, _text(author), _text(action), _text(target), json.dumps(detail)))
 
-        return await self._run(_a)
+        return await self._run(_a, "add_audit")
 
     async def list_audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
         async def _q(c: Conn) -> list[dict[str, Any]]:

@@ -38,6 +38,44 @@ class JoinResult:
 
 
 @dataclass(frozen=True, slots=True)
+class TimerWrite:
+    """A durable timer to schedule once per (kind, job), due at `due` on the store's clock."""
+
+    kind: str
+    server: str
+    due: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobWrites:
+    """What `save_job` writes in the job row's own transaction (one commit), after the row:
+    `lock`: take this domain group for the job (`lock_group`'s fair decision; the row is committed
+    whether or not the group is granted, so a waiting job is in the queue); `unlock`: release this group
+    if the job holds it; `timer`: schedule this timer of the job."""
+
+    lock: str | None = None
+    unlock: str | None = None
+    timer: TimerWrite | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What `save_job` did besides the job row."""
+
+    holder: int | None = None
+    """With `JobWrites.lock`: None when the job holds the group now, else the job holding it or going
+    first."""
+    unlocked: bool = False
+    """With `JobWrites.unlock`: whether the job held the group (and released it)."""
+    timer: Timer | None = None
+    """With `JobWrites.timer`: the timer as stored (the existing one when it was scheduled before)."""
+
+
+JOB_WRITES = ("create_job", "save_job", "lock_group", "unlock_group", "add_timer")
+"""The store methods (`commits` keys) that commit a job's own writes; adopt_jobs is counted apart."""
+
+
+@dataclass(frozen=True, slots=True)
 class Timer:
     id: int
     kind: str

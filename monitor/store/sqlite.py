@@ -1,8 +1,9 @@
 """The durable store: jobs and their steps, group locks, durable timers, and static inventory state.
 
-SQLite is the embedded default. Every write is its own committed transaction, made before the action it
-describes (write-ahead). All SQLite work runs on one dedicated thread, so the event loop never blocks on
-disk.
+SQLite is the embedded default. Every write is one committed transaction, made before the action it
+describes (write-ahead); `save_job` also carries the job's group lock, unlock and rediscovery timer
+(`JobWrites`) in the job row's own transaction. `commits` counts the committed write transactions per
+method. All SQLite work runs on one dedicated thread, so the event loop never blocks on disk.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -21,7 +23,9 @@ from monitor.core.model import STEPS, Job
 from monitor.store.rows import (
     SCHEMA_VERSION,
     SILENCE_COLS,
+    JobWrites,
     JoinResult,
+    Saved,
     SilenceRow,
     Timer,
     audit_from,
@@ -138,16 +142,6 @@ CREATE TABLE IF NOT EXISTS inventory_state (
 """
 
 
-
-
-
-
-
-
-
-
-
-
 class SqliteStore:
     """The embedded store. Open with `await store.open()`, close with `await store.close()`."""
 
@@ -159,17 +153,24 @@ class SqliteStore:
         """The store's clock (one host: the monitors sharing a SQLite file share its clock)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self.commits: Counter[str] = Counter()
+        """Committed write transactions, per method (a write that changed nothing is not counted)."""
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], commit: str = "") -> T:
+        """Run `fn` on the store's thread; `commit`: the method's name, counted in `commits` once `fn`
+        returned (a write transaction committed)."""
         conn = self._conn
         if conn is None:
             raise StoreError("store is not open")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+        if commit:
+            self.commits[commit] += 1
+        return result
 
     async def open(self) -> None:
         def _open() -> sqlite3.Connection:
@@ -260,13 +261,14 @@ class SqliteStore:
                     c.execute("ROLLBACK")
                 raise
 
-        job_id = await self._run(_create)
+        job_id = await self._run(_create, "create_job")
         return Job.queued(job_id, server, group, trigger, now, owner, token, since)
 
-    async def save_job(self, job: Job) -> None:
+    async def save_job(self, job: Job, also: JobWrites | None = None) -> Saved:
         """Write the job and all its steps in one committed transaction — only while `job.epoch` is still
         the job's epoch (LostOwnership otherwise: another monitor, or a later start of this one, took the
-        job over)."""
+        job over; nothing of `also` is written then). `also`: the group lock, unlock and timer written in
+        the same transaction, after the row (see JobWrites)."""
         row = (
             job.state.value, job.profile, job.spare, job.error, ts(job.finished),
             job.context.model_dump_json(), json.dumps(job.notes),
@@ -276,8 +278,9 @@ class SqliteStore:
             (s.state.value, ts(s.started), ts(s.finished), s.detail, job.id, i)
             for i, s in enumerate(job.steps)
         ]
+        now = self._clock()
 
-        def _save(c: sqlite3.Connection) -> None:
+        def _save(c: sqlite3.Connection) -> Saved:
             c.execute("BEGIN IMMEDIATE")
             try:
                 cur = c.execute(
@@ -293,14 +296,22 @@ class SqliteStore:
                     "UPDATE steps SET state=?, started=?, finished=?, detail=? WHERE job=? AND position=?",
                     steps,
                 )
+                saved = Saved()
+                if also is not None:
+                    holder_ = self._lock_in(c, also.lock, job.id, now) if also.lock else None
+                    unlocked = self._unlock_in(c, also.unlock, job.id) if also.unlock else False
+                    timer = (self._add_timer_in(c, also.timer.kind, job.id, also.timer.server, also.timer.due)
+                             if also.timer else None)
+                    saved = Saved(holder_, unlocked, timer)
                 c.execute("COMMIT")
+                return saved
             except LostOwnership:
                 raise
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
 
-        await self._run(_save)
+        return await self._run(_save, "save_job")
 
     @staticmethod
     def _job_from(c: sqlite3.Connection, r: sqlite3.Row) -> Job:
@@ -360,42 +371,56 @@ class SqliteStore:
         Fair across monitors: the group goes to the lowest-numbered active job of the group that is
         waiting for it (its lock_group step running). A row left by a job that is no longer active is
         stale and replaced."""
+        at = self._now(now)
 
-        def _lock(c: sqlite3.Connection) -> int | None:
+        def _lock(c: sqlite3.Connection) -> tuple[int | None, bool]:
             c.execute("BEGIN IMMEDIATE")
             try:
-                row = c.execute(
-                    "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
-                    " WHERE l.grp=? AND j.state IN ('queued','running')", (group,)).fetchone()
-                if row is not None and int(row[0]) != job:
-                    c.execute("COMMIT")
-                    return int(row[0])
-                first = c.execute(
-                    "SELECT min(j.id) FROM jobs j JOIN steps s ON s.job = j.id AND s.step = 'lock_group'"
-                    " WHERE j.grp=? AND j.state='running' AND s.state='running'", (group,)).fetchone()
-                if row is None and first is not None and first[0] is not None and int(first[0]) < job:
-                    c.execute("COMMIT")
-                    return int(first[0])
-                if row is None:
-                    c.execute(
-                        "INSERT INTO group_locks(grp, job, acquired) VALUES (?, ?, ?)"
-                        " ON CONFLICT(grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
-                        (group, job, self._now(now)),
-                    )
+                before = c.total_changes
+                holder = self._lock_in(c, group, job, at)
+                wrote = c.total_changes != before
                 c.execute("COMMIT")
-                return None
+                return holder, wrote
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
 
-        return await self._run(_lock)
+        holder, wrote = await self._run(_lock)
+        if wrote:
+            self.commits["lock_group"] += 1
+        return holder
+
+    @staticmethod
+    def _lock_in(c: sqlite3.Connection, group: str, job: int, now: float) -> int | None:
+        """lock_group's decision and write, inside the caller's transaction."""
+        row = c.execute(
+            "SELECT l.job FROM group_locks l JOIN jobs j ON j.id = l.job"
+            " WHERE l.grp=? AND j.state IN ('queued','running')", (group,)).fetchone()
+        if row is not None and int(row[0]) != job:
+            return int(row[0])
+        if row is not None:
+            return None  # held by this job already
+        first = c.execute(
+            "SELECT min(j.id) FROM jobs j JOIN steps s ON s.job = j.id AND s.step = 'lock_group'"
+            " WHERE j.grp=? AND j.state='running' AND s.state='running'", (group,)).fetchone()
+        if first is not None and first[0] is not None and int(first[0]) < job:
+            return int(first[0])
+        c.execute(
+            "INSERT INTO group_locks(grp, job, acquired) VALUES (?, ?, ?)"
+            " ON CONFLICT(grp) DO UPDATE SET job=excluded.job, acquired=excluded.acquired",
+            (group, job, now),
+        )
+        return None
+
+    @staticmethod
+    def _unlock_in(c: sqlite3.Connection, group: str, job: int) -> bool:
+        return c.execute("DELETE FROM group_locks WHERE grp=? AND job=?", (group, job)).rowcount > 0
 
     async def unlock_group(self, group: str, job: int) -> bool:
-        def _unlock(c: sqlite3.Connection) -> bool:
-            cur = c.execute("DELETE FROM group_locks WHERE grp=? AND job=?", (group, job))
-            return cur.rowcount > 0
-
-        return await self._run(_unlock)
+        released = await self._run(lambda c: self._unlock_in(c, group, job))
+        if released:
+            self.commits["unlock_group"] += 1
+        return released
 
     async def group_locks(self) -> dict[str, int]:
         def _q(c: sqlite3.Connection) -> dict[str, int]:
@@ -420,25 +445,34 @@ class SqliteStore:
                 raise
             return {r[0]: int(r[1]) for r in rows}
 
-        return await self._run(_release)
+        done = await self._run(_release)
+        if done:  # a transaction that wrote something
+            self.commits["release_stale_locks"] += 1
+        return done
 
     # --- durable timers --------------------------------------------------------------------------
 
     async def add_timer(self, kind: str, job: int, server: str, due: float) -> Timer:
         """Schedule a timer once per (kind, job); scheduling it again returns the existing one."""
 
-        def _add(c: sqlite3.Connection) -> Timer:
-            c.execute(
-                "INSERT OR IGNORE INTO timers(kind, job, server, due, state)"
-                " VALUES (?, ?, ?, ?, 'scheduled')",
-                (kind, job, server, due),
-            )
-            r = c.execute("SELECT id FROM timers WHERE kind=? AND job=?", (kind, job)).fetchone()
-            timer = self._timer(c, int(r[0]))
-            assert timer is not None
-            return timer
+        def _add(c: sqlite3.Connection) -> tuple[Timer, bool]:
+            before = c.total_changes
+            timer = self._add_timer_in(c, kind, job, server, due)
+            return timer, c.total_changes != before
 
-        return await self._run(_add)
+        timer, wrote = await self._run(_add)
+        if wrote:
+            self.commits["add_timer"] += 1
+        return timer
+
+    @classmethod
+    def _add_timer_in(cls, c: sqlite3.Connection, kind: str, job: int, server: str, due: float) -> Timer:
+        c.execute("INSERT OR IGNORE INTO timers(kind, job, server, due, state)"
+                  " VALUES (?, ?, ?, ?, 'scheduled')", (kind, job, server, due))
+        r = c.execute("SELECT id FROM timers WHERE kind=? AND job=?", (kind, job)).fetchone()
+        timer = cls._timer(c, int(r[0]))
+        assert timer is not None
+        return timer
 
     async def claim_due_timers(self, instance: str, now: float | None, hold: float) -> list[Timer]:
         """Claim the due timers nobody holds (or whose claim ran out): each fires on one monitor.
@@ -460,7 +494,10 @@ class SqliteStore:
                 raise
             return [t for t in (self._timer(c, i) for i in ids) if t is not None]
 
-        return await self._run(_claim)
+        done = await self._run(_claim)
+        if done:  # a transaction that wrote something
+            self.commits["claim_due_timers"] += 1
+        return done
 
     @staticmethod
     def _timer(c: sqlite3.Connection, timer_id: int) -> Timer | None:
@@ -488,7 +525,7 @@ class SqliteStore:
             )
             return cur.rowcount > 0
 
-        return await self._run(_u)
+        return await self._run(_u, "update_timer")
 
     # --- several monitors: membership, adoption, de-duplication ------------------------------------
 
@@ -519,7 +556,7 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
 
-        return await self._run(_join)
+        return await self._run(_join, "join")
 
     async def heartbeat(self, instance: str, token: str, address: str, lease: float,
                         now: float | None = None) -> None:
@@ -533,7 +570,7 @@ class SqliteStore:
             if cur.rowcount == 0:
                 raise MembershipLost(f"instance name {instance} is held by another process")
 
-        await self._run(_hb)
+        await self._run(_hb, "heartbeat")
 
     async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
         """A stop: the lease ends now. `grace`: how far back to date it, so that the others need not
@@ -541,7 +578,7 @@ class SqliteStore:
         now = self._now(now)
         await self._run(lambda c: c.execute(
             "UPDATE members SET lease_until=? WHERE instance=? AND incarnation=?",
-            (now - grace, instance, token)))
+            (now - grace, instance, token)), "leave")
 
     async def members(self, now: float | None = None) -> list[dict[str, Any]]:
         """The monitors that joined, with `lease_left` (seconds of the store's clock; None when over)."""
@@ -584,7 +621,10 @@ class SqliteStore:
                 jobs.append(self._job_from(c, r))
             return jobs
 
-        return await self._run(_adopt)
+        done = await self._run(_adopt)
+        if done:  # a transaction that wrote something
+            self.commits["adopt_jobs"] += 1
+        return done
 
     async def dedupe(self, key: str, instance: str, now: float | None, ttl: float) -> str | None:
         """Claim `key` for `ttl` seconds. None: this monitor has it; else the monitor that had it first.
@@ -608,7 +648,7 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
 
-        return await self._run(_d)
+        return await self._run(_d, "dedupe")
 
     # --- decisions -----------------------------------------------------------------------------
 
@@ -637,7 +677,7 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
 
-        return await self._run(_add)
+        return await self._run(_add, "add_decisions")
 
     async def list_decisions(self, *, server: str | None = None, action: str | None = None,
                              limit: int = 100) -> list[dict[str, Any]]:
@@ -666,7 +706,7 @@ class SqliteStore:
                 c.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                           "value=excluded.value", (key, json.dumps(value)))
 
-        await self._run(_s)
+        await self._run(_s, "set_value")
 
     # --- state of the static inventory ---------------------------------------------------------
 
@@ -700,7 +740,7 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
 
-        await self._run(_s)
+        await self._run(_s, "set_states")
 
     # --- maintenance silences and the operators' actions ---------------------------------------
 
@@ -715,7 +755,7 @@ class SqliteStore:
             r = c.execute(f"SELECT {SILENCE_COLS} FROM silences WHERE id=?", (cur.lastrowid,)).fetchone()
             return silence_from(r)
 
-        return await self._run(_add)
+        return await self._run(_add, "add_silence")
 
     async def list_silences(self, *, since: float | None = None) -> list[SilenceRow]:
         def _q(c: sqlite3.Connection) -> list[SilenceRow]:
@@ -736,7 +776,7 @@ class SqliteStore:
             r = c.execute(f"SELECT {SILENCE_COLS} FROM silences WHERE id=?", (silence_id,)).fetchone()
             return silence_from(r) if r else None
 
-        return await self._run(_e)
+        return await self._run(_e, "expire_silence")
 
     async def add_audit(self, author: str, action: str, target: str, detail: dict[str, Any],
                         now: float | None = None) -> int:
@@ -747,7 +787,7 @@ class SqliteStore:
                             (now, author, action, target, json.dumps(detail)))
             return int(cur.lastrowid or 0)
 
-        return await self._run(_a)
+        return await self._run(_a, "add_audit")
 
     async def list_audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
         def _q(c: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -5,11 +5,11 @@ talking to PostgreSQL through its own TCP proxy in the test process (`StoreProxy
 one monitor off the store while its BMCs and the lab manager stay reachable. Each round fails over a
 fresh blade (`tests.e2e.test_cluster.pick_source`) and attacks it once:
 
-- `pause`: SIGSTOP the job's owner at a random point (inside a step, or the moment a write-ahead save
-  shows up in the job's step detail, seen through another monitor's API with a tight poll; the owner's
-  store replies are held a little meanwhile, so the stop lands between the save and the action it
-  announces), keep it stopped past lease + fence_grace until another monitor adopted the job, then
-  SIGCONT;
+- `pause`: SIGSTOP the job's owner at a random point (between two commits, or the moment one of the
+  job's commits — the lock, a write-ahead save — shows up in the job, seen through another monitor's API
+  with a tight poll; the owner's store replies are held a little meanwhile, so the stop lands between
+  the save and the action it announces), keep it stopped past lease + fence_grace until another monitor
+  adopted the job, then SIGCONT;
 - `kill`: the same points, SIGKILL, restarted once its lease is over;
 - `partition`: the owner's store proxy cut (connections dropped, new ones refused) or blackholed
   (connections kept open, no byte forwarded) past lease + fence_grace until the job was adopted, then
@@ -19,8 +19,9 @@ fresh blade (`tests.e2e.test_cluster.pick_source`) and attacks it once:
 - `duplicate`: a second daemon with the instance name of the job's owner: it must refuse to start
   (non-zero exit within a deadline, its message naming the instance) and never act;
 - `finish`: the move made to fail (the lab's `move_error`), the owner's store slowed, and the owner
-  SIGKILLed inside the job's finish (after the failing step, around unlock_group / the final save), the
-  fault cleared: a job seen failed must never be resumed into `completed`.
+  SIGKILLed inside the job's finish (after the failure's own commit, while the undo runs and before the
+  one commit of its outcome, the unlock and the final state), the fault cleared: a job seen failed must
+  never be resumed into `completed`.
 
 After every round the oracle (`NemesisCluster.oracle`) checks, for what the round could have changed:
 the lab's own violations (none); every action in the lab's log carrying (job, epoch) was sent by that
@@ -1128,6 +1129,11 @@ class Point:
     step: str
     detail: str | None = None
     within: float = 0.0
+    slow_from: str = ""
+    """The step whose (committed) start slows the owner's store replies for a save-point attack (so
+    the stop lands between the save and the action); "" for `step` itself. A step that first shows
+    running in the very commit attacked is slowed from the commit before (a job commits only ahead of
+    an action: monitor.jobs.runner)."""
 
     def reached(self, job: dict[str, Any]) -> bool:
         if not self.step or ended(job):
@@ -1150,23 +1156,24 @@ TASK_POINTS = (
 used with the lab's own manager (its move is synchronous); added to the points of pause, kill and
 partition rounds when the monitors run on OneView."""
 PAUSE_POINTS = (
+    # A lab job commits 8 times (monitor.jobs.runner): created; the group lock with the job running;
+    # the write-aheads of power-off, spare flag, host record and move; the power-on's; the end (timer
+    # and unlock). Each commit is attacked right after it, and the stretches between them at random.
     Point("right after the job was created", ""),
-    Point("inside check_domain", "check_domain", within=0.2),
-    Point("inside lock_group", "lock_group", within=0.2),
-    Point("inside check_product", "check_product", within=0.1),
-    Point("inside power_off_source", "power_off_source", within=1.2),
-    Point("right after the save 'about to power off'", "power_off_source", "about to power off"),
-    Point("inside select_spare", "select_spare", within=0.3),
-    Point("inside move_profile", "move_profile", within=0.6),
+    Point("right after the save that takes the group lock", "lock_group"),
+    Point("after the lock: check_product (no commit of its own)", "lock_group", within=0.2),
+    Point("right after the save 'about to power off'", "power_off_source", "about to power off",
+          slow_from="lock_group"),
+    Point("inside power_off_source and select_spare", "power_off_source", within=1.2),
     Point("right after the save 'about to remove the spare designation'", "move_profile",
-          "spare designation"),
+          "spare designation", slow_from="power_off_source"),
     Point("right after the save 'about to remove the host record'", "move_profile", "host record"),
     Point("right after the save 'about to move profile'", "move_profile", "about to move profile"),
-    Point("right after the save 'profile moved'", "move_profile", "moved to"),
-    Point("inside power_on_spare", "power_on_spare", within=0.7),
-    Point("right after the save 'about to power on'", "power_on_spare", "about to power on"),
-    Point("inside schedule_rediscovery", "schedule_rediscovery", within=0.1),
-    Point("inside unlock_group", "unlock_group", within=0.05),
+    Point("inside move_profile", "move_profile", within=0.6),
+    Point("right after the save 'about to power on'", "power_on_spare", "about to power on",
+          slow_from="move_profile"),
+    Point("inside power_on_spare, schedule_rediscovery and the unlock (committed with the end)",
+          "power_on_spare", within=0.7),
 )
 FAIL_SAFE_MIX = ("pause", "partition", "pause", "kill", "pause")
 """Rounds against adopters that fail a taken-over job safe (`failover.recovery: fail_safe`)."""
@@ -1175,14 +1182,15 @@ FAIL_SAFE_POINTS = tuple(p for p in PAUSE_POINTS if p.step in ("power_off_source
 """Where an undo by the adopter and a late action of the old owner can meet."""
 PARTITION_POINTS = (
     Point("right after the job was created", ""),
-    Point("inside power_off_source", "power_off_source", within=1.2),
+    Point("right after the save that takes the group lock", "lock_group"),
+    Point("inside power_off_source and select_spare", "power_off_source", within=1.2),
     Point("right after the save 'about to power off'", "power_off_source", "about to power off"),
-    Point("inside select_spare", "select_spare", within=0.3),
     Point("right after the save 'about to remove the spare designation'", "move_profile",
           "spare designation"),
     Point("right after the save 'about to move profile'", "move_profile", "about to move profile"),
     Point("right after the save 'about to power on'", "power_on_spare", "about to power on"),
-    Point("inside unlock_group", "unlock_group", within=0.05),
+    Point("inside power_on_spare, schedule_rediscovery and the unlock (committed with the end)",
+          "power_on_spare", within=0.7),
 )
 
 
@@ -1281,7 +1289,8 @@ async def owner_lost_round(c: NemesisCluster, r: RoundResult, rng: random.Random
             def slow(_s: Snapshot) -> None:
                 proxy.reply_delay = REPLY_DELAY
 
-            await obs.on(Point(point.step, point.step).reached, slow, 60, f"to reach {point.step}")
+            from_step = point.slow_from or point.step
+            await obs.on(Point(from_step, from_step).reached, slow, 60, f"to reach {from_step}")
         try:
             snap = await _hit_at(obs, point, hit, rng)
         finally:
@@ -1419,7 +1428,9 @@ async def finish_round(c: NemesisCluster, r: RoundResult, rng: random.Random) ->
     """The move fails (injected), the owner's store is slowed, and the owner is SIGKILLed inside the
     job's finish; the fault is cleared at once, so a resumed move would succeed."""
     victim = rng.choice(c.reachable())
-    triggers = ("the failed step is seen", "unlock_group runs", "after the move attempt")
+    # The failure (with its undo owed) is committed on its own; the undo's outcome, the unlock and the
+    # final state are one commit after it: "the undo and the unlock run" kills in between.
+    triggers = ("the failed step is seen", "the undo and the unlock run", "after the move attempt")
     # On OneView the move fails only when its task ends: a kill right after the attempt, with the fault
     # cleared at once, would let the task complete (a kill round, not a finish).
     trigger = rng.choice(triggers[:2] if c.oneview_url else triggers)
@@ -1436,9 +1447,15 @@ async def finish_round(c: NemesisCluster, r: RoundResult, rng: random.Random) ->
             if trigger == "the failed step is seen":
                 snap = await obs.on(lambda j: failure_recorded(j) or ended(j), lambda _s: victim.kill(), 90,
                                     "a failed step")
+            elif trigger == "the undo and the unlock run":
+                await obs.wait(lambda j: failure_recorded(j) or ended(j), 90, "a failed step")
+                await asyncio.sleep(rng.uniform(0, 0.3))  # the random moment: on purpose
+                victim.kill()
+                last = obs.last
+                assert last is not None
+                snap = last
             else:
-                point = (Point("unlock", "unlock_group", within=0.3) if trigger == "unlock_group runs"
-                         else Point("move", "move_profile", "about to move profile", within=1.0))
+                point = Point("move", "move_profile", "about to move profile", within=1.0)
                 last = await _hit_at(obs, point, victim.kill, rng, timeout=90)
                 assert last is not None
                 snap = last

@@ -10,6 +10,7 @@ import pytest
 
 from lab.main import LabSimulator
 from monitor.core.model import STEPS
+from monitor.store.rows import JOB_WRITES
 from tests.support.harness import DaemonFactory, LabControl, monitor_config
 
 
@@ -247,3 +248,25 @@ async def test_servers_view(lab: LabSimulator, start_daemon: DaemonFactory, tmp_
     assert set(s) >= {"id", "domain_group", "domain", "enclosure", "bay", "product", "model", "present",
                       "power", "health", "profile", "spare", "host", "management_addresses", "active_job"}
     assert "password" not in str(servers)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+async def test_a_lab_failover_commits_at_most_8_times(lab: LabSimulator, lab_control: LabControl,
+                                                      start_daemon: DaemonFactory, tmp_path: Path, token: str,
+                                                      backend: str, request: pytest.FixtureRequest) -> None:
+    """The job's own commits, as the store counts them (Store.commits over rows.JOB_WRITES): created, the
+    lock, five write-aheads (power-off, spare flag, host record, move, power-on), the end with the timer
+    and the unlock."""
+    cfg = monitor_config(lab.manager_url, tmp_path, token)
+    if backend == "postgresql":
+        cfg = cfg.model_copy(update={"store": str(request.getfixturevalue("pg_url"))})
+    h = await start_daemon(cfg)
+    commits = h.daemon.store.commits
+    before = sum(commits[k] for k in JOB_WRITES)
+    job = await h.wait_job(await h.failover("enc1-bay1", "commits"))
+    assert job["state"] == "completed", job
+    assert sum(commits[k] for k in JOB_WRITES) - before == 8, commits
+    assert await lab_control.profile_holders("prof-enc1-bay1") == [job["spare"]]
+    assert await lab_control.violations() == []
+    assert job["rediscovery"]["state"] == "scheduled"
+    await assert_unlocked(h)

@@ -19,9 +19,9 @@ import yaml
 from monitor.app.cli import main
 from monitor.core.errors import ActiveJobExists, LostOwnership, MembershipLost, StoreError, StoreUnavailable
 from monitor.core.model import FlowContext, JobState, MoveRecord, StepState
-from monitor.store import Store
+from monitor.store import JobWrites, Store, TimerWrite
 from monitor.store.postgres import MIGRATIONS, PostgresStore, redact
-from monitor.store.rows import SCHEMA_VERSION
+from monitor.store.rows import JOB_WRITES, SCHEMA_VERSION
 from monitor.store.sqlite import SqliteStore
 from tests.peers.postgres import PgCluster, start_postgres
 
@@ -165,6 +165,47 @@ async def test_group_lock_goes_to_the_lowest_waiting_job_and_stale_rows_are_repl
     assert await store.lock_group("dg1", c, 0.0) == b
     assert await store.lock_group("dg1", b, 0.0) is None  # the row of a finished job is stale
     assert await store.group_locks() == {"dg1": b}
+
+
+def job_commits(store: Store) -> int:
+    return sum(store.commits[k] for k in JOB_WRITES)
+
+
+async def test_a_job_row_and_its_lock_timer_and_unlock_are_one_commit(store: Store) -> None:
+    """save_job with JobWrites: the row and the lock (granted or queued), the timer and the unlock, each
+    save one transaction, counted once in `commits`; a refused save writes none of them."""
+    job = await store.create_job("s1", "dg1", {}, NOW, owner="m1", token="t1")
+    other = await store.create_job("s2", "dg1", {}, NOW, owner="m1", token="t1")
+    assert store.commits["create_job"] == 2
+    base = job_commits(store)
+    job.state = JobState.RUNNING
+    job.step("lock_group").state = StepState.RUNNING
+    assert (await store.save_job(job, JobWrites(lock="dg1"))).holder is None
+    assert job_commits(store) - base == 1 and store.commits["lock_group"] == 0
+    assert await store.group_locks() == {"dg1": job.id}
+    other.state = JobState.RUNNING
+    other.step("lock_group").state = StepState.RUNNING
+    assert (await store.save_job(other, JobWrites(lock="dg1"))).holder == job.id
+    queued = await store.get_job(other.id)  # the row is committed all the same: it waits in the queue
+    assert queued is not None and queued.step("lock_group").state is StepState.RUNNING
+    job.state, job.finished = JobState.COMPLETED, NOW
+    job.step("unlock_group").state = StepState.DONE
+    saved = await store.save_job(job, JobWrites(unlock="dg1", timer=TimerWrite("rediscovery", "s9", 50.0)))
+    assert saved.unlocked and saved.timer is not None and saved.timer.state == "scheduled"
+    assert job_commits(store) - base == 3, store.commits
+    assert await store.group_locks() == {}
+    assert [(t.job, t.server, t.due) for t in await store.scheduled_timers()] == [(job.id, "s9", 50.0)]
+    back = await store.get_job(job.id)
+    assert back is not None and back.state is JobState.COMPLETED
+    # A save under an old epoch (another monitor took the job over) writes nothing of `also`.
+    assert (await store.join("m2", "t2", "h2", 15.0, 0.0, now=0.0)).joined
+    (adopted,) = await store.adopt_jobs("m2", "t2", 0.0, now=4e9)
+    assert adopted.id == other.id
+    with pytest.raises(LostOwnership):
+        await store.save_job(other, JobWrites(lock="dg1", timer=TimerWrite("rediscovery", "s8", 60.0)))
+    assert await store.group_locks() == {}
+    assert [t.job for t in await store.scheduled_timers()] == [job.id]
+    assert job_commits(store) - base == 3
 
 
 async def test_ownership_adoption_epochs_and_dedupe(store: Store) -> None:
