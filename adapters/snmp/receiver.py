@@ -467,6 +467,16 @@ class SnmpTrapReceiver:
         if (not level or not msg.user or msg.flags & snmp_ber.FLAG_REPORTABLE
                 or not 5 <= len(engine_id) <= 32 or engine_id == self._local_engine_id):
             return False
+        scoped: snmp_ber.ScopedPdu | None = None
+        if msg.encrypted is None:
+            # pysnmp decodes a plaintext ScopedPDU with the message, before any security check: a malformed
+            # one is its verdict (`malformed`), not an unknown user or a wrong digest
+            if level == 3:
+                return False
+            try:
+                scoped = snmp_ber.decode_scoped_pdu(datagram, msg.scoped_start, msg.scoped_stop)
+            except snmp_ber.BerError:
+                return False
         engines = self._v3_users.get(msg.user)
         if engines is None:
             self._drop("unknown_user", address)
@@ -486,8 +496,8 @@ class SnmpTrapReceiver:
             if not self._timely(msg):
                 self._drop("not_in_time_window", address)
                 return True
-        if level == 3:
-            if msg.encrypted is None or keys.priv_key is None:
+        if scoped is None:
+            if msg.encrypted is None or level != 3 or keys.priv_key is None:
                 return False
             try:
                 plain = snmp_usm.decrypt(user.priv, keys.priv_key, msg.boots, msg.time, msg.priv_params,
@@ -500,13 +510,6 @@ class SnmpTrapReceiver:
                 return True
             try:
                 scoped = snmp_ber.decode_scoped_pdu(plain, trailing=True)
-            except snmp_ber.BerError:
-                return False
-        else:
-            if msg.encrypted is not None:
-                return False
-            try:
-                scoped = snmp_ber.decode_scoped_pdu(datagram, msg.scoped_start, msg.scoped_stop)
             except snmp_ber.BerError:
                 return False
         if level < user.level:

@@ -7,6 +7,7 @@ truncation are dropped and counted while the receiver keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -46,6 +47,7 @@ from tests.integration.test_snmp_traps import (  # noqa: F401  (fixtures)
     receiving,
     snmp_env,
 )
+from tests.support.packets import mutate
 
 pytestmark = [
     pytest.mark.slow,
@@ -403,3 +405,16 @@ def test_priv_key_extension_as_pysnmp() -> None:
                              ("3DES", des3.Des3())):
             user = snmp_usm.UsmUser("u", auth, priv, AUTH_KEY.encode(), PRIV_KEY.encode())  # type: ignore[arg-type]
             assert user.keys(engine).priv_key == bytes(theirs.localize_key(oid, ku, univ.OctetString(engine)))
+
+
+@pytest.mark.parametrize("paths", [NET_SNMP_USERS], indirect=True)
+async def test_mutated_v3_packets_same_on_both_paths(net_snmp_packets: dict[str, bytes],
+                                                     pysnmp_packets: dict[tuple[str, str], bytes],
+                                                     paths: tuple[Peer, Peer]) -> None:
+    """Random mutations of real v3 packets: the same events and counters on both paths."""
+    rng = random.Random(3414)
+    fast, slow = paths
+    bases = [net_snmp_packets[k] for k in ("SHA/AES", "authNoPriv", "noAuthNoPriv", "unknown user")]
+    for _ in range(800):
+        same_on_both(fast, slow, mutate(rng, rng.choice(bases)))
+    assert len(same_on_both(fast, slow, net_snmp_packets["SHA/AES"]).events) == 1
