@@ -25,6 +25,11 @@ range). `BerUnsupported` (a `BerError`) for well-formed input this decoder does 
 caller should hand to a complete SNMP stack: another version or PDU type (v3, informs, GETs), a value
 type outside the list above, constructed or high-number tags. No other exception escapes `decode_trap`
 for any input.
+
+SNMPv3 (RFC 3412 section 6, USM parameters of RFC 3414 section 2.4): `decode_v3` decodes the header and
+security parameters keeping the offsets the MAC needs; `decode_scoped_pdu` decodes a (decrypted or
+plaintext) ScopedPDU holding an SNMPv2-Trap-PDU into the same rendered varbinds as `decode_trap`. The
+keys, MAC and ciphers are `adapters.snmp.usm`'s.
 """
 
 from __future__ import annotations

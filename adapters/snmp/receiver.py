@@ -9,7 +9,12 @@
   cheaper than pyasn1), its community checked against every configured one (SHA-256 digests,
   `hmac.compare_digest`, all compared), and the `Event` built by the same code as pysnmp's callback, so
   both paths give identical events and the same drop reasons (`malformed`, `bad_community`,
-  `version_disabled` counted here). Anything else - SNMPv3, INFORMs (they need a Response), GETs, value
+  `version_disabled` counted here). SNMPv3 TRAPs from a configured user and sender engine id take the
+  fast path too (`_fast_v3`: `snmp_ber.decode_v3`, USM by `adapters.snmp.usm`), dropped with pysnmp's
+  reasons in pysnmp's order (`unknown_user`, `unknown_engine_id`, `wrong_digest`, `decryption_error`,
+  `security_level_too_low`) plus RFC 3414's time window (`not_in_time_window`; pysnmp never refuses a
+  TRAP on time). Anything else - v3 engine-id discovery, Reports, messages to our own engine id,
+  the reportable flag, INFORMs (they need a Response), GETs, value
   types or encodings the decoder leaves alone (`BerUnsupported`), datagrams not recognisably v1/v2c - goes
   to pysnmp. Deliberately stricter than pyasn1: a non-minimal or empty INTEGER, an indefinite length, an
   OID with a 0x80 padding octet, a sub-identifier over 2^32-1 or more than 128 of them are `malformed`.
