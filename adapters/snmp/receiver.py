@@ -169,6 +169,10 @@ def _password(secret: Any) -> bytes | None:
 _TIME_WINDOW: Final = 150
 """RFC 3414 3.2.7: seconds a message's msgAuthoritativeEngineTime may lag our notion of the sender's."""
 _BOOTS_MAX: Final = 2147483647
+_TIMELINE_EXPIRY: Final = 300.0
+"""Seconds after the last newer message from an engine when its boots/time notion is forgotten (pysnmp
+expires its own after 300 s too): an agent that rebooted without keeping snmpEngineBoots is heard again
+after at most this long, instead of never."""
 
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -526,10 +530,13 @@ class SnmpTrapReceiver:
 
     def _timely(self, msg: snmp_ber.V3Message) -> bool:
         """RFC 3414 3.2.7b for an authenticated message from a non-authoritative receiver's view: update
-        the notion of the sender's boots/time when newer, refuse a message older than the window.
-        (pysnmp refreshes its notion from every message before this check, so it never refuses one.)"""
+        the notion of the sender's boots/time when newer, refuse a message older than the window (a
+        replay). pysnmp refreshes its notion from every message before this check, so it never refuses
+        one; the notion expires here after `_TIMELINE_EXPIRY` without a newer message."""
         now = self._clock.monotonic()
         known = self._timeline.get(msg.engine_id)
+        if known is not None and now - known[2] > _TIMELINE_EXPIRY:
+            known = None  # nothing newer for 5 minutes: resynchronise (an agent that lost its boots)
         if known is None or msg.boots > known[0] or (msg.boots == known[0] and msg.time > known[1]):
             self._timeline[msg.engine_id] = (msg.boots, msg.time, now)
             return msg.boots != _BOOTS_MAX
