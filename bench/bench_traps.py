@@ -12,7 +12,11 @@ same run.
   b) burst: 20,000 traps sent as fast as one Python process can: loss, and the drain time (sender's
      first packet to the last trap received).
 
-Run: `.venv/bin/python bench/bench_traps.py [--quick] [--json FILE]`. Loopback only (127.0.0.1, ports
+  c) `--v3` (instead of a and b): SNMPv3 authPriv TRAPs captured from `snmptrap -v 3 -l authPriv -e
+     ENGINE` (SHA/AES-128 and SHA-256/AES-256, the same 5 varbinds), sustained steps into the fast path
+     (`adapters/snmp/usm.py`), the same receiver on the pysnmp path, and snmptrapd with the same USM user.
+
+Run: `.venv/bin/python bench/bench_traps.py [--quick] [--v3] [--json FILE]`. Loopback only (127.0.0.1, ports
 picked by the kernel); needs net-snmp's `snmptrap` and `snmptrapd` (Debian packages `snmp`, `snmptrapd`).
 Progress goes to stderr; a table, then the results as JSON on the last line of stdout.
 """
@@ -198,9 +202,11 @@ class PysnmpReceiver:
     """`SnmpTrapReceiver` in this process; a consumer takes events off the queue (the rules' place).
     `fast_path=False`: every datagram through pysnmp (the receiver before `adapters.snmp.ber`)."""
 
-    def __init__(self, buffer: int, fast_path: bool = True) -> None:
+    def __init__(self, buffer: int, fast_path: bool = True, users: list[dict[str, Any]] | None = None,
+                 label: str = "") -> None:
         path = "" if fast_path else ", pysnmp path"
-        self.name = f"SnmpTrapReceiver ({buffer >> 20} MiB{path})"
+        self.name = f"SnmpTrapReceiver ({label}{buffer >> 20} MiB{path})"
+        self.users = users or []
         self.buffer = buffer
         self.fast_path = fast_path
         self.received = 0
@@ -215,7 +221,7 @@ class PysnmpReceiver:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[PysnmpReceiver]:
         config = SnmpConfig.model_validate({"listen": "127.0.0.1:0", "communities": ["public"],
-                                            "receive_buffer": self.buffer})
+                                            "receive_buffer": self.buffer, "users": self.users})
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.queue_size)
         receiver = SnmpTrapReceiver(config=config, queue=queue, metrics=self.metrics, clock=SystemClock(),
                                     fast_path=self.fast_path)
@@ -244,8 +250,10 @@ class PysnmpReceiver:
 class SnmptrapdReceiver:
     """net-snmp's snmptrapd printing one line per trap to a pipe; the lines are counted here."""
 
-    def __init__(self, buffer: int, env: dict[str, str], workdir: Path) -> None:
-        self.name = f"snmptrapd ({buffer >> 20} MiB)"
+    def __init__(self, buffer: int, env: dict[str, str], workdir: Path,
+                 conf: str = "disableAuthorization yes", label: str = "") -> None:
+        self.name = f"snmptrapd ({label}{buffer >> 20} MiB)"
+        self.conf = conf
         self.buffer = buffer
         self.env = env
         self.workdir = workdir
@@ -264,7 +272,7 @@ class SnmptrapdReceiver:
     async def running(self) -> AsyncIterator[SnmptrapdReceiver]:
         conf = self.workdir / "snmptrapd.conf"
         # serverRecvBuf: SO_RCVBUF for its socket, as ours (snmptrapd cannot pass net.core.rmem_max)
-        conf.write_text(f"disableAuthorization yes\n[snmp] serverRecvBuf {self.buffer}\n")
+        conf.write_text(f"{self.conf}\n[snmp] serverRecvBuf {self.buffer}\n")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -394,6 +402,148 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+ENGINE_ID = "0x8000000001020304"
+V3_SUITES = {
+    # name: (net-snmp -a, -x; our auth_protocol, priv_protocol)
+    "SHA/AES-128": ("SHA", "AES", "SHA", "AES"),
+    "SHA-256/AES-256": ("SHA-256", "AES-256", "SHA256", "AES256"),
+}
+
+
+def capture_v3_trap(env: dict[str, str], auth: str, priv: str) -> bytes:
+    """The same 5-varbind trap as `capture_trap`, as snmptrap -v 3 -l authPriv sends it (the sender is
+    the authoritative engine ENGINE_ID)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(10)
+        port = s.getsockname()[1]
+        subprocess.run(
+            ["snmptrap", "-v", "3", "-e", ENGINE_ID, "-u", "failover", "-l", "authPriv", "-a", auth,
+             "-A", "authpass123", "-x", priv, "-X", "privpass123", f"127.0.0.1:{port}", "",
+             "1.3.6.1.4.1.232.0.22054",
+             "1.3.6.1.2.1.1.5.0", "s", "oa-enc1",
+             "1.3.6.1.4.1.232.11.2.11.1.0", "i", "16",
+             "1.3.6.1.4.1.232.22.2.2.1.1.2.1", "s", "rack-01",
+             "1.3.6.1.4.1.232.22.2.4.1.1.4.1.1.7", "s", "blade07",
+             "1.3.6.1.4.1.232.22.2.4.1.1.24.1.1.7", "s", "fault"],
+            env=env, check=True, timeout=30, capture_output=True)  # fmt: skip
+        data, _ = s.recvfrom(65535)
+    return data
+
+
+async def per_datagram_cost(users: list[dict[str, Any]], datagram: bytes, fast_path: bool, n: int) -> float:
+    """CPU µs per datagram inside the receiver alone: `n` datagrams handed to its transport as the event
+    loop would (no socket, no loop), each decoded, authenticated, decrypted and queued."""
+    config = SnmpConfig.model_validate({"listen": "127.0.0.1:0", "users": users})
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    receiver = SnmpTrapReceiver(config=config, queue=queue, metrics=Metrics(), clock=SystemClock(),
+                                fast_path=fast_path)
+    await receiver.start()
+    try:
+        transport = receiver._transport
+        transport.datagram_received(datagram, ("127.0.0.1", 9))  # keys localised here, not timed
+        t0 = time.process_time()
+        for _ in range(n):
+            transport.datagram_received(datagram, ("127.0.0.1", 9))
+        cost = (time.process_time() - t0) / n * 1e6
+    finally:
+        await receiver.close()
+    assert queue.qsize() == n + 1, "not every datagram became an event"
+    return round(cost, 1)
+
+
+async def main_v3(args: argparse.Namespace) -> dict[str, Any]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MIBS": ""}
+    if args.quick:
+        fast_rates, slow_rates, theirs_rates = [500.0, 5000.0], [250.0, 500.0], [500.0, 5000.0]
+        seconds = 1.5
+    else:
+        fast_rates = [500.0, 1000.0, 2000.0, 3000.0, 5000.0, 7000.0, 10000.0, 15000.0]
+        slow_rates = [250.0, 500.0, 750.0, 1000.0, 1500.0]
+        theirs_rates = [500.0, 1000.0, 5000.0, 10000.0, 20000.0]
+        seconds = args.seconds
+    suites: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-traps-v3-") as tmp:
+        work = Path(tmp)
+        env.update(HOME=tmp, SNMPCONFPATH=tmp, SNMP_PERSISTENT_DIR=tmp)
+        for name, (net_auth, net_priv, auth, priv) in V3_SUITES.items():
+            datagram = capture_v3_trap(env, net_auth, net_priv)
+            progress(f"{name}: captured a {len(datagram)}-byte SNMPv3 authPriv trap from snmptrap")
+            users = [{"name": "failover", "auth_protocol": auth, "auth_key": "authpass123",
+                      "priv_protocol": priv, "priv_key": "privpass123", "engine_ids": [ENGINE_ID]}]
+            conf = (f"createUser -e {ENGINE_ID} failover {net_auth.replace('-', '')} authpass123 "
+                    f"{net_priv.replace('-', '')} privpass123\nauthUser log failover priv")
+            label = f"{name}, "
+            cost_fast = await per_datagram_cost(users, datagram, True, 3000)
+            cost_slow = await per_datagram_cost(users, datagram, False, 300)
+            progress(f"  in-process cost per datagram: fast {cost_fast} us, pysnmp path {cost_slow} us")
+            fast = await sustained(PysnmpReceiver(SMALL_BUFFER, users=users, label=label), fast_rates,
+                                   seconds, datagram)
+            slow = await sustained(PysnmpReceiver(SMALL_BUFFER, fast_path=False, users=users, label=label),
+                                   slow_rates, seconds, datagram)
+            theirs_rx = SnmptrapdReceiver(SMALL_BUFFER, env, work, conf=conf, label=label)
+            theirs = await sustained(theirs_rx, theirs_rates, seconds, datagram)
+            low = 500.0  # CPU per trap compared at a rate all three keep up with
+            suites[name] = {
+                "datagram_bytes": len(datagram),
+                "snmptrapd": getattr(theirs_rx, "version", ""),
+                "sustained": {"fast": [asdict(x) for x in fast], "pysnmp_path": [asdict(x) for x in slow],
+                              "snmptrapd": [asdict(x) for x in theirs]},
+                "summary": {
+                    "in_process_us_fast": cost_fast, "in_process_us_pysnmp_path": cost_slow,
+                    "in_process_ratio": round(cost_slow / cost_fast, 1),
+                    "fast_no_loss_rate": best(fast), "pysnmp_path_no_loss_rate": best(slow),
+                    "snmptrapd_no_loss_rate": best(theirs),
+                    "fast_vs_pysnmp_no_loss_ratio": round(best(fast) / best(slow), 1) if best(slow) else None,
+                    "fast_vs_snmptrapd_no_loss_ratio": round(best(fast) / best(theirs), 2)
+                    if best(theirs) else None,
+                    "fast_capacity": capacity(fast), "pysnmp_path_capacity": capacity(slow),
+                    "snmptrapd_capacity": capacity(theirs),
+                    "fast_us_per_trap": cpu_at(fast, low), "pysnmp_path_us_per_trap": cpu_at(slow, low),
+                    "snmptrapd_us_per_trap": cpu_at(theirs, low),
+                    "fast_us_per_trap_busiest": next((x.us_per_trap for x in reversed(fast) if x.keeps_up),
+                                                     0.0),
+                    "pysnmp_vs_fast_cpu_ratio": round(cpu_at(slow, low) / cpu_at(fast, low), 1)
+                    if cpu_at(fast, low) else None,
+                },
+            }
+    return {
+        "mode": "v3",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                    "rmem_max": read_int("/proc/sys/net/core/rmem_max")},
+        "seconds_per_rate": seconds,
+        "lag_limit_s": LAG_LIMIT,
+        "suites": suites,
+    }
+
+
+def table_v3(results: dict[str, Any]) -> str:
+    rows = ["| receiver | rate asked | sent | lost | lag after sender | throughput | receiver CPU | CPU/trap "
+            "| keeps up |", "|---|---|---|---|---|---|---|---|---|"]
+    for suite in results["suites"].values():
+        for kind in ("fast", "pysnmp_path", "snmptrapd"):
+            for s in suite["sustained"][kind]:
+                rows.append(f"| {s['receiver']} | {s['rate']:g}/s | {s['sent']} | {s['lost']} "
+                            f"({s['loss_pct']}%) | {s['lag_s']} s | {s['throughput']}/s | {s['cpu_pct']}% "
+                            f"| {s['us_per_trap']} us | {'yes' if s['keeps_up'] else 'no'} |")
+    rows.append("")
+    for name, suite in results["suites"].items():
+        sm = suite["summary"]
+        rows.append(f"{name}: no-loss rate fast {sm['fast_no_loss_rate']:g}/s, pysnmp path "
+                    f"{sm['pysnmp_path_no_loss_rate']:g}/s (x{sm['fast_vs_pysnmp_no_loss_ratio']}), "
+                    f"snmptrapd {sm['snmptrapd_no_loss_rate']:g}/s "
+                    f"(x{sm['fast_vs_snmptrapd_no_loss_ratio']}); saturated fast {sm['fast_capacity']}/s, "
+                    f"pysnmp {sm['pysnmp_path_capacity']}/s, snmptrapd {sm['snmptrapd_capacity']}/s; "
+                    f"CPU/trap at 500/s fast {sm['fast_us_per_trap']} us, "
+                    f"pysnmp {sm['pysnmp_path_us_per_trap']} us (x{sm['pysnmp_vs_fast_cpu_ratio']}), "
+                    f"snmptrapd {sm['snmptrapd_us_per_trap']} us; fast at its busiest no-loss step "
+                    f"{sm['fast_us_per_trap_busiest']} us; in the receiver alone fast "
+                    f"{sm['in_process_us_fast']} us, pysnmp {sm['in_process_us_pysnmp_path']} us "
+                    f"(x{sm['in_process_ratio']})")
+    return "\n".join(rows)
+
+
 def table(results: dict[str, Any]) -> str:
     rows = ["| receiver | rate asked | sent | lost | lag after sender | throughput | receiver CPU | CPU/trap "
             "| keeps up |", "|---|---|---|---|---|---|---|---|---|"]
@@ -424,6 +574,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter steps and a 5,000 burst (~15 s)")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per sustained rate (default 4)")
     parser.add_argument("--burst", type=int, default=20000, help="burst size (default 20000)")
+    parser.add_argument("--v3", action="store_true",
+                        help="SNMPv3 authPriv (SHA/AES-128, SHA-256/AES-256): fast, pysnmp path, snmptrapd")
     parser.add_argument("--json", type=Path, help="also write the results, indented, to this file")
     args = parser.parse_args()
     for tool in ("snmptrap", "snmptrapd"):
@@ -431,8 +583,12 @@ def main() -> int:
             print(f"{tool} not found: install the Debian packages snmp and snmptrapd", file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    results = asyncio.run(main_async(args))
-    print(table(results))
+    if args.v3:
+        results = asyncio.run(main_v3(args))
+        print(table_v3(results))
+    else:
+        results = asyncio.run(main_async(args))
+        print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))

@@ -25,6 +25,11 @@ range). `BerUnsupported` (a `BerError`) for well-formed input this decoder does 
 caller should hand to a complete SNMP stack: another version or PDU type (v3, informs, GETs), a value
 type outside the list above, constructed or high-number tags. No other exception escapes `decode_trap`
 for any input.
+
+SNMPv3 (RFC 3412 section 6, USM parameters of RFC 3414 section 2.4): `decode_v3` decodes the header and
+security parameters keeping the offsets the MAC needs; `decode_scoped_pdu` decodes a (decrypted or
+plaintext) ScopedPDU holding an SNMPv2-Trap-PDU into the same rendered varbinds as `decode_trap`. The
+keys, MAC and ciphers are `adapters.snmp.usm`'s.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["BerError", "BerUnsupported", "Trap", "decode_trap", "peek_version"]
+__all__ = ["BerError", "BerUnsupported", "ScopedPdu", "Trap", "V3Message", "decode_scoped_pdu", "decode_trap",
+           "decode_v3", "looks_v3", "peek_version"]
 
 
 class BerError(ValueError):
@@ -247,6 +253,26 @@ def _varbinds(data: bytes, start: int, stop: int, allowed: frozenset[int],
         i = vb_end
 
 
+def _v2_pdu_body(data: bytes, j: int, pdu_end: int, varbinds: list[tuple[str, str]]) -> None:
+    """request-id Integer32, error-status INTEGER, error-index INTEGER (0..2^31-1), variable-bindings."""
+    tag, k, stop = _header(data, j, pdu_end)
+    if tag != _INTEGER:
+        raise BerError(f"request-id: expected INTEGER, got tag 0x{tag:02x}")
+    value = _integer(data, k, stop, "request-id")
+    if not _INT32_MIN <= value <= _INT32_MAX:
+        raise BerError("request-id out of range")
+    tag, k, stop = _header(data, stop, pdu_end)
+    if tag != _INTEGER:
+        raise BerError(f"error-status: expected INTEGER, got tag 0x{tag:02x}")
+    _integer(data, k, stop, "error-status")
+    tag, k, stop = _header(data, stop, pdu_end)
+    if tag != _INTEGER:
+        raise BerError(f"error-index: expected INTEGER, got tag 0x{tag:02x}")
+    if not 0 <= _integer(data, k, stop, "error-index") <= _INT32_MAX:
+        raise BerError("error-index out of range")
+    _varbinds(data, stop, pdu_end, _V2_VALUE_TAGS, varbinds)
+
+
 def peek_version(data: bytes) -> int | None:
     """The message version (0: v1, 1: v2c, 3: v3, ...) if the datagram is one SEQUENCE, exactly, starting
     with a well-formed version INTEGER, else None. Cheap: two headers and one small integer."""
@@ -296,23 +322,7 @@ def _decode(data: bytes) -> Trap:
     if version == 1:
         if tag != TAG_TRAP_V2:
             raise BerUnsupported(f"SNMPv2c PDU type 0x{tag:02x}")
-        # request-id Integer32, error-status INTEGER, error-index INTEGER (0..2^31-1)
-        tag, k, stop = _header(data, j, pdu_end)
-        if tag != _INTEGER:
-            raise BerError(f"request-id: expected INTEGER, got tag 0x{tag:02x}")
-        value = _integer(data, k, stop, "request-id")
-        if not _INT32_MIN <= value <= _INT32_MAX:
-            raise BerError("request-id out of range")
-        tag, k, stop = _header(data, stop, pdu_end)
-        if tag != _INTEGER:
-            raise BerError(f"error-status: expected INTEGER, got tag 0x{tag:02x}")
-        _integer(data, k, stop, "error-status")
-        tag, k, stop = _header(data, stop, pdu_end)
-        if tag != _INTEGER:
-            raise BerError(f"error-index: expected INTEGER, got tag 0x{tag:02x}")
-        if not 0 <= _integer(data, k, stop, "error-index") <= _INT32_MAX:
-            raise BerError("error-index out of range")
-        _varbinds(data, stop, pdu_end, _V2_VALUE_TAGS, varbinds)
+        _v2_pdu_body(data, j, pdu_end, varbinds)
         return Trap(1, community, tuple(varbinds))
 
     if tag != TAG_TRAP_V1:
@@ -355,3 +365,178 @@ def _decode(data: bytes) -> Trap:
     varbinds.append((SNMP_TRAP_ENTERPRISE, enterprise))
     _varbinds(data, stop, pdu_end, _V1_VALUE_TAGS, varbinds)
     return Trap(0, community, tuple(varbinds))
+
+
+# --- SNMPv3 (RFC 3412 section 6, RFC 3414 section 2.4) ----------------------------------------------------
+
+TAG_INFORM: Final = 0xA6
+TAG_REPORT: Final = 0xA8
+
+FLAG_AUTH: Final = 0x01
+FLAG_PRIV: Final = 0x02
+FLAG_REPORTABLE: Final = 0x04
+
+
+@dataclass(frozen=True, slots=True)
+class V3Message:
+    """An SNMPv3 message with USM security parameters, decoded as far as possible without keys.
+    Offsets index the datagram itself (the MAC is computed over it with the authentication parameters
+    zeroed)."""
+
+    msg_id: int
+    max_size: int
+    flags: int
+    """msgFlags: FLAG_AUTH, FLAG_PRIV, FLAG_REPORTABLE."""
+    security_model: int
+    engine_id: bytes
+    """msgAuthoritativeEngineID (for a TRAP: the sender's)."""
+    boots: int
+    time: int
+    user: bytes
+    auth_start: int
+    """msgAuthenticationParameters are datagram[auth_start:auth_stop]."""
+    auth_stop: int
+    priv_params: bytes
+    encrypted: bytes | None
+    """msgData's encryptedPDU, or None when msgData is a plaintext ScopedPDU at [scoped_start:scoped_stop]."""
+    scoped_start: int
+    scoped_stop: int
+
+    @property
+    def security_level(self) -> int:
+        """RFC 3411 securityLevel from msgFlags: 1 noAuthNoPriv, 2 authNoPriv, 3 authPriv (0: invalid,
+        privacy without authentication)."""
+        auth, priv = self.flags & FLAG_AUTH, self.flags & FLAG_PRIV
+        if priv:
+            return 3 if auth else 0
+        return 2 if auth else 1
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedPdu:
+    """A decoded ScopedPDU holding an SNMPv2-Trap-PDU: `varbinds` as `Trap.varbinds` renders them."""
+
+    context_engine_id: bytes
+    context_name: bytes
+    varbinds: tuple[tuple[str, str], ...]
+
+
+def _expect(data: bytes, i: int, end: int, want: int, what: str) -> tuple[int, int]:
+    tag, j, stop = _header(data, i, end)
+    if tag != want:
+        raise BerError(f"{what}: expected tag 0x{want:02x}, got 0x{tag:02x} at offset {i}")
+    return j, stop
+
+
+def _uint31(data: bytes, i: int, end: int, what: str, low: int = 0) -> tuple[int, int]:
+    j, stop = _expect(data, i, end, _INTEGER, what)
+    value = _integer(data, j, stop, what)
+    if not low <= value <= _INT32_MAX:
+        raise BerError(f"{what} {value} out of range")
+    return value, stop
+
+
+def looks_v3(data: bytes) -> bool:
+    """Cheap: whether the datagram starts as an SNMPv3 message (a SEQUENCE, then INTEGER 3)."""
+    if len(data) < 8 or data[0] != _SEQUENCE:
+        return False
+    first = data[1]
+    at = 2 if first < 0x80 else 2 + (first & 0x7F)
+    return data[at:at + 3] == b"\x02\x01\x03"
+
+
+def decode_v3(data: bytes) -> V3Message:
+    """Decode an SNMPv3 message's header and USM security parameters (RFC 3412 6, RFC 3414 2.4).
+    `BerUnsupported`: a v3 message with another security model, or not v3 at all; `BerError`: malformed.
+    No other exception escapes."""
+    try:
+        return _decode_v3(data)
+    except BerError:
+        raise
+    except Exception as exc:
+        raise BerError(f"undecodable: {type(exc).__name__}") from None
+
+
+def _decode_v3(data: bytes) -> V3Message:
+    total = len(data)
+    tag, i, end = _header(data, 0, total)
+    if tag != _SEQUENCE:
+        raise BerUnsupported(f"not an SNMP message: tag 0x{tag:02x}")
+    if end != total:
+        raise BerError(f"{total - end} trailing octets after the message")
+    j, stop = _expect(data, i, end, _INTEGER, "msgVersion")
+    version = _integer(data, j, stop, "msgVersion")
+    if version != 3:
+        raise BerUnsupported(f"SNMP message version {version}")
+    g, global_end = _expect(data, stop, end, _SEQUENCE, "msgGlobalData")
+    msg_id, g = _uint31(data, g, global_end, "msgID")
+    max_size, g = _uint31(data, g, global_end, "msgMaxSize", 484)
+    k, flags_end = _expect(data, g, global_end, _OCTETS, "msgFlags")
+    if flags_end - k != 1:
+        raise BerError(f"msgFlags of {flags_end - k} octets")
+    flags = data[k]
+    model, g = _uint31(data, flags_end, global_end, "msgSecurityModel", 1)
+    if g != global_end:
+        raise BerError("trailing octets in msgGlobalData")
+    if model != 3:
+        raise BerUnsupported(f"security model {model}")
+    s, params_end = _expect(data, global_end, end, _OCTETS, "msgSecurityParameters")
+    s, usm_end = _expect(data, s, params_end, _SEQUENCE, "UsmSecurityParameters")
+    if usm_end != params_end:
+        raise BerError("trailing octets in msgSecurityParameters")
+    k, s = _expect(data, s, usm_end, _OCTETS, "msgAuthoritativeEngineID")
+    engine_id = data[k:s]
+    boots, s = _uint31(data, s, usm_end, "msgAuthoritativeEngineBoots")
+    engine_time, s = _uint31(data, s, usm_end, "msgAuthoritativeEngineTime")
+    k, s = _expect(data, s, usm_end, _OCTETS, "msgUserName")
+    if s - k > 32:
+        raise BerError(f"msgUserName of {s - k} octets")
+    user = data[k:s]
+    auth_start, auth_stop = _expect(data, s, usm_end, _OCTETS, "msgAuthenticationParameters")
+    k, s = _expect(data, auth_stop, usm_end, _OCTETS, "msgPrivacyParameters")
+    priv_params = data[k:s]
+    if s != usm_end:
+        raise BerError("trailing octets in UsmSecurityParameters")
+    tag, k, data_end = _header(data, params_end, end)
+    if data_end != end:
+        raise BerError(f"{end - data_end} trailing octets after msgData")
+    encrypted: bytes | None
+    if tag == _OCTETS:
+        encrypted, scoped_start, scoped_stop = data[k:data_end], 0, 0
+    elif tag == _SEQUENCE:
+        encrypted, scoped_start, scoped_stop = None, params_end, data_end
+    else:
+        raise BerError(f"msgData: tag 0x{tag:02x}")
+    return V3Message(msg_id, max_size, flags, model, engine_id, boots, engine_time, user, auth_start,
+                     auth_stop, priv_params, encrypted, scoped_start, scoped_stop)
+
+
+def decode_scoped_pdu(data: bytes, start: int = 0, stop: int | None = None, *,
+                      trailing: bool = False) -> ScopedPdu:
+    """Decode the ScopedPDU at data[start:stop] holding an SNMPv2-Trap-PDU. `trailing`: octets after
+    it are allowed (DES pads the plaintext to 8 octets). `BerUnsupported` for another PDU type (an
+    INFORM, a Report, ...) or a value type the decoder leaves alone; `BerError` for malformed input."""
+    try:
+        return _decode_scoped_pdu(data, start, len(data) if stop is None else stop, trailing)
+    except BerError:
+        raise
+    except Exception as exc:
+        raise BerError(f"undecodable: {type(exc).__name__}") from None
+
+
+def _decode_scoped_pdu(data: bytes, start: int, stop: int, trailing: bool) -> ScopedPdu:
+    i, end = _expect(data, start, stop, _SEQUENCE, "ScopedPDU")
+    if end != stop and not trailing:
+        raise BerError(f"{stop - end} trailing octets after the ScopedPDU")
+    k, i = _expect(data, i, end, _OCTETS, "contextEngineID")
+    context_engine_id = data[k:i]
+    k, i = _expect(data, i, end, _OCTETS, "contextName")
+    context_name = data[k:i]
+    tag, j, pdu_end = _header(data, i, end)
+    if pdu_end != end:
+        raise BerError(f"{end - pdu_end} trailing octets after the PDU")
+    if tag != TAG_TRAP_V2:
+        raise BerUnsupported(f"SNMPv3 PDU type 0x{tag:02x}")
+    varbinds: list[tuple[str, str]] = []
+    _v2_pdu_body(data, j, pdu_end, varbinds)
+    return ScopedPdu(context_engine_id, context_name, tuple(varbinds))
