@@ -33,6 +33,7 @@ from monitor.core.fence_levels import FenceTopology
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory
 from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
+from monitor.dashboard.web import Dashboard
 from monitor.jobs import FlowDeps, GroupLocks, JobRunner
 from monitor.pipeline.inventory import InventoryView, spare_counts
 from monitor.pipeline.pipeline import Pipeline
@@ -344,9 +345,13 @@ class Daemon:
                           plan=planning, spares=spare_pool),
                   token=token.get_secret_value() if token else None, max_body=http.max_body,
                   extra_routes=listener_routes, rate_limiter=limiter)
+        dashboard = Dashboard(api)
+        dashboard.attach()
+        api.extra_routes.extend(dashboard.routes())
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await web_runner.setup()
         closing.add("the HTTP server", web_runner.cleanup)
+        closing.sync("the dashboard's streams", dashboard.hub.close)
         snmp = None
         if cfg.snmp.listen:
             from adapters.snmp.receiver import SnmpTrapReceiver
