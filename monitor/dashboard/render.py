@@ -81,7 +81,7 @@ def overview(view: dict[str, Any], *, token_required: bool) -> str:
             f'data-model="{esc(c["model"])}">{esc(c["available"])}</span> / N+{esc(c["min"])}</li>'
             for c in pool) or "<li>no spares</li>"
         groups.append(f'<tr data-group="{esc(name)}"><td>{esc(name)}</td>'
-                      f'<td>{esc(g["locked_by"] or "-")}</td><td>{esc(g["waiting"])}</td>'
+                      f'<td>{esc(g["locked_by"] or "-")}</td><td>{esc(_queue(g["waiting"]))}</td>'
                       f'<td><ul class="pool">{cells}</ul></td></tr>')
     servers = "".join(
         f'<tr data-server="{esc(s["id"])}"><td>{esc(s["id"])}</td><td>{esc(s["domain_group"])}</td>'
@@ -108,6 +108,12 @@ def overview(view: dict[str, Any], *, token_required: bool) -> str:
 <th>power</th><th>health</th><th>profile</th><th>state</th><th>actions</th></tr></thead>
 <tbody>{servers}</tbody></table></section>"""
     return _page(f"failover-monitor {status['instance']}", body, token_required=token_required)
+
+
+def _queue(waiting: object) -> str:
+    if isinstance(waiting, list | tuple):
+        return ", ".join(str(w) for w in waiting) or "-"
+    return str(waiting)
 
 
 def _decision_row(d: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ class Dashboard:
             want = {(c["domain_group"], c["model"]): int(c["min"]) for c in self.d.spares.report.capacity}
         default = self.d.spares.config.min_per_model if self.d.spares is not None else 1
         return [{"domain_group": g, "model": m, "available": int(n), "min": want.get((g, m), default)}
-                for (g, m), n in sorted(counts.items())]
+                for (g, m), n in sorted(counts.items()) if m]  # an empty bay has no model
 
     async def overview_view(self) -> dict[str, Any]:
         status = await self.api.status_view()

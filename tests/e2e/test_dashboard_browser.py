@@ -52,18 +52,21 @@ async def test_the_dashboard_shows_a_failover_live_and_guards_its_actions(tmp_pa
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
 
-            async def loaded() -> bool:
+            counts = page.locator('.spare-count[data-group="dg1"]')
+
+            async def spares_shown() -> int | None:
+                """dg1's spare count once the daemon has read its inventory (a page loaded before then
+                shows none)."""
                 try:
                     response = await page.goto(base + "/", timeout=5000)
-                    return response is not None and response.status == 200
                 except Exception:
-                    return False
+                    return None
+                if response is None or response.status != 200:
+                    return None
+                return sum(int(t) for t in await counts.all_inner_texts()) or None
 
-            await eventually(loaded, 60, "the dashboard to answer")
+            before = await eventually(spares_shown, 60, "the dashboard to show dg1's spares")
             await expect(page.locator("#live")).to_have_text("live", timeout=WAIT_MS)
-            counts = page.locator('.spare-count[data-group="dg1"]')
-            before = sum(int(t) for t in await counts.all_inner_texts())
-            assert before >= 1
 
             # The lab's subscription must be in place before the fault (as in test_first_run).
             fault = None
@@ -87,7 +90,7 @@ async def test_the_dashboard_shows_a_failover_live_and_guards_its_actions(tmp_pa
             await expect(job_page.locator(".job-state")).to_have_text("completed")
 
             async def dropped() -> bool:
-                return sum(int(t) for t in await counts.all_inner_texts()) == before - 1
+                return bool(sum(int(t) for t in await counts.all_inner_texts()) == before - 1)
 
             await eventually(dropped, 30, "the spare count to drop by the spare taken")
             shot = Path(os.environ.get("FAILOVER_SCREENSHOT") or tmp_path / "dashboard.png")
