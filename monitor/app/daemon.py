@@ -180,6 +180,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
         self.snmp_address: tuple[str, int] | None = None
+        self.dashboard: Dashboard | None = None
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=self.config.snmp.queue_size)
         rules = self.config.rules
         # Rules load before anything starts: an invalid rule file is a start-up error, not a silent one.
@@ -345,7 +346,7 @@ class Daemon:
                           plan=planning, spares=spare_pool),
                   token=token.get_secret_value() if token else None, max_body=http.max_body,
                   extra_routes=listener_routes, rate_limiter=limiter)
-        dashboard = Dashboard(api)
+        dashboard = self.dashboard = Dashboard(api)
         dashboard.attach()
         api.extra_routes.extend(dashboard.routes())
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
