@@ -325,6 +325,14 @@ class Api:
             return False
         return hmac.compare_digest(value.strip().encode(), self._token)
 
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
+    def unauthorized(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the API's bearer token (or none is configured), else the 401."""
+        return self._unauthorized(request)
+
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         if self._authorized(request):
             return None
@@ -723,8 +731,12 @@ class Api:
         return web.json_response(pool.report.public(request.query.get("group") or None))
 
     async def get_status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.status_view())
+
+    async def status_view(self) -> dict[str, Any]:
         """One screen, as crm_mon: monitors and leases, groups with locks and queues, the spare pool,
-        running jobs with their step, the pause switch."""
+        running jobs with their step, the pause switch (GET /api/v1/status, the CLI's status and the
+        dashboard)."""
         runner, store = self.runner, self.d.store
         members = await store.members()
         active = await store.active_jobs()
@@ -741,7 +753,7 @@ class Api:
                          "detail": current.detail if current else None, "owner": j.owner,
                          "epoch": j.epoch, "spare": j.spare, "here": j.id in runner.running_jobs})
         paused = self.pipeline.decider.paused if self.pipeline is not None else None
-        return web.json_response({
+        return {
             "instance": runner.instance,
             "time": self.d.clock.now().isoformat(),
             "monitors": [{"instance": m["instance"], "address": m["address"],
@@ -755,7 +767,7 @@ class Api:
             "jobs": jobs,
             "paused": paused,
             "silences": await self.status_silences(),
-        })
+        }
 
     async def status_silences(self) -> list[dict[str, Any]]:
         """The silences for the status screen: the stored maintenance silences not yet ended (CLI/API),

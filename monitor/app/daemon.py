@@ -34,6 +34,7 @@ from monitor.core.fence_levels import FenceTopology
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory
 from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
+from monitor.dashboard.web import Dashboard
 from monitor.jobs import FlowDeps, GroupLocks, JobRunner
 from monitor.pipeline.inventory import InventoryView, spare_counts
 from monitor.pipeline.pipeline import Pipeline
@@ -180,6 +181,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
         self.snmp_address: tuple[str, int] | None = None
+        self.dashboard: Dashboard | None = None
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=self.config.snmp.queue_size)
         rules = self.config.rules
         # Rules load before anything starts: an invalid rule file is a start-up error, not a silent one.
@@ -346,9 +348,13 @@ class Daemon:
                           plan=planning, spares=spare_pool),
                   token=token.get_secret_value() if token else None, max_body=http.max_body,
                   extra_routes=listener_routes, rate_limiter=limiter)
+        dashboard = self.dashboard = Dashboard(api)
+        dashboard.attach()
+        api.extra_routes.extend(dashboard.routes())
         web_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await web_runner.setup()
         closing.add("the HTTP server", web_runner.cleanup)
+        closing.sync("the dashboard's streams", dashboard.hub.close)
         snmp = None
         if cfg.snmp.listen:
             from adapters.snmp.receiver import SnmpTrapReceiver

@@ -51,6 +51,8 @@ _API_REJECTS = ("rate_limited", "too_large", "store_unavailable", "internal_erro
 
 COUNTERS: dict[str, CounterSpec] = {
     "api_rejected_total": CounterSpec("API requests refused, by reason", ("reason",), (_API_REJECTS,)),
+    "dashboard_stream_dropped_total": CounterSpec(
+        "Dashboard live-stream clients dropped for reading too slowly (their queue was full)"),
     "cluster_heartbeat_errors_total": CounterSpec("Lease heartbeats that failed to reach the store"),
     "spare_checks_total": CounterSpec("Spare pool checks completed (every designated spare's BMC read)"),
     "spare_check_errors_total": CounterSpec("Spare pool checks that failed (the next one still runs)"),

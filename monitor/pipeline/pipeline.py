@@ -92,6 +92,9 @@ class Pipeline:
         self._busy = False
         """The consumer is deciding an event (not waiting for one)."""
         self._closing = False
+        self.decision_listeners: list[Callable[[Decision], None]] = []
+        """Called with every decision as it is made (the dashboard's live stream); each must be cheap
+        and never raise into the pipeline."""
 
     @property
     def decider(self) -> Decider:
@@ -199,6 +202,11 @@ class Pipeline:
         if len(self._pending) >= FLUSH_BATCH:
             self._flush_now.set()
         self.processed += 1
+        for listener in self.decision_listeners:
+            try:
+                listener(decision)
+            except Exception:  # a listener never breaks the pipeline
+                log.exception("decision listener failed")
         return decision
 
     @staticmethod
