@@ -87,6 +87,9 @@ class Pipeline:
         self._pending: list[Decision] = []
         self._flushed = asyncio.Event()
         self._flush_now = asyncio.Event()
+        self._has_pending = asyncio.Event()
+        """Set when a decision is added: the flusher's interval starts then (an idle pipeline puts
+        nothing on the clock)."""
         self.watch_interval = watch_interval
         self.processed = 0
         self._busy = False
@@ -199,6 +202,7 @@ class Pipeline:
             for sink in self.sinks:
                 sink.alert(decision.server, payload)
         self._pending.append(decision)
+        self._has_pending.set()
         if len(self._pending) >= FLUSH_BATCH:
             self._flush_now.set()
         self.processed += 1
@@ -230,6 +234,7 @@ class Pipeline:
         except StoreError:
             # The store is away: keep them (the oldest go first beyond MAX_PENDING) and try again later.
             self._pending = (batch + self._pending)[-MAX_PENDING:]
+            self._has_pending.set()  # tried again after the flusher's pause
             dropped = len(batch) + len(self._pending) - MAX_PENDING
             if dropped > 0:
                 self.metrics.inc("decisions_dropped_total", float(dropped))
@@ -300,10 +305,13 @@ class Pipeline:
                 return  # drained
 
     async def _flusher(self, stop: asyncio.Event) -> None:
-        """Store the pending decisions every FLUSH_INTERVAL, or at once when FLUSH_BATCH are pending."""
+        """Store the pending decisions FLUSH_INTERVAL after the first of them came, or at once when
+        FLUSH_BATCH are pending; idle, wait without a timer."""
         while not stop.is_set():
+            await self._has_pending.wait()
             if not self._flush_now.is_set():
                 await self._wait_flush()
+            self._has_pending.clear()
             self._flush_now.clear()
             try:
                 await self.flush()

@@ -143,6 +143,9 @@ async def test_decisions_are_stored_at_the_interval_on_the_clock(
         assert loop.time() < deadline
         await asyncio.sleep(0)
     assert sizes == []  # decided, not yet stored: the interval has not passed
+    # the flusher's interval started with the first decision (idle, it puts nothing on the clock)
+    await asyncio.wait_for(clock.wait_for_deadline(clock.time() + pipeline_module.FLUSH_INTERVAL), 10)
+    assert sizes == []
     await clock.advance(pipeline_module.FLUSH_INTERVAL)
     while sum(sizes) < 5:
         assert loop.time() < deadline, sizes
