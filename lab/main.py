@@ -247,6 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (a listening socket per BMC: 10,000 BMCs need
+    more than the usual soft 1024); returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return int(soft)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -260,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lab: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    limit = raise_fd_limit()
+    needed = config.enclosures * 16 + 64
+    if 0 <= limit < needed:
+        log.warning("the open-files limit (%d) may be too low for %d enclosures (about %d sockets)",
+                    limit, config.enclosures, needed)
     try:
         asyncio.run(serve(config))
     except LabStartError as exc:

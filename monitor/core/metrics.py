@@ -83,6 +83,9 @@ COUNTERS: dict[str, CounterSpec] = {
                                                 ("reason",), (_REDFISH_DROPS,)),
     "redfish_events_received_total": CounterSpec("Redfish events queued for the rules, by source",
                                                  ("source",), (("redfish", "redfish-sse", "redfish-poll"),)),
+    "redfish_health_poll_cycles_total": CounterSpec("Health poll cycles completed (every BMC read once)"),
+    "redfish_health_poll_overruns_total": CounterSpec(
+        "Health poll cycles that took longer than redfish_events.poll_interval"),
     "redfish_health_polls_total": CounterSpec("Health reads of BMCs, by result", ("result",),
                                               (("ok", "error", "unknown"),)),
     "redfish_sse_connections_total": CounterSpec("SSE connection attempts, by result", ("result",),
