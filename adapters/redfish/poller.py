@@ -28,6 +28,10 @@ from monitor.core.ports import HealthReading
 log = logging.getLogger(__name__)
 
 
+EMPTY_RETRY = 2.0
+"""Seconds until the next look while the inventory lists no BMC to poll."""
+
+
 HEALTH_CHANGED = "HealthChanged"
 """`message_key` of a health-poll Event (`message_id` and `registry` stay null: it is not a BMC message)."""
 
@@ -101,6 +105,12 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         if interval <= 0:
             return
         while not stop.is_set():
+            if not any(s.bmc is not None and s.present for s in self._servers()):
+                # No BMC known yet (the inventory's first load is under way): look again soon rather
+                # than a whole interval later; an empty round is no cycle.
+                if await sleep_unless(self._clock, min(interval, EMPTY_RETRY), stop):
+                    return
+                continue
             started = self._clock.monotonic()
             cycle = asyncio.ensure_future(self.poll_once(spread=True))
             stopped = asyncio.ensure_future(stop.wait())
@@ -137,6 +147,7 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         self.last_cycle_seconds = elapsed
         self.cycles += 1
         self._metrics.inc("redfish_health_poll_cycles_total")
+        self._metrics.observe("redfish_health_poll_cycle_seconds", elapsed)
         interval = self._config.poll_interval
         if interval > 0 and elapsed > interval:
             self.overruns += 1
