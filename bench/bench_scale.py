@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trap-rate", type=float, default=2000.0, help="traps/s during cycle 2 (0: none)")
     p.add_argument("--trap-seconds", type=float, default=10.0)
     p.add_argument("--storm-cycle", type=int, default=3, help="the cycle the trap storm runs in")
-    p.add_argument("--baseline-cycles", type=int, default=2, help="steady baseline cycles")
+    p.add_argument("--baseline-cycles", type=int, default=1, help="steady baseline cycles")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child-baseline", metavar="MANAGER_URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

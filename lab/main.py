@@ -93,7 +93,7 @@ class LabSimulator:
             ips.append(_ip_or(split_host_port(cfg.ome.listen)[0], "127.0.0.1"))
         self._cert = generate_certificate(ips)
         self._fleet = BmcFleet(
-            self.world, cfg.credentials, self._cert.server_context(), self._shutdown, cfg.bmc_port
+            self.world, cfg.credentials, self._cert.server_context, self._shutdown, cfg.bmc_port
         )
         try:
             await self._fleet.start()
@@ -134,7 +134,8 @@ class LabSimulator:
                                              shutdown_timeout=1.0)
         await self._oneview_runner.setup()
         host, port = split_host_port(ov.listen)
-        site = web.TCPSite(self._oneview_runner, host, port, ssl_context=self._cert.server_context())
+        site = web.TCPSite(self._oneview_runner, host, port,
+                           ssl_context=self._cert.server_context(_ip_or(host, "127.0.0.1")))
         try:
             await site.start()
         except OSError as exc:
@@ -149,7 +150,7 @@ class LabSimulator:
         host, port = split_host_port(ome.listen)
         self._ome_runner = web.AppRunner(self.ome.app(), access_log=None, shutdown_timeout=1.0)
         await self._ome_runner.setup()
-        tls = self._cert.server_context() if ome.tls else None
+        tls = self._cert.server_context(_ip_or(host, "127.0.0.1")) if ome.tls else None
         try:
             await web.TCPSite(self._ome_runner, host, port, ssl_context=tls).start()
         except OSError as exc:
