@@ -70,6 +70,9 @@ TICK = 0.05
 TARGET_RSS_MB = 500.0
 TARGET_LAG_P99_MS = 100.0
 COLD_START = "1.3.6.1.6.3.1.1.5.1"
+DRAIN_LIMIT = 30.0
+"""Seconds after the trap sender stops that the storm's backlog may take to be decided; the rest counts
+as lost (still queued or dropped)."""
 
 
 def progress(msg: str) -> None:
@@ -320,8 +323,8 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
                     value = counter_sum(metrics, "decisions_total")
                     if value != seen:
                         seen, last = value, time.monotonic()
-                    elif time.monotonic() - last > 2.0:
-                        break
+                    elif time.monotonic() - last > 2.0 or time.monotonic() - storm["t1"] > DRAIN_LIMIT:
+                        break  # nothing new for 2 s (the rest is lost), or still behind after DRAIN_LIMIT
                 storm["decided"] = int(counter_sum(metrics, "decisions_total") - decided_before)
                 storm["lost"] = storm["sent"] - storm["decided"]
                 storm["lag_after_sender_s"] = round(last - storm["t1"], 3) if storm["lost"] == 0 else None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from adapters.redfish.reader import HealthReader, host_of
 from monitor.core.bounded import bounded_map
-from monitor.core.clock import Clock, sleep_unless
+from monitor.core.clock import Clock, SystemClock, sleep_unless
 from monitor.core.config import RedfishEventsConfig
 from monitor.core.errors import AdapterError
 from monitor.core.events import Event, severity_rank
@@ -81,6 +81,8 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         self._clock = clock
         self._concurrency = max(1, concurrency if concurrency is not None else config.max_concurrency)
         self._timeout = timeout
+        self._timeout_clock: Clock = SystemClock()
+        """Times each read: network time is real time (the spread runs on `clock`)."""
         self.last: dict[str, Health] = {}
         """Server id -> the last health read."""
         self.cycles = 0
@@ -139,7 +141,8 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
             servers.sort(key=lambda s: offsets[s.id])
             start_at = lambda i: started + offsets[servers[i].id]  # noqa: E731
         outcomes = await bounded_map(self._poll, servers, self._concurrency, timeout=self._timeout,
-                                     clock=self._clock, start_at=start_at)
+                                     clock=self._clock, start_at=start_at,
+                                     timeout_clock=self._timeout_clock)
         current = {s.id for s in servers}
         for gone in set(self.last) - current:
             del self.last[gone]

@@ -133,7 +133,7 @@ class SubscriptionManager:
 
     async def _guarded(self, bmc: BmcEndpoint) -> str:
         try:
-            async with self._clock.timeout(self._bmc_timeout):
+            async with asyncio.timeout(self._bmc_timeout):  # network time is real time
                 result = await self._reconcile(bmc)
         except AdapterError as exc:
             result = f"error: {exc}"
