@@ -863,10 +863,12 @@ class BmcFleet:
         self,
         world: World,
         credentials: Credentials,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | Callable[[str], ssl.SSLContext],
         shutdown: asyncio.Event,
         port: int = 0,
     ) -> None:
+        """`ssl_context`: one context for every BMC, or a function of the BMC's address (a big lab's
+        per-/24 leaf certificates, lab/tls.py)."""
         self._world = world
         self._credentials = credentials
         self._ssl = ssl_context
@@ -897,7 +899,8 @@ class BmcFleet:
     async def _listen(self, server: Server) -> None:
         bmc = self._bmcs[server.id]
         port = server.bmc_port if server.bmc_port is not None else self._port
-        site = web.TCPSite(bmc.runner, server.bmc_ip, port, ssl_context=self._ssl)
+        tls = self._ssl if isinstance(self._ssl, ssl.SSLContext) else self._ssl(server.bmc_ip)
+        site = web.TCPSite(bmc.runner, server.bmc_ip, port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:

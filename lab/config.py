@@ -178,7 +178,7 @@ class LabConfig(_Model):
     bmc_port: int = Field(default=0, ge=0, le=65535)
     credentials: Credentials = Field(default_factory=Credentials)
     api_token: str | None = None
-    enclosures: int = Field(default=4, ge=1, le=250)
+    enclosures: int = Field(default=4, ge=1, le=1000)
     domains_per_group: int = Field(default=2, ge=1, le=64)
     seed: int = 7
     latency: Latency = Field(default_factory=Latency)

@@ -93,7 +93,7 @@ class LabSimulator:
             ips.append(_ip_or(split_host_port(cfg.ome.listen)[0], "127.0.0.1"))
         self._cert = generate_certificate(ips)
         self._fleet = BmcFleet(
-            self.world, cfg.credentials, self._cert.server_context(), self._shutdown, cfg.bmc_port
+            self.world, cfg.credentials, self._cert.server_context, self._shutdown, cfg.bmc_port
         )
         try:
             await self._fleet.start()
@@ -134,7 +134,8 @@ class LabSimulator:
                                              shutdown_timeout=1.0)
         await self._oneview_runner.setup()
         host, port = split_host_port(ov.listen)
-        site = web.TCPSite(self._oneview_runner, host, port, ssl_context=self._cert.server_context())
+        site = web.TCPSite(self._oneview_runner, host, port,
+                           ssl_context=self._cert.server_context(_ip_or(host, "127.0.0.1")))
         try:
             await site.start()
         except OSError as exc:
@@ -149,7 +150,7 @@ class LabSimulator:
         host, port = split_host_port(ome.listen)
         self._ome_runner = web.AppRunner(self.ome.app(), access_log=None, shutdown_timeout=1.0)
         await self._ome_runner.setup()
-        tls = self._cert.server_context() if ome.tls else None
+        tls = self._cert.server_context(_ip_or(host, "127.0.0.1")) if ome.tls else None
         try:
             await web.TCPSite(self._ome_runner, host, port, ssl_context=tls).start()
         except OSError as exc:
@@ -247,6 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (a listening socket per BMC: 10,000 BMCs need
+    more than the usual soft 1024); returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return int(soft)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -260,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lab: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    limit = raise_fd_limit()
+    needed = config.enclosures * 16 + 64
+    if 0 <= limit < needed:
+        log.warning("the open-files limit (%d) may be too low for %d enclosures (about %d sockets)",
+                    limit, config.enclosures, needed)
     try:
         asyncio.run(serve(config))
     except LabStartError as exc:

@@ -1,6 +1,8 @@
 """BMC connections over Redfish (DMTF `redfish` async client on aiohttp), shared by the Redfish adapters.
 
-`RedfishConnections` owns one `aiohttp.ClientSession` (given or created lazily) and one
+`RedfishConnections` owns one `aiohttp.ClientSession` (given or created lazily, over one `TCPConnector`:
+at most `max_connections` open connections overall, `PER_HOST_CONNECTIONS` per BMC, idle ones kept
+`KEEPALIVE_SECONDS`; TLS contexts are built once per CA file and reused for every BMC) and one
 `AsyncRedfishClient` per BMC connection (url, credentials, TLS, auth mode), created lazily under a
 per-connection lock and cached until `close()`, which logs out of the sessions it opened. It is the one
 place where library exceptions and timeouts become `monitor.core.ports` AdapterErrors (always with
@@ -65,6 +67,42 @@ log = logging.getLogger(__name__)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _METHOD_PRESERVING_REDIRECTS = frozenset({307, 308})
 _MAX_REDIRECTS = 5
+
+MAX_CONNECTIONS = 128
+"""Default of `redfish.max_connections`: open connections to all BMCs together."""
+PER_HOST_CONNECTIONS = 4
+"""Open connections to one BMC at most."""
+KEEPALIVE_SECONDS = 15.0
+"""How long an idle connection to a BMC is kept for reuse."""
+
+
+class BmcConnector(aiohttp.TCPConnector):
+    """aiohttp's connector with the idle pool bounded too: `limit` caps connections in use, but idle
+    keep-alive ones are not counted, and with 10,000 BMCs each read once a minute the 15 s keep-alive
+    would hold thousands of idle TLS connections (~300 KB each, measured: bench/README.md, bench_scale).
+    Past `max_idle_hosts` BMCs with idle connections, the least recently pooled BMC's are closed (the
+    one just released stays: its next request, usually right behind, reuses it)."""
+
+    def __init__(self, *, max_idle_hosts: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_idle_hosts = max(1, max_idle_hosts)
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        pooled = self._conns  # aiohttp's idle pool: ConnectionKey -> deque, oldest key first
+        while len(pooled) > self._max_idle_hosts:
+            oldest = next(iter(pooled))
+            if oldest == key:
+                break
+            for proto, _ in pooled.pop(oldest):
+                proto.close()
+
+
+def new_session(max_connections: int = MAX_CONNECTIONS) -> aiohttp.ClientSession:
+    """The shared session to BMCs: one connection pool with the limits above (idle ones too)."""
+    connector = BmcConnector(limit=max_connections, limit_per_host=PER_HOST_CONNECTIONS,
+                             keepalive_timeout=KEEPALIVE_SECONDS, max_idle_hosts=max_connections)
+    return aiohttp.ClientSession(connector=connector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +185,14 @@ class RedfishConnections:
         owner: str,
         anonymous: bool = False,
         follow_redirects: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
+        self._max_connections = max_connections
+        self._tls: dict[str, ssl.SSLContext] = {}
+        """CA file -> its verifying context, built once (not per BMC: 10,000 BMCs share one)."""
         self._session = session
         self._owns_session = session is None
         self._owner = owner
@@ -165,7 +207,7 @@ class RedfishConnections:
         if self._closed:
             raise AdapterError(f"the {self._owner} is closed")
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = new_session(self._max_connections)
         return self._session
 
     async def close(self) -> None:
@@ -293,10 +335,20 @@ class RedfishConnections:
                 self._connections[key] = conn
             return conn
 
+    async def _tls_context(self, bmc: BmcEndpoint) -> ssl.SSLContext | bool:
+        if not (bmc.verify_tls and bmc.ca_file):
+            return await tls_context(bmc)
+        cached = self._tls.get(bmc.ca_file)
+        if cached is None:
+            made = await tls_context(bmc)
+            assert isinstance(made, ssl.SSLContext)
+            cached = self._tls.setdefault(bmc.ca_file, made)
+        return cached
+
     async def _connect(self, bmc: BmcEndpoint, key: ConnKey) -> _Connection:
         if key.auth not in ("basic", "session"):
             raise AdapterError(f"unsupported Redfish auth {bmc.auth!r}", endpoint=bmc.url)
-        tls = await tls_context(bmc)
+        tls = await self._tls_context(bmc)
         session = self.http()
         if session.closed:
             raise AdapterError("the HTTP session is closed", endpoint=bmc.url)
@@ -471,6 +523,7 @@ def _cause(exc: BaseException) -> str:
 
 __all__ = [
     "SYSTEMS_PATH",
+    "BmcConnector",
     "ConnKey",
     "RedfishConnections",
     "Reply",
@@ -481,6 +534,7 @@ __all__ = [
     "check_reply",
     "conn_key",
     "health_reading",
+    "new_session",
     "normalize_bmc_url",
     "path_of",
     "reply_error",

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from adapters.redfish.client import (
+    MAX_CONNECTIONS,
     ConnKey,
     RedfishConnections,
     bmc_message,
@@ -51,9 +52,10 @@ class _SystemRef:
 class RedfishPower:
     """`monitor.core.ports.PowerControl` over Redfish."""
 
-    def __init__(self, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self._conns = RedfishConnections(timeout=timeout, session=session, owner="Redfish power adapter",
-                                         follow_redirects=True)
+                                         follow_redirects=True, max_connections=max_connections)
         self._systems: dict[tuple[ConnKey, str | None], _SystemRef] = {}
 
     # --- PowerControl ---------------------------------------------------------------------------
@@ -73,6 +75,10 @@ class RedfishPower:
     async def health(self, server: Server) -> HealthReading:
         _, system = await self._read(server)
         return health_reading(system)
+
+    def http(self) -> aiohttp.ClientSession:
+        """The shared aiohttp session (one connection pool to every BMC), for other Redfish workers."""
+        return self._conns.http()
 
     async def close(self) -> None:
         self._systems.clear()

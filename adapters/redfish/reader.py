@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from adapters.redfish.client import (
+    MAX_CONNECTIONS,
     RedfishConnections,
     Reply,
     bmc_of,
@@ -71,9 +72,10 @@ class RedfishReader:
     `bmc.auth` ("basic" or "session") applies, which the library allows over HTTPS only. Also a
     `HealthReader` (`health(server)`) that works with such unauthenticated read-only peers."""
 
-    def __init__(self, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, *, timeout: float = 10.0, session: aiohttp.ClientSession | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self._conns = RedfishConnections(timeout=timeout, session=session, owner="Redfish reader",
-                                         anonymous=True)
+                                         anonymous=True, max_connections=max_connections)
 
     @property
     def timeout(self) -> float:

@@ -27,6 +27,7 @@ from adapters.redfish.reader import (
     members_of,
     same_url,
 )
+from monitor.core.bounded import bounded_map
 from monitor.core.clock import Clock, sleep_unless
 from monitor.core.config import RedfishEventsConfig
 from monitor.core.errors import AdapterError
@@ -70,14 +71,19 @@ class SubscriptionManager:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
-        concurrency: int = 8,
+        concurrency: int | None = None,
+        bmc_timeout: float | None = None,
     ) -> None:
+        """`session`: share another adapter's (the power adapter's) connection pool; `concurrency`
+        (default `config.max_concurrency`) BMCs are reconciled at once, each within `bmc_timeout`
+        seconds (default: 4 requests' worth, `4 x timeout`)."""
         self._config = config
         self._servers = servers
         self._metrics = metrics
         self._clock = clock
         self._reader = RedfishReader(timeout=timeout, session=session)
-        self._semaphore = asyncio.Semaphore(max(1, concurrency))
+        self._concurrency = max(1, concurrency if concurrency is not None else config.max_concurrency)
+        self._bmc_timeout = bmc_timeout if bmc_timeout is not None else 4 * timeout
         self._known: dict[str, str] = {}
         """BMC URL -> path of our subscription, as last seen or created."""
         self._accepted_types: dict[str, frozenset[str]] = {}
@@ -114,7 +120,9 @@ class SubscriptionManager:
             return {}
         endpoints = bmc_endpoints(self._servers())
         urls = list(endpoints)
-        results = await asyncio.gather(*(self._guarded(endpoints[u][0]) for u in urls))
+        outcomes = await bounded_map(self._guarded, [endpoints[u][0] for u in urls], self._concurrency,
+                                     clock=self._clock)
+        results = [o.value if o.value is not None else f"error: {o.error}" for o in outcomes]
         outcome = dict(zip(urls, results, strict=True))
         for url in set(self._known) - set(urls):
             del self._known[url]
@@ -124,14 +132,16 @@ class SubscriptionManager:
         return outcome
 
     async def _guarded(self, bmc: BmcEndpoint) -> str:
-        async with self._semaphore:
-            try:
+        try:
+            async with asyncio.timeout(self._bmc_timeout):  # network time is real time
                 result = await self._reconcile(bmc)
-            except AdapterError as exc:
-                result = f"error: {exc}"
-            except Exception as exc:
-                log.exception("reconciling the subscription on %s failed", bmc.url)
-                result = f"error: {type(exc).__name__}: {exc}"
+        except AdapterError as exc:
+            result = f"error: {exc}"
+        except TimeoutError:
+            result = f"error: no reconcile within {self._bmc_timeout:g} s"
+        except Exception as exc:
+            log.exception("reconciling the subscription on %s failed", bmc.url)
+            result = f"error: {type(exc).__name__}: {exc}"
         self._metrics.inc("redfish_subscriptions_total", result=result.split(":", 1)[0])
         level = logging.WARNING if result.startswith("error") else logging.DEBUG if result == "kept" \
             else logging.INFO

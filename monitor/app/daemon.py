@@ -68,7 +68,7 @@ def build_adapters(loaded: LoadedConfig, store: Store) -> Adapters:
     from adapters.redfish.power import RedfishPower
 
     cfg = loaded.config
-    power = RedfishPower(timeout=cfg.redfish.timeout)
+    power = RedfishPower(timeout=cfg.redfish.timeout, max_connections=cfg.redfish.max_connections)
     if cfg.inventory.source == "lab":
         from adapters.lab_manager import LabClient, LabDiscovery, LabManager
 
@@ -440,14 +440,18 @@ class Daemon:
         workers: dict[str, Any] = {}
         timeout = self.config.redfish.timeout
         if cfg.destination and cfg.subscribe:
-            workers["redfish-subscriptions"] = SubscriptionManager(cfg, servers, self.metrics,
-                                                                   self.clock, timeout=timeout)
+            # The power adapter's session: one connection pool (redfish.max_connections) to every BMC.
+            http = getattr(adapters.power, "http", None)
+            workers["redfish-subscriptions"] = SubscriptionManager(
+                cfg, servers, self.metrics, self.clock, timeout=timeout,
+                session=http() if callable(http) else None)
         if cfg.sse:
             workers["redfish-sse"] = SseFollower(cfg, servers, self.events, self.metrics, self.clock,
                                                  timeout=timeout)
         if cfg.poll_interval > 0:
             workers["redfish-health-poll"] = HealthPoller(cfg, servers, adapters.power, self.events,
-                                                          self.metrics, self.clock)
+                                                          self.metrics, self.clock,
+                                                          timeout=timeout * 3)
         return listener.routes(), workers
 
 

@@ -162,6 +162,9 @@ class OmeConfig(_Strict):
 class RedfishConfig(_Strict):
     timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds for each Redfish request."""
+    max_connections: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Open HTTPS connections to BMCs at most, over all BMCs (one shared connection pool; 4 per BMC at
+    most, kept alive about 15 s between requests)."""
 
 
 class RediscoveryConfig(_Strict):
@@ -307,6 +310,13 @@ class RedfishEventsConfig(_Strict):
     """Also follow each BMC's ServerSentEventUri where it has one."""
     poll_interval: Annotated[float, Field(ge=0)] = 60.0
     """Seconds between health polls of every BMC (0: off): a change of Status.Health becomes an event."""
+    poll_spread: Annotated[float, Field(ge=0, le=1)] = 0.8
+    """The part of `poll_interval` over which one poll cycle's reads are spread: each BMC has a stable
+    offset (a hash of its server id) in [0, poll_spread x poll_interval), so 10,000 BMCs are not all
+    read at once (no thundering herd at start) and each is read about once per interval. 0: all at once
+    (bounded by `max_concurrency`)."""
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
+    """Health reads, and subscription reconciles, running at once at most."""
     allowed_senders: list[str] = []
     """Networks (CIDR) events may come from; empty: any."""
     max_body: Annotated[int, Field(gt=0)] = 256 * 1024
@@ -526,6 +536,8 @@ class SparesConfig(_Strict):
     starting together, does not read every spare's BMC at once while the daemon is still coming up."""
     timeout: float = Field(default=10.0, gt=0)
     """Seconds one spare's BMC read may take."""
+    max_concurrency: int = Field(default=32, ge=1, le=4096)
+    """Spare BMC reads running at once at most during a check."""
     min_per_model: int = Field(default=1, ge=0)
     """k of N+k: the healthy spares wanted per (domain group, model) that the group has servers of."""
     groups: dict[str, int] = Field(default_factory=dict)

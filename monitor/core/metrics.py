@@ -85,6 +85,9 @@ COUNTERS: dict[str, CounterSpec] = {
                                                 ("reason",), (_REDFISH_DROPS,)),
     "redfish_events_received_total": CounterSpec("Redfish events queued for the rules, by source",
                                                  ("source",), (("redfish", "redfish-sse", "redfish-poll"),)),
+    "redfish_health_poll_cycles_total": CounterSpec("Health poll cycles completed (every BMC read once)"),
+    "redfish_health_poll_overruns_total": CounterSpec(
+        "Health poll cycles that took longer than redfish_events.poll_interval"),
     "redfish_health_polls_total": CounterSpec("Health reads of BMCs, by result", ("result",),
                                               (("ok", "error", "unknown"),)),
     "redfish_sse_connections_total": CounterSpec("SSE connection attempts, by result", ("result",),
@@ -115,6 +118,8 @@ name is that step's finish."""
 DURATION_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 HISTOGRAMS: dict[str, CounterSpec] = {
+    "redfish_health_poll_cycle_seconds": CounterSpec(
+        "Seconds one health poll cycle took (every BMC read once; spread over poll_spread of the interval)"),
     "failover_phase_duration_seconds": CounterSpec(
         "Seconds of each phase of completed steps: detect_to_fence, fence_to_move, move_to_boot",
         ("phase",), (tuple(p for p, _, _ in PHASES),)),
@@ -215,7 +220,8 @@ class Metrics:
         return out
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        self._histograms[name].labels(**labels).observe(max(0.0, seconds))
+        histogram = self._histograms[name]
+        (histogram.labels(**labels) if labels else histogram).observe(max(0.0, seconds))
 
     def histogram_count(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(self._prefix + name + "_count", labels)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from monitor.core.bounded import bounded_map
 from monitor.core.clock import Clock, sleep_unless
 from monitor.core.config import SparesConfig
 from monitor.core.errors import AdapterError, AdapterTimeout
@@ -151,7 +152,16 @@ class SparePool:
             return self.report
         spares = sorted((s for s in inv.servers.values() if s.spare), key=candidate_order)
         t = self.config.timeout
-        results = list(await asyncio.gather(*(check_spare(self.power, s, t) for s in spares)))
+        # At most spares.max_concurrency reads at once (check_spare has its own timeout and never raises
+        # for a BMC's fault; anything else is a bug and fails the check).
+        outcomes = await bounded_map(lambda s: check_spare(self.power, s, t), spares,
+                                     self.config.max_concurrency)
+        results: list[SpareHealth] = []
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+            assert outcome.value is not None
+            results.append(outcome.value)
         report = PoolReport(iso(self.clock.now()), results, capacity(inv, results, self.config))
         self.report = report
         self._alert(report)
