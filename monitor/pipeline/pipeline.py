@@ -51,10 +51,10 @@ PAUSE_KEY = "pause"
 SNAPSHOT_INTERVAL = 5.0
 MAX_PENDING = 100_000
 """Decisions kept in memory while the store is away."""
-FLUSH_INTERVAL = 0.05
-"""Seconds between two stores of the pending decisions (one transaction each)."""
 FLUSH_BATCH = 1000
-"""Pending decisions that start a store at once, without waiting for the interval."""
+"""Decisions stored in one transaction at most."""
+STORE_RETRY = 1.0
+"""Seconds before the decisions are tried again when the store was away."""
 CONSUME_BATCH = 256
 """Events decided in a row before the consumer lets the rest of the loop run (receivers, the API,
 the flusher): a burst does not hold everything else up until the queue is empty."""
@@ -86,10 +86,10 @@ class Pipeline:
         self._resolver: Resolver | None = None
         self._pending: list[Decision] = []
         self._flushed = asyncio.Event()
-        self._flush_now = asyncio.Event()
+        self._storing = asyncio.Lock()
+        """Held while a batch of decisions is on its way to the store (one at a time, in order)."""
         self._has_pending = asyncio.Event()
-        """Set when a decision is added: the flusher's interval starts then (an idle pipeline puts
-        nothing on the clock)."""
+        """Set when a decision is added: the flusher stores it (idle, it waits on nothing else)."""
         self.watch_interval = watch_interval
         self.processed = 0
         self._busy = False
@@ -203,8 +203,6 @@ class Pipeline:
                 sink.alert(decision.server, payload)
         self._pending.append(decision)
         self._has_pending.set()
-        if len(self._pending) >= FLUSH_BATCH:
-            self._flush_now.set()
         self.processed += 1
         for listener in self.decision_listeners:
             try:
@@ -224,17 +222,29 @@ class Pipeline:
     # --- background work ----------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Store the pending decisions now."""
-        batch, self._pending = self._pending, []
+        """Store the pending decisions now (in transactions of at most FLUSH_BATCH)."""
+        while self._pending:
+            await self._store_some()
+        async with self._storing:  # and what the flusher took before is committed too
+            pass
+
+    async def _store_some(self) -> None:
+        async with self._storing:
+            await self._store_batch()
+
+    async def _store_batch(self) -> None:
+        batch, self._pending = self._pending[:FLUSH_BATCH], self._pending[FLUSH_BATCH:]
         if not batch:
             return
-        rows = [(d.time.timestamp(), d.server, d.action, d.rule, d.public()) for d in batch]
+        # The records are made off the loop (a thousand of them are tens of milliseconds of Python
+        # that would otherwise hold every receiver and timer up in one piece).
+        rows = await asyncio.to_thread(_rows, batch)
         try:
             ids = await self.store.add_decisions(rows)
         except StoreError:
             # The store is away: keep them (the oldest go first beyond MAX_PENDING) and try again later.
             self._pending = (batch + self._pending)[-MAX_PENDING:]
-            self._has_pending.set()  # tried again after the flusher's pause
+            self._has_pending.set()  # tried again after the flusher's pause (STORE_RETRY)
             dropped = len(batch) + len(self._pending) - MAX_PENDING
             if dropped > 0:
                 self.metrics.inc("decisions_dropped_total", float(dropped))
@@ -305,30 +315,21 @@ class Pipeline:
                 return  # drained
 
     async def _flusher(self, stop: asyncio.Event) -> None:
-        """Store the pending decisions FLUSH_INTERVAL after the first of them came, or at once when
-        FLUSH_BATCH are pending; idle, wait without a timer."""
+        """Group commit: whatever is pending is stored as soon as the previous store has committed
+        (what came meanwhile goes in the next, up to FLUSH_BATCH a transaction), so a burst costs few
+        commits and the last decision of one waits for one commit, not a timer; idle, it waits on
+        nothing but the next decision."""
         while not stop.is_set():
             await self._has_pending.wait()
-            if not self._flush_now.is_set():
-                await self._wait_flush()
             self._has_pending.clear()
-            self._flush_now.clear()
             try:
-                await self.flush()
+                await self._store_some()
             except StoreError as exc:
                 self.metrics.inc("store_errors_total", part="decisions")
                 log.warning("decisions wait for the store (%d pending): %s", len(self._pending), exc)
-                await self.clock.sleep(FLUSH_INTERVAL * 20)  # the store is away: not 20 tries a second
-
-    async def _wait_flush(self) -> None:
-        """Until FLUSH_INTERVAL has passed on the clock or the pending batch is full."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(FLUSH_INTERVAL))
-        full = asyncio.ensure_future(self._flush_now.wait())
-        try:
-            await asyncio.wait([sleeper, full], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            full.cancel()
+                await self.clock.sleep(STORE_RETRY)  # the store is away: not a try per decision
+            if self._pending:
+                self._has_pending.set()
 
     async def _periodic(self, stop: asyncio.Event) -> None:
         since_snapshot = 0.0
@@ -381,6 +382,11 @@ class Pipeline:
                         self.failover.confirm, d.rule, spec)}
             out.append({**d.public(), **extra, "resolved_by": how, "mode": explain_mode(live)})
         return out
+
+
+def _rows(batch: list[Decision]) -> list[tuple[float, str | None, str, str | None, dict[str, Any]]]:
+    """The store's rows of decisions (run in a worker thread: the decisions are no longer changed)."""
+    return [(d.time.timestamp(), d.server, d.action, d.rule, d.public()) for d in batch]
 
 
 def explain_mode(live: bool) -> str:

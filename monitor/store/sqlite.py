@@ -659,9 +659,9 @@ class SqliteStore:
 
         if not rows:
             return []
-        params = [(t, server, action, rule, json.dumps(body)) for t, server, action, rule, body in rows]
-
         def _add(c: sqlite3.Connection) -> list[int]:
+            # serialised here, in the store's thread: not on the event loop in one piece
+            params = [(t, server, action, rule, json.dumps(body)) for t, server, action, rule, body in rows]
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany("INSERT INTO decisions(time, server, action, rule, body)"
