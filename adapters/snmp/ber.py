@@ -34,8 +34,11 @@ keys, MAC and ciphers are `adapters.snmp.usm`'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = ["BerError", "BerUnsupported", "ScopedPdu", "Trap", "V3Message", "decode_scoped_pdu", "decode_trap",
            "decode_v3", "looks_v3", "peek_version"]
@@ -290,21 +293,32 @@ def peek_version(data: bytes) -> int | None:
 
 def decode_trap(data: bytes) -> Trap:
     """Decode an SNMPv1 Trap or SNMPv2c SNMPv2-Trap message (see the module docstring)."""
+    return _guarded(_decode, data)
+
+
+def _guarded(decode: Callable[[bytes], _T], data: bytes) -> _T:
+    """`decode(data)`, where anything but a BerError (a bug here) comes out as "malformed"."""
     try:
-        return _decode(data)
+        return decode(data)
     except BerError:
         raise
     except Exception as exc:  # a bug here must not escape as anything but "malformed"
         raise BerError(f"undecodable: {type(exc).__name__}") from None
 
 
-def _decode(data: bytes) -> Trap:
+def _message(data: bytes) -> tuple[int, int]:
+    """Where the outer SEQUENCE's contents start and end; it must be the whole datagram."""
     total = len(data)
     tag, i, end = _header(data, 0, total)
     if tag != _SEQUENCE:
         raise BerUnsupported(f"not an SNMP message: tag 0x{tag:02x}")
     if end != total:
         raise BerError(f"{total - end} trailing octets after the message")
+    return i, end
+
+
+def _decode(data: bytes) -> Trap:
+    i, end = _message(data)
     tag, j, stop = _header(data, i, end)
     if tag != _INTEGER:
         raise BerUnsupported(f"not an SNMP message: version tag 0x{tag:02x}")
@@ -449,21 +463,11 @@ def decode_v3(data: bytes) -> V3Message:
     """Decode an SNMPv3 message's header and USM security parameters (RFC 3412 6, RFC 3414 2.4).
     `BerUnsupported`: a v3 message with another security model, or not v3 at all; `BerError`: malformed.
     No other exception escapes."""
-    try:
-        return _decode_v3(data)
-    except BerError:
-        raise
-    except Exception as exc:
-        raise BerError(f"undecodable: {type(exc).__name__}") from None
+    return _guarded(_decode_v3, data)
 
 
 def _decode_v3(data: bytes) -> V3Message:
-    total = len(data)
-    tag, i, end = _header(data, 0, total)
-    if tag != _SEQUENCE:
-        raise BerUnsupported(f"not an SNMP message: tag 0x{tag:02x}")
-    if end != total:
-        raise BerError(f"{total - end} trailing octets after the message")
+    i, end = _message(data)
     j, stop = _expect(data, i, end, _INTEGER, "msgVersion")
     version = _integer(data, j, stop, "msgVersion")
     if version != 3:
