@@ -9,8 +9,8 @@ its own outcome, `declined`: it gives back the cooldown and the rate-limit slot,
 it fails the server over. The verdict and the reading go into the decision and the job's trigger.
 
 One consumer task takes events from a bounded queue (sources put into it and count what overflows),
-so the rule state is only ever touched from one task. Decisions are stored in batches; the rule state is
-snapshotted to the store every few seconds and at stop, and restored at start, so a restart does not
+so the rule state is only ever touched from one task. Decisions are stored by group commit; the rule
+state is snapshotted to the store every few seconds and at stop, and restored at start, so a restart does not
 forget an open threshold window. Rule files are watched and reloaded (also on SIGHUP): an invalid file is
 reported as FILE:LINE and the running rules stay in force.
 """
