@@ -276,8 +276,9 @@ class Pipeline:
                 flusher = tg.create_task(self._flusher(stop), name="decisions-flusher")
                 await stop.wait()
                 periodic.cancel()
-                flusher.cancel()
                 self._closing = True
+                async with self._storing:  # a batch on its way is committed first, never cut off
+                    flusher.cancel()
                 if not self._busy and self.queue.empty():
                     consumer.cancel()  # waiting for an event that will not come
                 else:

@@ -203,3 +203,43 @@ def test_payload_properties_in_any_case(body: dict[str, object]) -> None:
     assert event.registry in ("iLOEvents", "IDRAC")
     assert event.severity in ("Warning", "Critical")
     assert event == Event.model_validate(event.model_dump())
+
+
+async def test_a_batch_on_its_way_to_the_store_at_stop_is_not_lost(
+        lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
+    clock = FakeClock()
+    h = await start_daemon(monitor_config(lab.manager_url, tmp_path, token), clock=clock)
+    pipeline = h.daemon.pipeline
+    assert pipeline is not None
+    store = h.daemon.store
+    inner = store.add_decisions
+    in_flight, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_add(rows: Any, *args: Any, **kw: Any) -> Any:  # injected: a slow disk
+        in_flight.set()
+        await release.wait()
+        return await inner(rows, *args, **kw)
+
+    store.add_decisions = slow_add
+    for n in range(3):
+        pipeline.queue.put_nowait(_trap(n, clock.now()))
+    await asyncio.wait_for(in_flight.wait(), 10)  # the flusher holds the batch, not yet committed
+    h.daemon_stop()
+
+    async def answer_while_stopping() -> None:  # the disk answers once the pipeline is stopping
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not pipeline._closing:
+            assert loop.time() < deadline
+            await asyncio.sleep(0)
+        release.set()
+
+    answer = asyncio.ensure_future(answer_while_stopping())
+    await h.stopped()
+    await answer
+    reopened = SqliteStore(str(tmp_path / "monitor.db"))
+    await reopened.open()
+    try:
+        assert len(await reopened.list_decisions(limit=10)) == 3
+    finally:
+        await reopened.close()
