@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_first_run import SERVER, _cli, _shipped
-from tests.peers.processes import DaemonProcess, Proc
-from tests.support.net import reserve_port
+from tests.e2e.test_first_run import SERVER, _cli, shipped_run
 from tests.support.wait import eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,25 +25,16 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
 async def test_the_dashboard_shows_a_failover_live_and_guards_its_actions(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright, expect
 
-    http_port, lab_port = reserve_port(), reserve_port()
-    trap_port = reserve_port(socket.SOCK_DGRAM)
-    monitor_cfg, lab_cfg = _shipped(tmp_path, http_port, lab_port, trap_port)
-    lab_text = lab_cfg.read_text()
-    for key in ("power_off_s: 1.0", "power_on_s: 1.0"):  # each power step lasts long enough to be seen
-        assert key in lab_text
-        lab_text = lab_text.replace(key, key.replace("1.0", "1.5"))
-    lab_cfg.write_text(lab_text)
+    def slower(lab_text: str) -> str:  # each power step lasts long enough to be seen
+        for key in ("power_off_s: 1.0", "power_on_s: 1.0"):
+            assert key in lab_text
+            lab_text = lab_text.replace(key, key.replace("1.0", "1.5"))
+        return lab_text
+
     env = {"FAILOVER_API_TOKEN": TOKEN, "FAILOVER_SNMP_COMMUNITY": "site-community",
            "FAILOVER_EVENT_SECRET": "dashboard-secret"}
-    lab_url, base = f"http://127.0.0.1:{lab_port}", f"http://127.0.0.1:{http_port}"
-    ready = tmp_path / "lab.ready"
-    lab = Proc([sys.executable, "-m", "monitor", "lab", "-c", str(lab_cfg), "--ready-file", str(ready)],
-               tmp_path / "lab.log", env)
-    daemon: DaemonProcess | None = None
-    try:
-        await eventually(lambda: ready.exists() or lab.p.poll() is not None, 60, "the lab to start")
-        assert lab.p.poll() is None, lab.tail()
-        daemon = DaemonProcess(monitor_cfg, tmp_path / "daemon.log", env)
+    async with shipped_run(tmp_path, env, slower) as run:
+        lab_url, base = run.lab_url, run.base
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -108,7 +95,3 @@ async def test_the_dashboard_shows_a_failover_live_and_guards_its_actions(tmp_pa
             await expect(result).to_contain_text("pause: 200", timeout=WAIT_MS)
             await expect(page.locator("#paused")).to_contain_text("paused")
             await browser.close()
-    finally:
-        if daemon is not None:
-            assert daemon.terminate() == 0, daemon.tail()
-        lab.terminate()

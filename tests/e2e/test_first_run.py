@@ -4,11 +4,14 @@ job to completion; `jobs` lists it under a header and filters. Only the ports ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,43 @@ def _shipped(tmp: Path, http_port: int, lab_port: int, trap_port: int) -> tuple[
     return tmp / "monitor.yaml", tmp / "lab.yaml"
 
 
+@dataclass
+class ShippedRun:
+    """The lab and the daemon started from the shipped configs (ports replaced), as an operator would."""
+
+    monitor_cfg: Path
+    lab_url: str
+    base: str
+    trap_port: int
+    daemon: DaemonProcess
+
+
+@contextlib.asynccontextmanager
+async def shipped_run(tmp: Path, env: dict[str, str],
+                      lab_edit: Callable[[str], str] | None = None) -> AsyncIterator[ShippedRun]:
+    """`failover-monitor lab` and `run` as processes on config/lab.yaml and config/monitor.yaml (the
+    lab's text changed by `lab_edit` first, when given); the daemon must exit 0 at the end."""
+    http_port, lab_port = reserve_port(), reserve_port()
+    trap_port = reserve_port(socket.SOCK_DGRAM)
+    monitor_cfg, lab_cfg = _shipped(tmp, http_port, lab_port, trap_port)
+    if lab_edit is not None:
+        lab_cfg.write_text(lab_edit(lab_cfg.read_text()))
+    ready = tmp / "lab.ready"
+    lab = Proc([sys.executable, "-m", "monitor", "lab", "-c", str(lab_cfg), "--ready-file", str(ready)],
+               tmp / "lab.log", env)
+    daemon: DaemonProcess | None = None
+    try:
+        await eventually(lambda: ready.exists() or lab.p.poll() is not None, 60, "the lab to start")
+        assert lab.p.poll() is None, lab.tail()
+        daemon = DaemonProcess(monitor_cfg, tmp / "daemon.log", env)
+        yield ShippedRun(monitor_cfg, f"http://127.0.0.1:{lab_port}", f"http://127.0.0.1:{http_port}",
+                         trap_port, daemon)
+    finally:
+        if daemon is not None:
+            assert daemon.terminate() == 0, daemon.tail()
+        lab.terminate()
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor", *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, **env}, cwd=ROOT)
@@ -46,20 +86,10 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 async def test_a_lab_fault_becomes_trap_event_decision_and_completed_job(tmp_path: Path) -> None:
-    http_port, lab_port = reserve_port(), reserve_port()
-    trap_port = reserve_port(socket.SOCK_DGRAM)
-    monitor_cfg, lab_cfg = _shipped(tmp_path, http_port, lab_port, trap_port)
     env = {"FAILOVER_API_TOKEN": "first-run-token", "FAILOVER_SNMP_COMMUNITY": "site-community",
            "FAILOVER_EVENT_SECRET": "first-run-secret"}
-    lab_url, base = f"http://127.0.0.1:{lab_port}", f"http://127.0.0.1:{http_port}"
-    ready = tmp_path / "lab.ready"
-    lab = Proc([sys.executable, "-m", "monitor", "lab", "-c", str(lab_cfg), "--ready-file", str(ready)],
-               tmp_path / "lab.log", env)
-    daemon: DaemonProcess | None = None
-    try:
-        await eventually(lambda: ready.exists() or lab.p.poll() is not None, 60, "the lab to start")
-        assert lab.p.poll() is None, lab.tail()
-        daemon = DaemonProcess(monitor_cfg, tmp_path / "daemon.log", env)
+    async with shipped_run(tmp_path, env) as run:
+        monitor_cfg, lab_url, base, daemon = run.monitor_cfg, run.lab_url, run.base, run.daemon
         headers = {"Authorization": "Bearer first-run-token"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
 
@@ -81,7 +111,7 @@ async def test_a_lab_fault_becomes_trap_event_decision_and_completed_job(tmp_pat
 
             fault = _cli("lab", "fault", SERVER, "cpu-uncorrectable", "--lab", lab_url, env=env)
             assert fault.returncode == 0, fault.stderr
-            sent = f"SNMPv2c trap 1.3.6.1.4.1.232.0.1026 from 127.77.1.3 to 127.0.0.1:{trap_port}"
+            sent = f"SNMPv2c trap 1.3.6.1.4.1.232.0.1026 from 127.77.1.3 to 127.0.0.1:{run.trap_port}"
             assert sent in fault.stdout, fault.stdout
             assert "iLOEvents.2.3.SeCpuUncorrectableError to 1 subscription(s)" in fault.stdout
 
@@ -118,7 +148,3 @@ async def test_a_lab_fault_becomes_trap_event_decision_and_completed_job(tmp_pat
         assert none.stdout.strip() == "no jobs matching"
         refused = _cli("pause", "x", "-c", str(monitor_cfg), env={**env, "FAILOVER_API_TOKEN": "wrong"})
         assert refused.returncode == 1 and "set FAILOVER_API_TOKEN" in refused.stderr
-    finally:
-        if daemon is not None:
-            assert daemon.terminate() == 0, daemon.tail()
-        lab.terminate()
