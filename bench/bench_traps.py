@@ -104,22 +104,32 @@ def udp_rcvbuf_errors() -> int:
     return int(values[header.index("RcvbufErrors")])
 
 
-def capture_trap(env: dict[str, str]) -> bytes:
-    """One v2c trap (an HPE blade-critical with 5 varbinds) as net-snmp's snmptrap encodes it."""
+TRAP_ARGS = [
+    "", "1.3.6.1.4.1.232.0.22054",
+    "1.3.6.1.2.1.1.5.0", "s", "oa-enc1",
+    "1.3.6.1.4.1.232.11.2.11.1.0", "i", "16",
+    "1.3.6.1.4.1.232.22.2.2.1.1.2.1", "s", "rack-01",
+    "1.3.6.1.4.1.232.22.2.4.1.1.4.1.1.7", "s", "blade07",
+    "1.3.6.1.4.1.232.22.2.4.1.1.24.1.1.7", "s", "fault",
+]  # fmt: skip
+"""snmptrap's arguments after the target: an HPE blade-critical trap with 5 varbinds."""
+
+
+def _snmptrap_datagram(env: dict[str, str], options: list[str]) -> bytes:
+    """The datagram net-snmp's snmptrap sends with `options` (version, security) and TRAP_ARGS."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(10)
         port = s.getsockname()[1]
-        subprocess.run(
-            ["snmptrap", "-v", "2c", "-c", "public", f"127.0.0.1:{port}", "", "1.3.6.1.4.1.232.0.22054",
-             "1.3.6.1.2.1.1.5.0", "s", "oa-enc1",
-             "1.3.6.1.4.1.232.11.2.11.1.0", "i", "16",
-             "1.3.6.1.4.1.232.22.2.2.1.1.2.1", "s", "rack-01",
-             "1.3.6.1.4.1.232.22.2.4.1.1.4.1.1.7", "s", "blade07",
-             "1.3.6.1.4.1.232.22.2.4.1.1.24.1.1.7", "s", "fault"],
-            env=env, check=True, timeout=30, capture_output=True)  # fmt: skip
+        subprocess.run(["snmptrap", *options, f"127.0.0.1:{port}", *TRAP_ARGS],
+                       env=env, check=True, timeout=30, capture_output=True)
         data, _ = s.recvfrom(65535)
     return data
+
+
+def capture_trap(env: dict[str, str]) -> bytes:
+    """One v2c trap (TRAP_ARGS) as net-snmp's snmptrap encodes it."""
+    return _snmptrap_datagram(env, ["-v", "2c", "-c", "public"])
 
 
 class Receiver(Protocol):
@@ -411,24 +421,10 @@ V3_SUITES = {
 
 
 def capture_v3_trap(env: dict[str, str], auth: str, priv: str) -> bytes:
-    """The same 5-varbind trap as `capture_trap`, as snmptrap -v 3 -l authPriv sends it (the sender is
-    the authoritative engine ENGINE_ID)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(10)
-        port = s.getsockname()[1]
-        subprocess.run(
-            ["snmptrap", "-v", "3", "-e", ENGINE_ID, "-u", "failover", "-l", "authPriv", "-a", auth,
-             "-A", "authpass123", "-x", priv, "-X", "privpass123", f"127.0.0.1:{port}", "",
-             "1.3.6.1.4.1.232.0.22054",
-             "1.3.6.1.2.1.1.5.0", "s", "oa-enc1",
-             "1.3.6.1.4.1.232.11.2.11.1.0", "i", "16",
-             "1.3.6.1.4.1.232.22.2.2.1.1.2.1", "s", "rack-01",
-             "1.3.6.1.4.1.232.22.2.4.1.1.4.1.1.7", "s", "blade07",
-             "1.3.6.1.4.1.232.22.2.4.1.1.24.1.1.7", "s", "fault"],
-            env=env, check=True, timeout=30, capture_output=True)  # fmt: skip
-        data, _ = s.recvfrom(65535)
-    return data
+    """The same trap as `capture_trap`, as snmptrap -v 3 -l authPriv sends it (the sender is the
+    authoritative engine ENGINE_ID)."""
+    return _snmptrap_datagram(env, ["-v", "3", "-e", ENGINE_ID, "-u", "failover", "-l", "authPriv",
+                                    "-a", auth, "-A", "authpass123", "-x", priv, "-X", "privpass123"])
 
 
 async def per_datagram_cost(users: list[dict[str, Any]], datagram: bytes, fast_path: bool, n: int) -> float:
