@@ -140,6 +140,11 @@ class LeaseLost(FenceLost):
     whoever holds the store next (another monitor, or this one once it is back) carries it on."""
 
 
+class LeaseLapsed(LeaseLost):
+    """The lease was renewed after it had ended (a pause, or the store away): the job may have been
+    taken over meanwhile. Its task stops; it runs again at once if the store still says it is ours."""
+
+
 class Parked(MonitorError):
     """The job stopped at a safe point for shutdown (waiting for its domain group, nothing in flight);
     it resumes at the next start."""

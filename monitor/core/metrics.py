@@ -54,6 +54,8 @@ COUNTERS: dict[str, CounterSpec] = {
     "dashboard_stream_dropped_total": CounterSpec(
         "Dashboard live-stream clients dropped for reading too slowly (their queue was full)"),
     "cluster_heartbeat_errors_total": CounterSpec("Lease heartbeats that failed to reach the store"),
+    "cluster_lease_lapses_total": CounterSpec("Lease renewals that found the lease already over (a pause or a"
+                                              " store outage); the jobs held under it are checked again"),
     "spare_checks_total": CounterSpec("Spare pool checks completed (every designated spare's BMC read)"),
     "spare_check_errors_total": CounterSpec("Spare pool checks that failed (the next one still runs)"),
     "decisions_total": CounterSpec("Rule decisions, by action", ("action",),

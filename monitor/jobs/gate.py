@@ -6,6 +6,11 @@ action's deadline (plus a margin): it renews the lease first when it is too shor
 the job's fencing token (`monitor.core.fencing`): adapters send it with each mutating request and check it
 right before sending, so an action of a paused process is not sent once its deadline has passed.
 
+A lease renewed after it had ended (the store says so: `Membership.lapses`) closes every gate opened
+before: the job may have been taken over while this process was paused or cut off, and a renewal does
+not give it back. The job's task ends (`LeaseLost`); the runner starts it again only if the store still
+names this process its owner, and that run re-reads the world before acting.
+
 The bound this gives: an action of an owner that lost its lease is over (done or abandoned) before that
 lease ends on the store's clock; the adopter waits the fence grace on top before it acts.
 """
@@ -18,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from monitor.core.clock import Clock
-from monitor.core.errors import AdapterTimeout, LeaseLost, StoreError
+from monitor.core.errors import AdapterTimeout, LeaseLapsed, LeaseLost, StoreError
 from monitor.core.fencing import Fence, acting
 from monitor.core.model import Job
 from monitor.jobs.membership import Membership
@@ -42,6 +47,15 @@ class Gate:
         self.action_timeout = action_timeout
         self.lost = lost
         """Set when the job's ownership is known to be lost (a save was refused)."""
+        self.lapses = membership.lapses
+        """The lease lapses this gate was opened after: one more, and the job may be another's."""
+
+    def _check_held(self) -> None:
+        if self.lost.is_set() or self.m.lost.is_set():
+            raise LeaseLost(f"job {self.job.id}: this monitor no longer owns it")
+        if self.m.lapses != self.lapses:
+            raise LeaseLapsed(f"job {self.job.id}: the lease ended before it was renewed; another monitor "
+                              "may have taken the job over")
 
     async def budget(self, want: float) -> float:
         """Seconds this monitor may spend on an action: `want`, renewing the lease when it is too short
@@ -50,8 +64,7 @@ class Gate:
         delay = 0.1
         renewed = False
         while True:
-            if self.lost.is_set() or self.m.lost.is_set():
-                raise LeaseLost(f"job {self.job.id}: this monitor no longer owns it")
+            self._check_held()
             left = self.m.left() - margin
             if left >= want:
                 return want
@@ -74,10 +87,11 @@ class Gate:
         """Run one outside action under the job's fence. An overrun is an AdapterTimeout."""
         budget = await self.budget(self.action_timeout if timeout is None else timeout)
         deadline = self.clock.monotonic() + budget
-        clock, lost, m = self.clock, self.lost, self.m
+        clock, lost, m, lapses = self.clock, self.lost, self.m, self.lapses
 
         def valid() -> bool:
-            return clock.monotonic() < deadline and not lost.is_set() and not m.lost.is_set()
+            return (clock.monotonic() < deadline and not lost.is_set() and not m.lost.is_set()
+                    and m.lapses == lapses)
 
         fence = Fence(self.job.id, self.job.epoch, m.instance, valid)
         with acting(fence):

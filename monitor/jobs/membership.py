@@ -46,6 +46,8 @@ class Membership:
         self.lost = asyncio.Event()
         """Set when another process took this name: stop acting, exit."""
         self.renewed = asyncio.Event()
+        self.lapses = 0
+        """Renewals that found the lease already over on the store's clock."""
 
     @property
     def margin(self) -> float:
@@ -88,13 +90,22 @@ class Membership:
 
     async def renew(self) -> None:
         """One heartbeat. StoreError when the store cannot be reached; MembershipLost (and `lost` set)
-        when another process holds the name."""
+        when another process holds the name; a lease renewed after it had ended counts in `lapses`."""
         sent = self.clock.monotonic()
         try:
-            await self.store.heartbeat(self.instance, self.token, self.cluster.address, self.cluster.lease)
+            lapsed = await self.store.heartbeat(self.instance, self.token, self.cluster.address,
+                                                self.cluster.lease)
         except MembershipLost:
             self.lost.set()
             raise
+        if lapsed:
+            # Renewed after it had ended: whatever this process holds may have been taken over. Every
+            # gate opened before now refuses to act (monitor.jobs.gate); the job runs again only if
+            # the store still says it is ours (JobRunner's adoption of its own unfinished jobs).
+            self.lapses += 1
+            self.metrics.inc("cluster_lease_lapses_total")
+            log.warning("the lease of %s had ended before this renewal (a pause, or the store away): its "
+                        "jobs are checked again before anything more is done for them", self.instance)
         self._until = max(self._until, sent + self.cluster.lease)
         self.renewed.set()
 

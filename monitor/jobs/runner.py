@@ -35,6 +35,7 @@ from monitor.core.config import ClusterConfig
 from monitor.core.errors import (
     AdapterError,
     FenceLost,
+    LeaseLapsed,
     LeaseLost,
     LostOwnership,
     NotFound,
@@ -102,6 +103,8 @@ class JobRunner:
         self._stopping = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._ended: dict[int, float] = {}
+        self._recheck: set[int] = set()
+        """Jobs whose task stopped at a lease lapse: run again at once if still ours (no restart gap)."""
         self._ready = asyncio.Event()
         self._adopting = asyncio.Lock()
         self._look = asyncio.Event()
@@ -162,6 +165,8 @@ class JobRunner:
         def forget(_task: asyncio.Task[None]) -> None:
             self._running.pop(job_id, None)
             self._ended[job_id] = self.d.clock.monotonic()
+            if job_id in self._recheck:
+                self._look.set()  # is it still ours? the adoption loop looks now
 
         task.add_done_callback(forget)
 
@@ -263,7 +268,10 @@ class JobRunner:
             taken = {j.id for j in adopted}
             orphans = [j for j in await self.store.active_jobs()
                        if j.owner_token == self.membership.token and j.id not in self._running
-                       and j.id not in taken and mono - self._ended.get(j.id, -1e9) >= _RESTART_GAP]
+                       and j.id not in taken
+                       and (j.id in self._recheck or mono - self._ended.get(j.id, -1e9) >= _RESTART_GAP)]
+            # Those still ours are in `orphans`; the others are another's now.
+            self._recheck = {j for j in self._recheck if j in self._running}
             if self._stopping.is_set():
                 # Stopping began while the store was read: start nothing (what was taken stays ours
                 # and resumes at the next start, or another monitor takes it once our lease is over).
@@ -354,6 +362,8 @@ class JobRunner:
         except (LostOwnership, FenceLost) as exc:
             # Another monitor took the job over, or may (our lease ran out): act no more here.
             lost.set()
+            if isinstance(exc, LeaseLapsed):
+                self._recheck.add(job.id)
             self.d.locks.forget(job.group, job.id)
             self.metrics.inc("failover_jobs_lost_total")
             log.error("job %s: %s; this monitor stops working on it", job.id, exc)

@@ -98,8 +98,9 @@ class Store(Protocol):
                    now: float | None = None) -> JoinResult:
         """Take the name for the process `token`, unless a live process holds it (see JoinResult)."""
     async def heartbeat(self, instance: str, token: str, address: str, lease: float,
-                        now: float | None = None) -> None:
-        """Renew the process's lease; MembershipLost when another process holds the name."""
+                        now: float | None = None) -> bool:
+        """Renew the process's lease; whether it had already ended on the store's clock (its jobs may
+        have been taken over since); MembershipLost when another process holds the name."""
     async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
         """End the lease now (dated back `grace` seconds after a clean stop)."""
     async def members(self, now: float | None = None) -> list[dict[str, Any]]:

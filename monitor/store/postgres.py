@@ -662,18 +662,25 @@ class PostgresStore:
         return await self._tx(_join, "join")
 
     async def heartbeat(self, instance: str, token: str, address: str, lease: float,
-                        now: float | None = None) -> None:
-        """Renew this process's membership lease on the database's clock; MembershipLost when another
-        process holds the name now."""
+                        now: float | None = None) -> bool:
+        """Renew this process's membership lease on the database's clock; whether it had already ended
+        (its jobs may have been taken over meanwhile). MembershipLost when another process holds the
+        name now."""
 
-        async def _hb(c: Conn) -> None:
-            status = await c.execute(
-                f"UPDATE members SET address=$3, lease_until={_now('$5')} + $4"
-                " WHERE instance=$1 AND incarnation=$2", instance, token, address, lease, now)
-            if status == "UPDATE 0":
+        async def _hb(c: Conn) -> bool:
+            # The old row's lease is read under the UPDATE's row lock (the FROM's FOR UPDATE): an adopter
+            # that saw it over has committed before, or sees the renewed one.
+            lapsed = await c.fetchval(
+                f"WITH t AS (SELECT {_now('$5')} AS now),"
+                " old AS (SELECT lease_until FROM members WHERE instance=$1 AND incarnation=$2 FOR UPDATE)"
+                " UPDATE members SET address=$3, lease_until=t.now + $4 FROM t, old"
+                " WHERE instance=$1 AND incarnation=$2 RETURNING old.lease_until <= t.now",
+                instance, token, address, lease, now)
+            if lapsed is None:
                 raise MembershipLost(f"instance name {instance} is held by another process")
+            return bool(lapsed)
 
-        await self._run(_hb, "heartbeat")
+        return await self._run(_hb, "heartbeat")
 
     async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
         """A stop: the lease ends now (dated back `grace` seconds after a clean stop)."""

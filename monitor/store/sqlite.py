@@ -559,18 +559,28 @@ class SqliteStore:
         return await self._run(_join, "join")
 
     async def heartbeat(self, instance: str, token: str, address: str, lease: float,
-                        now: float | None = None) -> None:
-        """Renew this process's membership lease (its jobs are its own while the lease holds).
-        MembershipLost when another process holds the name now."""
+                        now: float | None = None) -> bool:
+        """Renew this process's membership lease (its jobs are its own while the lease holds); whether
+        the lease had already ended (its jobs may have been taken over meanwhile). MembershipLost when
+        another process holds the name now."""
         now = self._now(now)
 
-        def _hb(c: sqlite3.Connection) -> None:
-            cur = c.execute("UPDATE members SET address=?, lease_until=? WHERE instance=? AND incarnation=?",
-                            (address, now + lease, instance, token))
-            if cur.rowcount == 0:
-                raise MembershipLost(f"instance name {instance} is held by another process")
+        def _hb(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT lease_until FROM members WHERE instance=? AND incarnation=?",
+                                (instance, token)).fetchone()
+                if row is None:
+                    raise MembershipLost(f"instance name {instance} is held by another process")
+                c.execute("UPDATE members SET address=?, lease_until=? WHERE instance=? AND incarnation=?",
+                          (address, now + lease, instance, token))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return float(row[0]) <= now
 
-        await self._run(_hb, "heartbeat")
+        return await self._run(_hb, "heartbeat")
 
     async def leave(self, instance: str, token: str, grace: float = 0.0, now: float | None = None) -> None:
         """A stop: the lease ends now. `grace`: how far back to date it, so that the others need not

@@ -243,6 +243,18 @@ async def test_a_name_is_held_by_one_process(store: Store) -> None:
         await store.heartbeat("m1", "t1", "h1", 15.0, now=126.0)
 
 
+async def test_a_heartbeat_says_whether_the_lease_had_ended(store: Store) -> None:
+    """A renewal after the lease ended still renews it (the name is still this process's), but says so:
+    the jobs held under it may have been taken over meanwhile."""
+    assert (await store.join("m1", "t1", "h1", 15.0, 5.0, now=100.0)).joined
+    assert await store.heartbeat("m1", "t1", "h1", 15.0, now=110.0) is False  # lease until 115
+    assert await store.heartbeat("m1", "t1", "h1", 15.0, now=124.0) is False  # until 125
+    assert await store.heartbeat("m1", "t1", "h1", 15.0, now=139.0) is True  # it ended at 139
+    assert await store.heartbeat("m1", "t1", "h1", 15.0, now=200.0) is True
+    (m,) = await store.members(now=201.0)
+    assert m["lease_until"] == 215.0
+
+
 async def test_leave_ends_the_lease_at_once(store: Store) -> None:
     assert (await store.join("m1", "t1", "h1", 15.0, 5.0, now=100.0)).joined
     await store.heartbeat("m1", "t1", "h1b", 15.0, now=105.0)
