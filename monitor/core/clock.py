@@ -30,12 +30,19 @@ class Clock(Protocol):
         """Like asyncio.timeout(seconds): raises TimeoutError when the body overruns."""
 
 
+async def _sleep_until(clock: Clock, deadline: float) -> None:
+    await clock.sleep(deadline - clock.monotonic())
+
+
 async def sleep_unless(clock: Clock, seconds: float, *events: asyncio.Event) -> bool:
     """Sleep `seconds` on `clock`, ending early when any of `events` is set. Returns whether an event
-    ended it (or was set already)."""
+    ended it (or was set already). The end is fixed now, not when the sleeping task first runs (time
+    may move in between: a fake clock's `advance`, or a busy loop)."""
     if any(e.is_set() for e in events):
         return True
-    tasks = [asyncio.ensure_future(clock.sleep(seconds)), *(asyncio.ensure_future(e.wait()) for e in events)]
+    deadline = clock.monotonic() + seconds
+    tasks = [asyncio.ensure_future(_sleep_until(clock, deadline)),
+             *(asyncio.ensure_future(e.wait()) for e in events)]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

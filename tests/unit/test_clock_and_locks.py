@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.core.clock import FakeClock
+from monitor.core.clock import FakeClock, sleep_unless
 from monitor.core.errors import Parked
 from monitor.core.model import JobState, StepState
 from monitor.jobs.locks import GroupLocks
@@ -69,6 +69,20 @@ async def waiting_job(store: SqliteStore, server: str, group: str = "dg1") -> in
     job.step("lock_group").state = StepState.RUNNING
     await store.save_job(job)
     return job.id
+
+
+async def test_sleep_unless_ends_when_it_was_asked_to_even_if_time_moved_before_it_slept() -> None:
+    """The end of a sleep_unless is fixed when it is called: its sleeping task starts a loop turn later,
+    and a fake clock advanced meanwhile (or a busy loop) must not push it back."""
+    clock = FakeClock()
+    start = clock.time()
+    wake = asyncio.Event()
+    task = asyncio.create_task(sleep_unless(clock, 10, wake))
+    await asyncio.sleep(0)  # sleep_unless ran up to its wait; its sleeping task has not run yet
+    await clock.advance(3)
+    assert clock.deadlines() == [pytest.approx(start + 10, abs=1e-6)]
+    await clock.advance(7)
+    assert await asyncio.wait_for(task, 1) is False
 
 
 async def test_waiters_are_served_in_job_order(store: SqliteStore) -> None:
