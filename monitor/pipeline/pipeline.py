@@ -135,15 +135,34 @@ class Pipeline:
         group_size = resolver.group_sizes.get(server.domain_group, 0) if resolver and server else None
         return event, server, found, group_size
 
+    def _start_reading(self, decider: Decider, decision: Decision,
+                       server: Server) -> asyncio.Task[confirmation.Reading] | None:
+        """The BMC read a failover decision's confirmation will need, started now (None: it needs none),
+        so that it runs while the silences are read. Only a read: when the decision ends up silenced,
+        it is cancelled or its answer dropped."""
+        assert decision.rule is not None
+        rule = decider.ruleset.rules[decision.rule]
+        if self.power is None or not confirmation.needs_reading(self.failover.confirm, rule.spec):
+            return None
+        task = asyncio.create_task(confirmation.read(self.power, server, self.failover.confirm_timeout,
+                                                     self.clock), name=f"confirm-{server.id}")
+        task.add_done_callback(_retrieve)  # a dropped read's unexpected error is not logged as unretrieved
+        return task
+
     async def _confirm(self, decider: Decider, decision: Decision, server: Server,
-                       read_bmc: bool = True) -> confirmation.Confirmation:
-        """Confirm a failover decision with the BMC; a decline is recorded in `decider`'s state (the
-        cooldown given back, the window opened) and turns the decision into `declined`."""
+                       read_bmc: bool = True,
+                       started: asyncio.Task[confirmation.Reading] | None = None,
+                       ) -> confirmation.Confirmation:
+        """Confirm a failover decision with the BMC (with the read `started` already, if any); a decline
+        is recorded in `decider`'s state (the cooldown given back, the window opened) and turns the
+        decision into `declined`."""
         assert decision.rule is not None
         rule = decider.ruleset.rules[decision.rule]
         policy = self.failover.confirm
         reading: confirmation.Reading = None
-        if read_bmc and self.power is not None and confirmation.needs_reading(policy, rule.spec):
+        if started is not None:
+            reading = await started
+        elif read_bmc and self.power is not None and confirmation.needs_reading(policy, rule.spec):
             reading = await confirmation.read(self.power, server, self.failover.confirm_timeout, self.clock)
         others = None
         if isinstance(reading, AdapterError):  # the BMC is dead: do the other fence levels read it down?
@@ -170,10 +189,16 @@ class Pipeline:
         if server is None:
             self.metrics.inc("events_unresolved_total", source=event.source, reason=found.reason or NO_MATCH)
         decision = self.decider.decide(event, server, group_size)
-        if decision.action == "failover" and server is not None:  # operator silences (store)
-            await maintenance.honour_silences(self.store, self.decider, decision, server)
         if decision.action == "failover" and server is not None:
-            await self._confirm(self.decider, decision, server)
+            # The BMC is read (confirmation) while the operator silences are read from the store.
+            reading = self._start_reading(self.decider, decision, server)
+            try:
+                await maintenance.honour_silences(self.store, self.decider, decision, server)
+                if decision.action == "failover":
+                    await self._confirm(self.decider, decision, server, started=reading)
+            finally:
+                if reading is not None and not reading.done():
+                    reading.cancel()
         self.metrics.inc("decisions_total", action=decision.action)
         if decision.action == "failover" and server is not None:
             # Every monitor hears the same trap: one of them starts the failover.
@@ -383,6 +408,11 @@ class Pipeline:
                         self.failover.confirm, d.rule, spec)}
             out.append({**d.public(), **extra, "resolved_by": how, "mode": explain_mode(live)})
         return out
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _rows(batch: list[Decision]) -> list[tuple[float, str | None, str, str | None, dict[str, Any]]]:

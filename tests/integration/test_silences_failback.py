@@ -72,6 +72,25 @@ async def test_a_silence_stops_a_failover_and_expires_on_the_fake_clock(
     assert await lab_control.violations() == []
 
 
+async def test_a_silenced_failover_drops_its_bmc_reading_and_opens_no_decline(
+        lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str) -> None:
+    """The confirmation's BMC read starts while the silences are read; when the decision is silenced,
+    that reading is dropped: the blade reads healthy (a confirmation would decline), yet the decision
+    says silenced, and no decline window is opened."""
+    await lab_control.call("PUT", "/lab/v1/latency", {**INSTANT, "bmc_ms": 50})
+    h = await start_daemon(config(lab, tmp_path, token))
+    s = await silence(h, kind="server", target="enc1-bay1", comment="DIMM swap", duration="10m")
+    await post_event(h, trap(BAY1, CPU))  # no crash: the BMC reads healthy
+    await wait_decisions(h, 1)
+    (d,) = await decisions(h, "enc1-bay1")
+    assert d["action"] == "alert" and d["guard"].startswith(f"silenced by maintenance silence {s['id']}")
+    assert "confirmation" not in d or d["confirmation"] is None
+    _, guards = await h.api("GET", "/api/v1/guards")
+    assert guards["declined"] == [] and guards["cooldowns"] == []
+    assert h.jobs == {}
+
+
 async def test_silences_are_shared_by_two_monitors_and_expire_from_the_cli(
         lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
         token: str, monkeypatch: pytest.MonkeyPatch) -> None:
