@@ -2,7 +2,8 @@
 
 `RedfishConnections` owns one `aiohttp.ClientSession` (given or created lazily, over one `TCPConnector`:
 at most `max_connections` open connections overall, `PER_HOST_CONNECTIONS` per BMC, idle ones kept
-`KEEPALIVE_SECONDS`; TLS contexts are built once per CA file and reused for every BMC) and one
+`KEEPALIVE_SECONDS`; TLS contexts are built once per CA file and reused for every BMC, and they resume
+TLS sessions: see `ResumingContext`) and one
 `AsyncRedfishClient` per BMC connection (url, credentials, TLS, auth mode), created lazily under a
 per-connection lock and cached until `close()`, which logs out of the sessions it opened. It is the one
 place where library exceptions and timeouts become `monitor.core.ports` AdapterErrors (always with
@@ -27,9 +28,13 @@ SKU, where Dell keeps the service tag) and UUID with the inventory's `serial` an
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import ssl
+import time
 import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -74,6 +79,98 @@ PER_HOST_CONNECTIONS = 4
 """Open connections to one BMC at most."""
 KEEPALIVE_SECONDS = 15.0
 """How long an idle connection to a BMC is kept for reuse."""
+TLS_SESSIONS = 16_384
+"""TLS sessions kept for resumption per TLS context (one per BMC; least recently stored dropped first)."""
+
+_TLS_PEER: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("bmc_tls_peer",
+                                                                                  default=None)
+"""The (host, port) being connected to, while `BmcConnector` opens a connection (read by wrap_bio)."""
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client TLS context that offers each BMC the TLS session of its previous connection.
+
+    A BMC is read once per poll interval, longer than the keep-alive, so nearly every read opens a new
+    TLS connection; resuming it (TLS 1.3 PSK or a TLS 1.2 ticket) spares the certificate and its
+    signature, ~1.3 ms of each handshake on loopback (bench/README.md). Sessions are kept per peer
+    (host, port), never shared between contexts (OpenSSL refuses a session from another context, so a
+    session made without verification is never offered by a verifying one), at most `max_sessions`.
+    `BmcConnector` names the peer while it connects, stores the session when the connection is first
+    released (a fresh one when the resumed session is past half its lifetime), and forgets the peer's
+    session when a connection to it fails: a peer that refuses resumption gets a full handshake next."""
+
+    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT, *, max_sessions: int = TLS_SESSIONS) -> None:
+        super().__init__()
+        self._max_sessions = max(1, max_sessions)
+        self._sessions: OrderedDict[tuple[str, int | str], tuple[ssl.SSLSession, float]] = OrderedDict()
+        self._peers: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[str, int | str]] = (
+            weakref.WeakKeyDictionary())
+        """Connections whose session is not yet stored -> their peer."""
+
+    def __new__(cls, protocol: int = ssl.PROTOCOL_TLS_CLIENT, *args: Any, **kwargs: Any) -> ResumingContext:
+        return super().__new__(cls, protocol)
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if server_side:
+            return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        peer: tuple[str, int | str] | None = _TLS_PEER.get()
+        if peer is None and server_hostname is not None:
+            peer = (str(server_hostname), "")
+        if peer is not None and session is None:
+            stored = self._sessions.get(peer)
+            session = stored[0] if stored is not None else None
+        ssl_object = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        if peer is not None:
+            self._peers[ssl_object] = peer
+        return ssl_object
+
+    def remember(self, ssl_object: ssl.SSLObject) -> None:
+        """Store the session of a connection that has done a request (once per connection)."""
+        peer = self._peers.pop(ssl_object, None)
+        if peer is None:
+            return
+        now = time.monotonic()
+        stored = self._sessions.get(peer)
+        if ssl_object.session_reused and stored is not None and now - stored[1] < stored[0].timeout / 2:
+            return
+        session = ssl_object.session
+        if session is None:
+            return
+        self._sessions[peer] = (session, now)
+        self._sessions.move_to_end(peer)
+        while len(self._sessions) > self._max_sessions:
+            self._sessions.popitem(last=False)
+
+    def forget(self, peer: tuple[str, int | str]) -> None:
+        self._sessions.pop(peer, None)
+
+    def sessions(self) -> int:
+        """Sessions kept for resumption."""
+        return len(self._sessions)
+
+
+def unverified_context() -> ResumingContext:
+    """For `verify_tls: false` BMCs (as aiohttp's own unverified context, plus resumption)."""
+    ctx = ResumingContext()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.set_alpn_protocols(("http/1.1",))
+    return ctx
+
+
+def verifying_context(ca_file: str | None) -> ResumingContext:
+    """For `verify_tls: true` BMCs: the CA file's certificates, else the system's (blocking: disk I/O)."""
+    ctx = ResumingContext()  # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname already
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.set_alpn_protocols(("http/1.1",))
+    return ctx
 
 
 class BmcConnector(aiohttp.TCPConnector):
@@ -81,13 +178,32 @@ class BmcConnector(aiohttp.TCPConnector):
     keep-alive ones are not counted, and with 10,000 BMCs each read once a minute the 15 s keep-alive
     would hold thousands of idle TLS connections (~300 KB each, measured: bench/README.md, bench_scale).
     Past `max_idle_hosts` BMCs with idle connections, the least recently pooled BMC's are closed (the
-    one just released stays: its next request, usually right behind, reuses it)."""
+    one just released stays: its next request, usually right behind, reuses it). With a
+    `ResumingContext`, it names the peer while connecting and stores the TLS session on release."""
 
     def __init__(self, *, max_idle_hosts: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_idle_hosts = max(1, max_idle_hosts)
 
+    async def _wrap_create_connection(self, *args: Any, req: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("ssl")
+        if not isinstance(context, ResumingContext):
+            return await super()._wrap_create_connection(*args, req=req, **kwargs)
+        peer = (req.host, req.port)
+        token = _TLS_PEER.set(peer)
+        try:
+            return await super()._wrap_create_connection(*args, req=req, **kwargs)
+        except BaseException:
+            context.forget(peer)  # a peer that failed the handshake (or was unreachable) starts afresh
+            raise
+        finally:
+            _TLS_PEER.reset(token)
+
     def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        if isinstance(key.ssl, ResumingContext) and protocol.transport is not None:
+            ssl_object = protocol.transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                key.ssl.remember(ssl_object)
         super()._release(key, protocol, should_close=should_close)
         pooled = self._conns  # aiohttp's idle pool: ConnectionKey -> deque, oldest key first
         while len(pooled) > self._max_idle_hosts:
@@ -191,8 +307,10 @@ class RedfishConnections:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
         self._max_connections = max_connections
-        self._tls: dict[str, ssl.SSLContext] = {}
-        """CA file -> its verifying context, built once (not per BMC: 10,000 BMCs share one)."""
+        self._tls: dict[str | None, ResumingContext] = {}
+        """CA file (None: the system's CAs) -> its verifying context, built once (not per BMC: 10,000 BMCs
+        share one, and its TLS sessions)."""
+        self._unverified = unverified_context()
         self._session = session
         self._owns_session = session is None
         self._owner = owner
@@ -336,13 +454,19 @@ class RedfishConnections:
             return conn
 
     async def _tls_context(self, bmc: BmcEndpoint) -> ssl.SSLContext | bool:
-        if not (bmc.verify_tls and bmc.ca_file):
-            return await tls_context(bmc)
-        cached = self._tls.get(bmc.ca_file)
+        """The connection's `ssl` argument: a context of this object's (`ResumingContext`), or False
+        for plain http (aiohttp ignores it there)."""
+        if not bmc.url.strip().lower().startswith("https:"):
+            return False
+        if not bmc.verify_tls:
+            return self._unverified
+        cached = self._tls.get(bmc.ca_file or None)
         if cached is None:
-            made = await tls_context(bmc)
-            assert isinstance(made, ssl.SSLContext)
-            cached = self._tls.setdefault(bmc.ca_file, made)
+            try:
+                made = await asyncio.to_thread(verifying_context, bmc.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise AdapterError(f"cannot load CA file {bmc.ca_file}: {exc}", endpoint=bmc.url) from exc
+            cached = self._tls.setdefault(bmc.ca_file or None, made)
         return cached
 
     async def _connect(self, bmc: BmcEndpoint, key: ConnKey) -> _Connection:
@@ -384,7 +508,8 @@ def bmc_of(server: Server) -> BmcEndpoint:
 
 
 async def tls_context(bmc: BmcEndpoint) -> ssl.SSLContext | bool:
-    """The `ssl` argument for aiohttp: False (no verification), True (system CAs) or the CA file's."""
+    """The `ssl` argument for aiohttp: False (no verification), True (system CAs) or the CA file's
+    (for one long-lived connection, as the SSE follower's; `RedfishConnections` keeps its own)."""
     if not bmc.verify_tls:
         return False
     if bmc.ca_file:
@@ -527,6 +652,7 @@ __all__ = [
     "ConnKey",
     "RedfishConnections",
     "Reply",
+    "ResumingContext",
     "TlsSession",
     "bmc_message",
     "bmc_of",
@@ -540,4 +666,6 @@ __all__ = [
     "reply_error",
     "system_path",
     "tls_context",
+    "unverified_context",
+    "verifying_context",
 ]
