@@ -47,7 +47,7 @@ from monitor.core.errors import (
 )
 from monitor.core.fencing import Fence, observing
 from monitor.core.metrics import PHASES, Metrics
-from monitor.core.model import STEP_SPECS, STEP_TABLE, Job, JobState, StepSpec, StepState, iso
+from monitor.core.model import STEP_SPECS, STEP_TABLE, Job, JobState, Server, StepSpec, StepState, iso
 from monitor.jobs.flow import FailoverFlow, FlowDeps, StepFailed
 from monitor.jobs.gate import Gate
 from monitor.jobs.membership import Membership
@@ -137,14 +137,23 @@ class JobRunner:
 
     # --- submission ------------------------------------------------------------------------------
 
-    async def submit(self, server_id: str, trigger: dict[str, Any]) -> Job:
-        """Create and start a failover job. UnknownServer, ActiveJobExists or ShuttingDown otherwise."""
-        if self._tg is None or self._stopping.is_set():
-            raise ShuttingDown("the monitor is not accepting jobs")
+    async def read_server(self, server_id: str) -> Server:
+        """The manager's view of a server, as `submit` reads it (UnknownServer when it has none)."""
         try:
-            server = await self.d.manager.server(server_id)
+            return await self.d.manager.server(server_id)
         except NotFound:
             raise UnknownServer(server_id) from None
+
+    async def submit(self, server_id: str, trigger: dict[str, Any], *, server: Server | None = None) -> Job:
+        """Create and start a failover job. UnknownServer, ActiveJobExists or ShuttingDown otherwise.
+
+        `server`: the manager's view, read by `read_server` just before (the pipeline reads it while the
+        BMC confirms the fault); read here otherwise. Only its id and domain group are used: every step
+        of the job reads the manager afresh."""
+        if self._tg is None or self._stopping.is_set():
+            raise ShuttingDown("the monitor is not accepting jobs")
+        if server is None or server.id != server_id:
+            server = await self.read_server(server_id)
         async with self._adopting:  # a job created here is started here, never also taken as an orphan
             if self._stopping.is_set():  # stopping began while the server was read
                 raise ShuttingDown("the monitor is not accepting jobs")

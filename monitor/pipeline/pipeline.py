@@ -6,7 +6,9 @@ A failover decision is confirmed before a job is created (monitor/pipeline/confi
 the source's BMC is read again (with a timeout) and must read the server down or unhealthy. A decline is
 its own outcome, `declined`: it gives back the cooldown and the rate-limit slot, and stays open for
 `failover.confirm_window`: a second failover signal, or a health poll reading the server unhealthy, within
-it fails the server over. The verdict and the reading go into the decision and the job's trigger.
+it fails the server over. The verdict and the reading go into the decision and the job's trigger. The
+reads a failover needs run together: the BMC's (confirmation), the operator silences (store) and the
+manager's view of the server (the job's creation); a decision silenced or declined drops the others.
 
 One consumer task takes events from a bounded queue (sources put into it and count what overflows),
 so the rule state is only ever touched from one task. Decisions are stored by group commit; the rule
@@ -189,9 +191,14 @@ class Pipeline:
         if server is None:
             self.metrics.inc("events_unresolved_total", source=event.source, reason=found.reason or NO_MATCH)
         decision = self.decider.decide(event, server, group_size)
+        manager_read: asyncio.Task[Server] | None = None
         if decision.action == "failover" and server is not None:
-            # The BMC is read (confirmation) while the operator silences are read from the store.
+            # The BMC is read (confirmation) while the operator silences are read from the store, and
+            # the manager's view of the server, which the job's creation needs, is read meanwhile too.
             reading = self._start_reading(self.decider, decision, server)
+            manager_read = asyncio.create_task(self.runner.read_server(server.id),
+                                               name=f"manager-read-{server.id}")
+            manager_read.add_done_callback(_retrieve)
             try:
                 await maintenance.honour_silences(self.store, self.decider, decision, server)
                 if decision.action == "failover":
@@ -199,6 +206,18 @@ class Pipeline:
             finally:
                 if reading is not None and not reading.done():
                     reading.cancel()
+                if decision.action != "failover" and not manager_read.done():
+                    manager_read.cancel()  # silenced or declined: no job, the read is not needed
+        try:
+            await self._decided(decision, event, server, how, manager_read)
+        finally:
+            if manager_read is not None and not manager_read.done():
+                manager_read.cancel()
+        return decision
+
+    async def _decided(self, decision: Decision, event: Event, server: Server | None, how: str,
+                       manager_read: asyncio.Task[Server] | None) -> None:
+        """After the confirmation: dedupe, the job, alerts, the record, the listeners."""
         self.metrics.inc("decisions_total", action=decision.action)
         if decision.action == "failover" and server is not None:
             # Every monitor hears the same trap: one of them starts the failover.
@@ -215,7 +234,8 @@ class Pipeline:
             if decision.reopened is not None:
                 trigger["reopened"] = decision.reopened
             try:
-                job = await self.runner.submit(server.id, trigger)
+                read = await manager_read if manager_read is not None else None
+                job = await self.runner.submit(server.id, trigger, server=read)
                 decision.job = job.id
             except ActiveJobExists as exc:
                 decision.action, decision.guard = "none", f"{server.id} already has active job {exc.job}"
@@ -234,7 +254,6 @@ class Pipeline:
                 listener(decision)
             except Exception:  # a listener never breaks the pipeline
                 log.exception("decision listener failed")
-        return decision
 
     @staticmethod
     def alert_payload(d: Decision) -> dict[str, object]:

@@ -101,6 +101,52 @@ async def test_trap_to_job(lab: LabSimulator, lab_control: LabControl, start_dae
     assert d["confirmation"] == confirmation
 
 
+async def test_the_manager_is_read_while_the_bmc_confirms(
+        lab: LabSimulator, lab_control: LabControl, start_daemon: DaemonFactory, tmp_path: Path,
+        token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's creation needs the manager's view of the server: it is read while the BMC read of the
+    confirmation is on the wire, not after it (spies on the real adapters record the order); a declined
+    confirmation creates no job, whatever the manager answered."""
+    await lab_control.call("PUT", "/lab/v1/latency", {"power_off_s": 0, "power_on_s": 0, "boot_s": 0,
+                                                      "bmc_ms": 150})
+    h = await start_daemon(config(lab, tmp_path, token))
+    assert h.daemon.pipeline is not None and h.daemon.runner is not None
+    power, manager = h.daemon.pipeline.power, h.daemon.runner.d.manager
+    assert power is not None
+    seen: list[str] = []
+    health, server = power.health, manager.server
+
+    async def spied_health(s: Any) -> Any:
+        seen.append(f"bmc read {s.id}")
+        try:
+            return await health(s)
+        finally:
+            seen.append(f"bmc answered {s.id}")
+
+    async def spied_server(server_id: str) -> Any:
+        seen.append(f"manager read {server_id}")
+        return await server(server_id)
+
+    monkeypatch.setattr(power, "health", spied_health)
+    monkeypatch.setattr(manager, "server", spied_server)
+    await crash(lab_control, "enc1-bay1")
+    await post_event(h, trap("127.77.1.1", CPU))
+    await h.wait_for(lambda: any(j.server == "enc1-bay1" and not j.state.active for j in h.jobs.values()))
+    first = seen[:3]
+    assert first[0] == "bmc read enc1-bay1" and first[2] == "bmc answered enc1-bay1", seen
+    assert first[1] == "manager read enc1-bay1", seen  # before the BMC answered
+    (job,) = [j for j in h.jobs.values() if j.server == "enc1-bay1"]
+    assert job.state.value == "completed"
+
+    seen.clear()  # enc1-bay2 reads healthy: the confirmation declines, no job, whatever was read
+    await post_event(h, trap("127.77.1.2", CPU))
+    await wait_decisions(h, 2)
+    (d,) = await decisions(h, "enc1-bay2")
+    assert d["action"] == "declined" and d["job"] is None
+    assert [j for j in h.jobs.values() if j.server == "enc1-bay2"] == []
+    assert seen[0] == "bmc read enc1-bay2", seen
+
+
 async def test_unknown_sender_is_kept_counted_and_never_fails_over(
         lab: LabSimulator, start_daemon: DaemonFactory, tmp_path: Path, token: str) -> None:
     h = await start_daemon(config(lab, tmp_path, token))
