@@ -173,6 +173,26 @@ def verifying_context(ca_file: str | None) -> ResumingContext:
     return ctx
 
 
+class TlsContexts:
+    """The TLS contexts of one connection pool: one for `verify_tls: false` BMCs, one per CA file (None:
+    the system's CAs), each built once (not per BMC: 10,000 BMCs share one, and its TLS sessions)."""
+
+    def __init__(self) -> None:
+        self.unverified = unverified_context()
+        self._verifying: dict[str | None, ResumingContext] = {}
+
+    async def verifying(self, bmc: BmcEndpoint) -> ResumingContext:
+        key = bmc.ca_file or None
+        cached = self._verifying.get(key)
+        if cached is None:
+            try:
+                made = await asyncio.to_thread(verifying_context, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise AdapterError(f"cannot load CA file {bmc.ca_file}: {exc}", endpoint=bmc.url) from exc
+            cached = self._verifying.setdefault(key, made)
+        return cached
+
+
 class BmcConnector(aiohttp.TCPConnector):
     """aiohttp's connector with the idle pool bounded too: `limit` caps connections in use, but idle
     keep-alive ones are not counted, and with 10,000 BMCs each read once a minute the 15 s keep-alive
@@ -184,6 +204,8 @@ class BmcConnector(aiohttp.TCPConnector):
     def __init__(self, *, max_idle_hosts: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_idle_hosts = max(1, max_idle_hosts)
+        self.tls = TlsContexts()
+        """The contexts, and so the TLS sessions, of every RedfishConnections sharing this pool."""
 
     async def _wrap_create_connection(self, *args: Any, req: Any, **kwargs: Any) -> Any:
         context = kwargs.get("ssl")
@@ -307,10 +329,8 @@ class RedfishConnections:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
         self._max_connections = max_connections
-        self._tls: dict[str | None, ResumingContext] = {}
-        """CA file (None: the system's CAs) -> its verifying context, built once (not per BMC: 10,000 BMCs
-        share one, and its TLS sessions)."""
-        self._unverified = unverified_context()
+        self._tls = TlsContexts()
+        """Used when the session's connector is not a BmcConnector (which has its own, shared)."""
         self._session = session
         self._owns_session = session is None
         self._owner = owner
@@ -454,20 +474,13 @@ class RedfishConnections:
             return conn
 
     async def _tls_context(self, bmc: BmcEndpoint) -> ssl.SSLContext | bool:
-        """The connection's `ssl` argument: a context of this object's (`ResumingContext`), or False
-        for plain http (aiohttp ignores it there)."""
+        """The connection's `ssl` argument: a `ResumingContext` of the pool's (every adapter sharing the
+        session shares its TLS sessions), or False for plain http (aiohttp ignores it there)."""
         if not bmc.url.strip().lower().startswith("https:"):
             return False
-        if not bmc.verify_tls:
-            return self._unverified
-        cached = self._tls.get(bmc.ca_file or None)
-        if cached is None:
-            try:
-                made = await asyncio.to_thread(verifying_context, bmc.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise AdapterError(f"cannot load CA file {bmc.ca_file}: {exc}", endpoint=bmc.url) from exc
-            cached = self._tls.setdefault(bmc.ca_file or None, made)
-        return cached
+        connector = self.http().connector
+        contexts = connector.tls if isinstance(connector, BmcConnector) else self._tls
+        return await contexts.verifying(bmc) if bmc.verify_tls else contexts.unverified
 
     async def _connect(self, bmc: BmcEndpoint, key: ConnKey) -> _Connection:
         if key.auth not in ("basic", "session"):
@@ -653,6 +666,7 @@ __all__ = [
     "RedfishConnections",
     "Reply",
     "ResumingContext",
+    "TlsContexts",
     "TlsSession",
     "bmc_message",
     "bmc_of",

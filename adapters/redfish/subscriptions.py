@@ -19,6 +19,7 @@ from adapters.redfish.client import (
 )
 from adapters.redfish.listener import bmc_token
 from adapters.redfish.payload import CONTEXT_PREFIX
+from adapters.redfish.poller import spread_offset
 from adapters.redfish.reader import (
     SUBSCRIPTIONS_PATH,
     RedfishReader,
@@ -99,29 +100,62 @@ class SubscriptionManager:
         await self._reader.close()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile at start and every `check_interval` until `stop` is set."""
+        """Reconcile at start and every `check_interval` until `stop` is set, each reconcile spread
+        over `window()` (`reconcile_rate`)."""
         if not self.enabled:
             log.info("Redfish subscriptions not managed (redfish_events.destination/subscribe)")
             return
         try:
             while not stop.is_set():
-                outcome = await self.reconcile_once()
-                # No BMC known yet (the inventory's first load is under way): look again soon rather
-                # than a whole check_interval later.
-                wait = self._config.check_interval if outcome else min(self._config.check_interval,
-                                                                      EMPTY_RETRY)
+                started = self._clock.monotonic()
+                # Raced with `stop`: a spread reconcile lasts up to 0.8 x check_interval, and a stop
+                # does not wait for it (a BMC cut off halfway is reconciled at the next start).
+                reconcile = asyncio.ensure_future(self.reconcile_once(spread=True))
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait([reconcile, stopped], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                    if not reconcile.done():
+                        reconcile.cancel()
+                    await asyncio.gather(reconcile, stopped, return_exceptions=True)
+                if stop.is_set():
+                    break
+                outcome = reconcile.result()
+                # Each BMC about once per check_interval (the spread is part of it). No BMC known yet
+                # (the inventory's first load is under way): look again soon rather than a whole
+                # check_interval later.
+                elapsed = self._clock.monotonic() - started
+                wait = max(0.0, self._config.check_interval - elapsed) if outcome else min(
+                    self._config.check_interval, EMPTY_RETRY)
                 if await sleep_unless(self._clock, wait, stop):
                     break
         finally:
             await self.close()
 
-    async def reconcile_once(self) -> dict[str, str]:
+    def window(self, bmcs: int) -> float:
+        """Seconds over which one reconcile of `bmcs` BMCs is spread (`reconcile_rate`)."""
+        rate = self._config.reconcile_rate
+        if rate <= 0:
+            return 0.0
+        return min(bmcs / rate, self._config.poll_spread * self._config.check_interval)
+
+    async def reconcile_once(self, *, spread: bool = False) -> dict[str, str]:
+        """Reconcile every BMC's subscription now (`spread`: each at its offset in `window()` after now,
+        as `run()` does) and answer per BMC URL."""
         if not self.enabled:
             return {}
         endpoints = bmc_endpoints(self._servers())
         urls = list(endpoints)
+        start_at: Callable[[int], float] | None = None
+        window = self.window(len(urls)) if spread else 0.0
+        if window > 0:
+            offsets = {u: spread_offset(u, window) for u in urls}
+            urls.sort(key=offsets.__getitem__)
+            started = self._clock.monotonic()
+            start_at = lambda i: started + offsets[urls[i]]  # noqa: E731
         outcomes = await bounded_map(self._guarded, [endpoints[u][0] for u in urls], self._concurrency,
-                                     clock=self._clock)
+                                     clock=self._clock, start_at=start_at)
         results = [o.value if o.value is not None else f"error: {o.error}" for o in outcomes]
         outcome = dict(zip(urls, results, strict=True))
         for url in set(self._known) - set(urls):

@@ -306,6 +306,12 @@ class RedfishEventsConfig(_Strict):
     """Make sure each BMC has exactly one subscription pointing at us (create, repair, remove our stale
     ones; never touch another consumer's)."""
     check_interval: Annotated[float, Field(gt=0)] = 300.0
+    reconcile_rate: Annotated[float, Field(ge=0)] = 40.0
+    """BMCs per second, on average, whose subscription is reconciled (each costs 2-5 requests): one
+    reconcile over N BMCs is spread over min(N / reconcile_rate, poll_spread x check_interval) seconds,
+    each BMC at a stable offset (a hash of its URL), so a start with 10,000 BMCs is no thundering herd
+    (spread over 240 s by default) and 16 are done in 0.4 s. 0: all at once (bounded by
+    `max_concurrency`)."""
     sse: bool = False
     """Also follow each BMC's ServerSentEventUri where it has one."""
     poll_interval: Annotated[float, Field(ge=0)] = 60.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from aiohttp import web
 from adapters.redfish.client import normalize_bmc_url
 from adapters.redfish.listener import LISTENER_PATH, BmcTokens, RedfishEventListener, bmc_token
 from adapters.redfish.payload import CONTEXT_PREFIX, NotAnEvent, parse_event_payload
-from adapters.redfish.poller import HEALTH_CHANGED, HealthPoller
+from adapters.redfish.poller import HEALTH_CHANGED, HealthPoller, spread_offset
 from adapters.redfish.power import RedfishPower
 from adapters.redfish.reader import RedfishReader
 from adapters.redfish.sse import SseFollower
@@ -39,6 +40,7 @@ from monitor.core.events import Event
 from monitor.core.metrics import Metrics
 from monitor.core.model import BmcEndpoint, Health, Server
 from tests.support.net import bound_socket, reserve_port
+from tests.support.wait import eventually
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "redfish"
 PAYLOADS = FIXTURES / "payloads"
@@ -630,23 +632,54 @@ async def test_subscription_manager_reports_bmc_problems(bmcs: LabBmcs) -> None:
             await manager.close()
 
 
-async def test_subscription_manager_run_loop_on_fake_clock(bmcs: LabBmcs) -> None:
-    picked = bmcs.pick("enc1-bay1")
-    async with start_listener(picked, check_interval=300) as ls:
+async def test_subscription_manager_run_loop_spreads_its_bmcs_on_fake_clock(bmcs: LabBmcs) -> None:
+    """The run loop reconciles each BMC at its stable offset in the window (3 BMCs at 0.1/s: 30 s),
+    none before it, and starts the next reconcile one check_interval after the previous one started."""
+    names = ("enc1-bay1", "enc1-bay2", "enc1-bay3")
+    picked = bmcs.pick(*names)
+    async with start_listener(picked, check_interval=300, reconcile_rate=0.1) as ls:
         clock = FakeClock()
         manager = SubscriptionManager(ls.config, picked, ls.metrics, clock, timeout=5.0)
+        assert manager.window(3) == 30.0 and manager.window(10_000) == 240.0  # capped: 0.8 x 300
+        urls = {normalize_bmc_url(bmcs.url(n)): n for n in names}
+        order = sorted(urls, key=lambda u: spread_offset(u, 30.0))
+        begin = clock.time()
         stop = asyncio.Event()
         task = asyncio.create_task(manager.run(stop))
-        await asyncio.wait_for(clock.next_sleeper(), WAIT)  # first reconcile done, sleeping
-        assert manager.last == {bmcs.url("enc1-bay1"): "created"}
+
+        def reconciled(want: int | None = None) -> int | bool:
+            """BMCs reconciled so far (with `want`: whether that many)."""
+            n = sum(int(ls.metrics.get("redfish_subscriptions_total", result=r))
+                       for r in ("created", "kept", "repaired"))
+            return n if want is None else n == want
+
+        async def one_round(start: float) -> None:
+            for url in order:
+                await asyncio.wait_for(clock.next_sleeper(), WAIT)  # the next BMC waits for its offset
+                assert clock.deadlines()[0] - start == pytest.approx(spread_offset(url, 30.0), abs=1e-6)
+                want = int(reconciled()) + 1
+                await clock.advance(clock.deadlines()[0] - clock.time())
+                await eventually(functools.partial(reconciled, want), WAIT, f"{urls[url]} reconciled")
+            # the next round one check_interval after this one started (the spread is part of it)
+            await asyncio.wait_for(clock.wait_for_deadline(start + 300), WAIT)
+
+        await asyncio.wait_for(clock.next_sleeper(), WAIT)
+        for n in names:  # none before its time
+            assert ours(await bmcs.subscriptions(n), ls.url) == []
+        await one_round(begin)
+        assert set(manager.last.values()) == {"created"}
+        for n in names:
+            assert len(ours(await bmcs.subscriptions(n), ls.url)) == 1
         [mine] = ours(await bmcs.subscriptions("enc1-bay1"), ls.url)
         await bmcs.redfish("enc1-bay1", "DELETE", mine["@odata.id"])
-        deadline = clock.deadlines()[0]
-        await clock.advance(300)
-        await asyncio.wait_for(clock.wait_for_deadline(deadline + 300), WAIT)
-        assert manager.last == {bmcs.url("enc1-bay1"): "repaired"}
+        await clock.advance(begin + 300 - clock.time())
+        await one_round(begin + 300)
+        assert manager.last[normalize_bmc_url(bmcs.url("enc1-bay1"))] == "repaired"
+        assert sorted(manager.last.values()) == ["kept", "kept", "repaired"]
+        await clock.advance(begin + 600 - clock.time())  # the third round begins: stop within its spread
+        await asyncio.wait_for(clock.next_sleeper(), WAIT)
         stop.set()
-        await asyncio.wait_for(task, WAIT)
+        await asyncio.wait_for(task, WAIT)  # not waiting for the rest of the window
 
 
 async def test_sse_follower_against_the_lab(bmcs: LabBmcs) -> None:

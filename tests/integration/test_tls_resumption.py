@@ -15,7 +15,13 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from adapters.redfish.client import BmcConnector, RedfishConnections, ResumingContext, unverified_context
+from adapters.redfish.client import (
+    BmcConnector,
+    RedfishConnections,
+    ResumingContext,
+    new_session,
+    unverified_context,
+)
 from monitor.core.errors import AdapterError
 from monitor.core.model import BmcEndpoint
 from tests.peers.sushy import make_self_signed
@@ -175,3 +181,22 @@ async def test_sessions_are_bounded_least_recently_stored_first(
         assert [peer.reused for peer in peers] == [[False, False], [False, True], [False, True]]
         await get(peers[0], context)  # another context never offers this one's sessions
         assert peers[0].reused[-1] is False and context.sessions() == 1
+
+
+async def test_adapters_sharing_a_pool_share_its_tls_sessions(
+        tmp_path: Path, stops: list[Callable[[], Awaitable[None]]]) -> None:
+    """The health poller (power adapter) and the subscription manager share one pool: a BMC read by one
+    resumes on the other's next connection."""
+    peer = await start_peer(server_context(*make_self_signed(tmp_path)), stops)
+    bmc = BmcEndpoint(peer.url, "", "", verify_tls=False)
+    shared = new_session()
+    poller = RedfishConnections(timeout=5.0, session=shared, owner="poller", anonymous=True)
+    subscriptions = RedfishConnections(timeout=5.0, session=shared, owner="subscriptions", anonymous=True)
+    try:
+        await read(poller, bmc, 1)
+        await read(subscriptions, bmc, 1)
+        assert peer.reused == [False, True]
+    finally:
+        await poller.close()
+        await subscriptions.close()
+        await shared.close()
