@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,10 +109,11 @@ def capacity(inventory: Inventory, spares: list[SpareHealth], config: SparesConf
     for sp in spares:
         if sp.ready:
             pairs[(sp.group, sp.model)] = pairs.get((sp.group, sp.model), 0) + 1
+    totals = Counter((sp.group, sp.model) for sp in spares)  # one pass (was a scan of every spare per pair)
     out = []
     for (group, model), ready in sorted(pairs.items()):
         want = config.groups.get(group, config.min_per_model)
-        total = sum(1 for sp in spares if sp.group == group and sp.model == model)
+        total = totals[(group, model)]
         out.append({"domain_group": group, "model": model, "ready": ready, "spares": total,
                     "min": want, "short": max(0, want - ready), "ok": ready >= want})
     return out
