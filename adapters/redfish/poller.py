@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from adapters.redfish.reader import HealthReader, host_of
 from monitor.core.bounded import bounded_map
-from monitor.core.clock import Clock, SystemClock, sleep_unless
+from monitor.core.clock import Clock, SystemClock, run_unless, sleep_unless
 from monitor.core.config import RedfishEventsConfig
 from monitor.core.errors import AdapterError
 from monitor.core.events import Event, severity_rank
@@ -114,15 +114,7 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
                     return
                 continue
             started = self._clock.monotonic()
-            cycle = asyncio.ensure_future(self.poll_once(spread=True))
-            stopped = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait([cycle, stopped], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopped.cancel()
-                if not cycle.done():
-                    cycle.cancel()
-                await asyncio.gather(cycle, stopped, return_exceptions=True)
+            await run_unless(self.poll_once(spread=True), stop)
             if stop.is_set():
                 return
             elapsed = self._clock.monotonic() - started

@@ -29,7 +29,7 @@ from adapters.redfish.reader import (
     same_url,
 )
 from monitor.core.bounded import bounded_map
-from monitor.core.clock import Clock, sleep_unless
+from monitor.core.clock import Clock, run_unless, sleep_unless
 from monitor.core.config import RedfishEventsConfig
 from monitor.core.errors import AdapterError
 from monitor.core.metrics import Metrics
@@ -110,16 +110,8 @@ class SubscriptionManager:
                 started = self._clock.monotonic()
                 # Raced with `stop`: a spread reconcile lasts up to 0.8 x check_interval, and a stop
                 # does not wait for it (a BMC cut off halfway is reconciled at the next start).
-                reconcile = asyncio.ensure_future(self.reconcile_once(spread=True))
-                stopped = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait([reconcile, stopped], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopped.cancel()
-                    if not reconcile.done():
-                        reconcile.cancel()
-                    await asyncio.gather(reconcile, stopped, return_exceptions=True)
-                if stop.is_set():
+                reconcile = await run_unless(self.reconcile_once(spread=True), stop)
+                if reconcile is None or stop.is_set():
                     break
                 outcome = reconcile.result()
                 # Each BMC about once per check_interval (the spread is part of it). No BMC known yet

@@ -10,10 +10,10 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class Clock(Protocol):
@@ -32,6 +32,25 @@ class Clock(Protocol):
 
 async def _sleep_until(clock: Clock, deadline: float) -> None:
     await clock.sleep(deadline - clock.monotonic())
+
+
+T = TypeVar("T")
+
+
+async def run_unless(awaitable: Awaitable[T], stop: asyncio.Event) -> asyncio.Future[T] | None:
+    """Run `awaitable` until it ends or `stop` is set, whichever comes first (a stop cancels it, so
+    slow work never delays a shutdown). Returns the ended future (read its result or exception), or
+    None when it was cancelled."""
+    work = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.gather(work, stopped, return_exceptions=True)
+    return None if work.cancelled() else work
 
 
 async def sleep_unless(clock: Clock, seconds: float, *events: asyncio.Event) -> bool:

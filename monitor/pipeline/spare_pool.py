@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.core.bounded import bounded_map
-from monitor.core.clock import Clock, sleep_unless
+from monitor.core.clock import Clock, run_unless, sleep_unless
 from monitor.core.config import SparesConfig
 from monitor.core.errors import AdapterError, AdapterTimeout
 from monitor.core.metrics import Metrics
@@ -201,16 +201,8 @@ class SparePool:
 
     async def _check_unless(self, stop: asyncio.Event) -> None:
         """One check, abandoned when `stop` is set meanwhile (a slow BMC never delays the shutdown)."""
-        check = asyncio.ensure_future(self.check())
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait([check, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not check.done():
-                check.cancel()
-            await asyncio.gather(check, stopped, return_exceptions=True)
-        if check.cancelled():
+        check = await run_unless(self.check(), stop)
+        if check is None:
             return
         if (exc := check.exception()) is not None:  # one bad check never ends the task; the next runs
             self.metrics.inc("spare_check_errors_total")
