@@ -166,8 +166,15 @@ class LabClient:
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request; a mutating one carries the current action's fencing header and is not sent
         once the action may no longer act (FenceLost, raised unchanged)."""
+        return (await self.request(method, path, body))[2]
+
+    async def request(self, method: str, path: str, body: Any = None, *,
+                      headers: dict[str, str] | None = None) -> tuple[int, str | None, Any]:
+        """`call`, with extra request headers, answering (status, ETag, body); a 304 is a status."""
         endpoint = f"{self.url}{path}"
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        headers = dict(headers or {})
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         mutating = method.upper() in MUTATING
         headers.update(fence_headers() if mutating else read_headers())
         http = self._http()
@@ -187,7 +194,7 @@ class LabClient:
                     raise error_for_status(resp.status, f"{method} {path}: {resp.status}", endpoint=endpoint)
                 if resp.status >= 400:
                     raise error_for_status(resp.status, _message(data, text, resp.status), endpoint=endpoint)
-                return data
+                return resp.status, resp.headers.get("ETag"), data
         except TimeoutError:
             raise AdapterTimeout(f"{method} {path} timed out", endpoint=endpoint) from None
         except aiohttp.ClientError as exc:
@@ -213,9 +220,28 @@ class LabManager:
 
     def __init__(self, client: LabClient) -> None:
         self._c = client
+        self._last: tuple[str, Inventory] | None = None
+        """The last inventory read and its ETag: a refresh that finds it unchanged (304) returns the
+        same object, so nothing is parsed (10,009 servers: ~0.3 s) and nothing downstream rebuilt."""
 
     async def inventory(self) -> Inventory:
-        inv: InventoryIn = await self._c.parse(InventoryIn, "GET", "/api/v1/inventory")
+        path = "/api/v1/inventory"
+        last = self._last
+        status, etag, data = await self._c.request(
+            "GET", path, headers={"If-None-Match": last[0]} if last else None)
+        if status == 304 and last is not None:
+            return last[1]
+        try:
+            inv = InventoryIn.model_validate(data)
+        except ValidationError as exc:
+            raise AdapterError(f"malformed answer to GET {path}: {exc.errors()[0]['msg']}",
+                               endpoint=self._c.url + path) from exc
+        result = self._build(inv)
+        self._last = (etag, result) if etag else None
+        return result
+
+    @staticmethod
+    def _build(inv: InventoryIn) -> Inventory:
         return Inventory(
             groups={g.id: DomainGroup(g.id) for g in inv.domain_groups},
             domains={d.id: Domain(d.id, d.group, d.status) for d in inv.domains},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -213,7 +214,13 @@ def _world(request: web.Request) -> World:
 
 
 async def get_inventory(request: web.Request) -> web.Response:
-    return _json(_world(request).inventory())
+    """The whole inventory, with a strong ETag (a digest of the body); a GET whose If-None-Match
+    names the current one is answered 304 with no body, as HTTP caches expect."""
+    body = json.dumps(_world(request).inventory()).encode()
+    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    if etag in (t.strip() for t in request.headers.get("If-None-Match", "").split(",")):
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
 
 
 async def get_servers(request: web.Request) -> web.Response:

@@ -18,8 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 def _parse_enum(cls: type[StrEnum], value: object, default: StrEnum) -> StrEnum:
-    """Case-insensitive lookup of a BMC's word; anything unrecognised is `default`."""
+    """Case-insensitive lookup of a BMC's word; anything unrecognised is `default`. The exact word
+    is a dictionary lookup (it is read for every server of every inventory refresh and every poll)."""
     if isinstance(value, str):
+        exact = cls._value2member_map_.get(value)
+        if exact is not None:
+            return exact  # type: ignore[return-value]
         word = value.strip().lower()
         for member in cls:
             if member.value.lower() == word:

@@ -14,9 +14,12 @@ import pytest
 from adapters.lab_manager import FenceRejected, LabClient, LabDiscovery, LabManager
 from lab.config import LabConfig
 from lab.main import LabSimulator
+from monitor.core.clock import SystemClock
 from monitor.core.errors import FenceLost, OperationRejected
 from monitor.core.fencing import Fence, acting, observing
+from monitor.core.metrics import Metrics
 from monitor.core.model import HostRecord
+from monitor.pipeline.inventory import InventoryView
 from tests.support.wait import eventually
 
 FAST = {"bmc_ms": 0, "manager_ms": 0, "power_off_s": 0.05, "power_on_s": 0.05, "boot_s": 0.0}
@@ -434,3 +437,41 @@ async def test_a_new_owners_first_read_fences_out_a_paused_former_owner(lab: Lab
     with observing(valid_fence(7, 1, "m1")):  # an older epoch's read changes nothing
         await LabManager(client).profile("prof-enc1-bay1")
     assert (await lab.ok("GET", "/lab/v1/fencing"))["jobs"] == {"7": 2} and await lab.violations() == []
+
+
+async def test_an_unchanged_inventory_is_not_read_again(sim: LabSimulator, client: LabClient) -> None:
+    """The lab's inventory carries a strong ETag; the adapter asks with If-None-Match, and a 304 hands
+    back the same Inventory object, so the daemon's view keeps it and builds nothing on it again."""
+    url = sim.manager_url + "/api/v1/inventory"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as r:
+            etag = r.headers["ETag"]
+            assert r.status == 200 and etag.startswith('"')
+        async with http.get(url, headers={"If-None-Match": f'"other", {etag}'}) as r:
+            assert r.status == 304 and await r.read() == b""
+    manager = LabManager(client)
+    view = InventoryView(SystemClock(), Metrics(), timeout=5.0, interval=30.0)
+    await view.refresh(manager)
+    first = view.current()
+    assert first is not None and first.servers["enc1-bay9"].profile is None
+    await view.refresh(manager)
+    assert view.current() is first
+    assert await manager.inventory() is first
+    await manager.move_profile("prof-enc1-bay7", "enc1-bay7", "enc1-bay9")
+    await view.refresh(manager)
+    changed = view.current()
+    assert changed is not first and changed is not None
+    assert changed.servers["enc1-bay9"].profile == "prof-enc1-bay7"
+    async with aiohttp.ClientSession() as http, http.get(url, headers={"If-None-Match": etag}) as r:
+        assert r.status == 200 and r.headers["ETag"] != etag
+
+
+async def test_the_view_keeps_its_inventory_when_an_equal_one_arrives(client: LabClient) -> None:
+    """A manager without ETags (OneView's and OME's collections are rebuilt per read) hands back a
+    new but equal Inventory: the view keeps the object it has."""
+    fresh = LabManager(client)
+    view = InventoryView(SystemClock(), Metrics(), timeout=5.0, interval=30.0)
+    await view.refresh(fresh)
+    first = view.current()
+    await view.refresh(LabManager(client))  # a new adapter: no ETag known, a full read
+    assert view.current() is first
