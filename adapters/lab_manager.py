@@ -201,7 +201,10 @@ class LabClient:
             raise AdapterUnavailable(f"{method} {path}: {exc}", endpoint=endpoint) from exc
 
     async def parse(self, model: type[Any], method: str, path: str, body: Any = None) -> Any:
-        data = await self.call(method, path, body)
+        return self.validate(model, await self.call(method, path, body), method, path)
+
+    def validate(self, model: type[Any], data: Any, method: str, path: str) -> Any:
+        """`data`, the answer to `method path`, as `model`; malformed: an AdapterError."""
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -231,12 +234,7 @@ class LabManager:
             "GET", path, headers={"If-None-Match": last[0]} if last else None)
         if status == 304 and last is not None:
             return last[1]
-        try:
-            inv = InventoryIn.model_validate(data)
-        except ValidationError as exc:
-            raise AdapterError(f"malformed answer to GET {path}: {exc.errors()[0]['msg']}",
-                               endpoint=self._c.url + path) from exc
-        result = self._build(inv)
+        result = self._build(self._c.validate(InventoryIn, data, "GET", path))
         self._last = (etag, result) if etag else None
         return result
 
