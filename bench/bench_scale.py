@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -239,6 +240,38 @@ class Lag:
                 "max_ms": round(max(lags), 2) if lags else math.nan}
 
 
+@dataclass
+class GcPauses:
+    """Every collection of the garbage collector in this process (the daemon's): (monotonic start,
+    generation, seconds), through `gc.callbacks`."""
+
+    pauses: list[tuple[float, int, float]] = field(default_factory=list)
+    _started: float = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((time.monotonic(), info["generation"],
+                                time.perf_counter() - self._started))
+
+    def stats(self, lag: Lag, t0: float = -math.inf, t1: float = math.inf) -> dict[str, Any]:
+        """Per generation: collections and their total / longest pause; and how many of the loop's
+        late ticks (over 100 ms) had a collection of over 50 ms within their lateness."""
+        mine = [(t, g, d) for t, g, d in self.pauses if t0 <= t <= t1]
+        out: dict[str, Any] = {}
+        for gen in (0, 1, 2):
+            ds = [d * 1000 for _, g, d in mine if g == gen]
+            out[f"gen{gen}"] = {"n": len(ds), "total_ms": round(sum(ds), 1),
+                                "max_ms": round(max(ds), 1) if ds else 0.0}
+        late = [(t, late) for t, late in lag.samples if t0 <= t <= t1 and late > 0.1]
+        long = [(t, d) for t, _, d in mine if d > 0.05]
+        out["late_ticks"] = len(late)
+        out["late_ticks_with_gc"] = sum(
+            1 for t, late_s in late if any(t - late_s - TICK <= end <= t for end, _ in long))
+        return out
+
+
 def counter_sum(metrics: Metrics, name: str) -> float:
     """One counter's total over its labels, read from that counter alone: `Metrics.series()` also
     collects the gauges, and the spare-capacity gauge walks the whole inventory (10,000 servers: tens of
@@ -269,6 +302,8 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
     lag_stop = asyncio.Event()
     rss0 = proc_status()
     lag_task = asyncio.create_task(lag.run(lag_stop))
+    collections = GcPauses()
+    gc.callbacks.append(collections)
     daemon = Daemon(LoadedConfig(config, None))
     metrics = daemon.metrics
     stop = asyncio.Event()
@@ -344,6 +379,7 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
             await asyncio.wait_for(task, 120)
         lag_stop.set()
         await lag_task
+        gc.callbacks.remove(collections)
     storm_window = (storm.get("t0", math.inf), storm.get("drained", storm.get("t1", math.inf)))
     return {
         "cycles": [{k: v for k, v in c.items() if k != "t_end"} for c in cycles],
@@ -354,6 +390,8 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
         "lag": lag.stats(), "lag_storm": lag.stats(*storm_window),
         "lag_cycles": [lag.stats(a, b) for a, b in zip([t0] + [c["t_end"] for c in cycles],
                                                         [c["t_end"] for c in cycles], strict=False)],
+        "gc_cycles": [collections.stats(lag, a, b) for a, b in zip(
+            [t0] + [c["t_end"] for c in cycles], [c["t_end"] for c in cycles], strict=False)],
         "polls": polls, "subscriptions": subs,
         "storm": {k: v for k, v in storm.items() if k not in ("t0", "t1", "drained")},
     }
@@ -387,6 +425,12 @@ def table(r: dict[str, Any]) -> str:
                     f"{b['cycles'][min(i - 1, len(b['cycles']) - 1)]['wall_s']:.2f} s, cpu "
                     f"{b['cycles'][min(i - 1, len(b['cycles']) - 1)]['cpu_s']:.2f} s (unspread) | | "
                     f"≤ {interval:g} s |")
+    for i, g in enumerate(d.get("gc_cycles", []), 1):
+        rows.append(f"| cycle {i}: collections gen0/1/2 (total ms; gen2 longest) | "
+                    f"{g['gen0']['n']} / {g['gen1']['n']} / {g['gen2']['n']} ({g['gen0']['total_ms']:g} / "
+                    f"{g['gen1']['total_ms']:g} / {g['gen2']['total_ms']:g} ms; {g['gen2']['max_ms']:g} ms); "
+                    f"ticks late > 100 ms: {g['late_ticks']}, {g['late_ticks_with_gc']} with a collection "
+                    f"> 50 ms | | | |")
     rows.append(f"| CPU per steady cycle | {d_cpu:.2f} s | {b_cpu:.2f} s | x{d_cpu / max(1e-9, b_cpu):.2f} "
                 f"| < {interval:g} s (one core) |")
     rows.append(f"| CPU share of one core, whole run | {d['cpu_s'] / d['wall_s']:.0%} | "

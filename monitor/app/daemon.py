@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import socket
 import ssl
@@ -31,6 +30,7 @@ from monitor.core.errors import (
 )
 from monitor.core.events import Event
 from monitor.core.fence_levels import FenceTopology
+from monitor.core.heap import CollectorFreeze
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory
 from monitor.core.ports import AlertSink, DiscoveryService, PowerControl, ProfileManager
@@ -175,9 +175,11 @@ class Daemon:
         self.instance = loaded.instance
         self.store: Store = open_store(self.config, loaded.store_path, self.clock.time)
         self.runner: JobRunner | None = None
+        self.collector = CollectorFreeze(self.clock, self.metrics)
         self.inventory_view = InventoryView(self.clock, self.metrics,
                                             timeout=self.loaded.manager_timeout + 5,
-                                            interval=self.config.inventory.refresh_interval)
+                                            interval=self.config.inventory.refresh_interval,
+                                            collector=self.collector)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.http_address: tuple[str, int] | None = None
         self.snmp_address: tuple[str, int] | None = None
@@ -247,7 +249,8 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
             closing = _Closing(stack)
-            closing.sync("the collector's frozen objects", gc.unfreeze)  # frozen at the first inventory
+            # frozen at the first inventory, and again after a slow full collection
+            closing.sync("the collector's frozen objects", self.collector.thaw)
             self._tls = tls_context(self.loaded)  # before binding: a bad certificate is a start-up error
             sock = bind_tcp(self.config.http.listen)
             closing.sync("the HTTP socket", sock.close)  # closed by the HTTP site once it has started
@@ -394,6 +397,7 @@ class Daemon:
                 for recent in reversed(await self.store.list_jobs(limit=100)):
                     mqtt.job(recent)
             sources.append(start("inventory_refresh", view.run(adapters.manager, sources_stop)))
+            sources.append(start("collector", self.collector.run(sources_stop)))
             pipeline_task = start("rules", pipeline.run(pipeline_stop))
             sources.append(start("spare_pool", spare_pool.run(sources_stop)))
             if snmp is not None:

@@ -4,11 +4,11 @@ after a job ends; the resolver, the API and the Redfish workers read it from her
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 from monitor.core.clock import Clock, sleep_unless
 from monitor.core.errors import AdapterError
+from monitor.core.heap import CollectorFreeze
 from monitor.core.metrics import Metrics
 from monitor.core.model import Inventory, Server
 from monitor.core.ports import ProfileManager
@@ -20,7 +20,8 @@ REFRESH_GAP = 2.0
 
 
 class InventoryView:
-    def __init__(self, clock: Clock, metrics: Metrics, *, timeout: float, interval: float) -> None:
+    def __init__(self, clock: Clock, metrics: Metrics, *, timeout: float, interval: float,
+                 collector: CollectorFreeze | None = None) -> None:
         self._clock = clock
         self._metrics = metrics
         self._timeout = timeout
@@ -31,7 +32,7 @@ class InventoryView:
         self.at: float | None = None
         """Clock time of the last successful refresh."""
         self._wake = asyncio.Event()
-        self._frozen = False
+        self._collector = collector
 
     def current(self) -> Inventory | None:
         return self._inventory
@@ -54,13 +55,11 @@ class InventoryView:
                 self._inventory = fresh
             self.error = None
             self.at = self._clock.time()
-            if not self._frozen:
+            if self._collector is not None:
                 # What the daemon holds from its start (modules, config, rules, the first inventory)
                 # lives as long as it does: moved out of the collector's sight, so a full collection
-                # no longer walks it (it was pauses of 0.1-0.3 s under a trap storm). The daemon
-                # unfreezes at stop.
-                self._frozen = True
-                gc.freeze()
+                # no longer walks it (it was pauses of 0.1-0.3 s under a trap storm).
+                self._collector.freeze()
         except (AdapterError, TimeoutError) as exc:
             self.error = str(exc) or type(exc).__name__
             self._metrics.inc("inventory_refresh_errors_total")
