@@ -1,5 +1,8 @@
 """Spare pool health: every designated spare read through its BMC, capacity per (group, model) against N+k.
 
+The periodic check reads a large pool at `spares.read_rate` spares a second (10,000 BMCs: 4,647 spares
+over 93 s), so it is no burst beside the health polls.
+
 A spare is *ready* when it is present, has no profile, its BMC answers (within `spares.timeout`), reads
 Off and reads health OK. A (domain group, model) pair exists for every model the group has servers of;
 its capacity is the number of ready spares of that model (the generation ignored, as spare selection
@@ -148,16 +151,30 @@ class SparePool:
             return {(c["domain_group"], c["model"]): float(c[key]) for c in self.report.capacity}
         return read
 
-    async def check(self) -> PoolReport:
+    def window(self, spares: int) -> float:
+        """Seconds over which the periodic check reads `spares` spares (`read_rate`): 0, at once, for a
+        pool of at most `read_rate` spares (a second's worth of reads is no burst)."""
+        rate = self.config.read_rate
+        if rate <= 0 or spares <= rate:
+            return 0.0
+        return min(spares / rate, self.config.check_interval / 2)
+
+    async def check(self, *, spread: bool = False) -> PoolReport:
+        """Read every spare (`spread`: over `window()`, as the periodic check does) and report."""
         inv = self._inventory()
         if inv is None:
             return self.report
         spares = sorted((s for s in inv.servers.values() if s.spare), key=candidate_order)
         t = self.config.timeout
+        window = self.window(len(spares)) if spread else 0.0
+        start_at = None
+        if window > 0:
+            started, step = self.clock.monotonic(), window / len(spares)
+            start_at = lambda i: started + i * step  # noqa: E731
         # At most spares.max_concurrency reads at once (check_spare has its own timeout and never raises
         # for a BMC's fault; anything else is a bug and fails the check).
         outcomes = await bounded_map(lambda s: check_spare(self.power, s, t), spares,
-                                     self.config.max_concurrency)
+                                     self.config.max_concurrency, clock=self.clock, start_at=start_at)
         results: list[SpareHealth] = []
         for outcome in outcomes:
             if outcome.error is not None:
@@ -201,7 +218,7 @@ class SparePool:
 
     async def _check_unless(self, stop: asyncio.Event) -> None:
         """One check, abandoned when `stop` is set meanwhile (a slow BMC never delays the shutdown)."""
-        check = await run_unless(self.check(), stop)
+        check = await run_unless(self.check(spread=True), stop)
         if check is None:
             return
         if (exc := check.exception()) is not None:  # one bad check never ends the task; the next runs
