@@ -246,6 +246,10 @@ class GcPauses:
     generation, seconds), through `gc.callbacks`."""
 
     pauses: list[tuple[float, int, float]] = field(default_factory=list)
+    collected: list[int] = field(default_factory=list)
+    """Objects freed by each full collection."""
+    frozen: list[int] = field(default_factory=list)
+    """`gc.get_freeze_count()` at each full collection's end."""
     _started: float = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -254,6 +258,9 @@ class GcPauses:
         else:
             self.pauses.append((time.monotonic(), info["generation"],
                                 time.perf_counter() - self._started))
+            if info["generation"] == 2:
+                self.collected.append(info["collected"])
+                self.frozen.append(gc.get_freeze_count())
 
     def stats(self, lag: Lag, t0: float = -math.inf, t1: float = math.inf) -> dict[str, Any]:
         """Per generation: collections and their total / longest pause; and how many of the loop's
@@ -390,6 +397,8 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
         "lag": lag.stats(), "lag_storm": lag.stats(*storm_window),
         "lag_cycles": [lag.stats(a, b) for a, b in zip([t0] + [c["t_end"] for c in cycles],
                                                         [c["t_end"] for c in cycles], strict=False)],
+        "gc_full": {"collected": collections.collected, "frozen": collections.frozen,
+                    "refreezes": daemon.collector.refreezes},
         "gc_cycles": [collections.stats(lag, a, b) for a, b in zip(
             [t0] + [c["t_end"] for c in cycles], [c["t_end"] for c in cycles], strict=False)],
         "polls": polls, "subscriptions": subs,
