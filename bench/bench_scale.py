@@ -14,10 +14,11 @@ world puts a blade in about 14 of the 16 bays: 715 enclosures are ~10,000 BMCs).
   daemon) the real Daemon (monitor.app.daemon) in this process, SQLite store, with the inventory from
      the lab's manager API (refreshed once), its real health poller (poll_interval `--interval`,
      poll_spread `--spread`, max_concurrency `--concurrency`), the subscription reconcile on every BMC
-     once at start, the spare-pool check once at start, and its SNMP receiver and rules; over `--cycles`
-     poll cycles. During cycle 2 a trap storm: `--trap-rate` v2c traps/s for `--trap-seconds` from
-     bench_traps.py's sender process (a coldStart trap encoded by lab.traps: no server matches it, so
-     each one is decided `none` without acting).
+     at start and every `--subscription-check` seconds (default 300, the daemon's), the spare-pool check
+     at start and every `--spare-check` seconds (default 300), and its SNMP receiver and rules; over
+     `--cycles` poll cycles. During cycle `--storm-cycle` a trap storm: `--trap-rate` v2c traps/s for
+     `--trap-seconds` from bench_traps.py's sender process (a coldStart trap encoded by lab.traps: no
+     server matches it, so each one is decided `none` without acting).
 
 Measured on the daemon side: each poll cycle's duration (redfish_health_poll_cycle_seconds) against the
 interval, overruns, process CPU seconds per cycle (one core: cpu/wall), VmRSS/VmHWM, event-loop lag (a
@@ -215,9 +216,9 @@ def monitor_config(args: argparse.Namespace, lab_url: str, store: Path) -> Monit
             "max_concurrency": args.concurrency,
             # nothing listens on the discard port: the BMCs store the subscription, no push arrives
             "destination": "http://127.0.0.1:9/api/v1/events/redfish",
-            "secret": "bench-scale-secret", "check_interval": 86400,
+            "secret": "bench-scale-secret", "check_interval": args.subscription_check,
         },
-        "spares": {"initial_delay": 0, "jitter": 0, "check_interval": 86400},
+        "spares": {"initial_delay": 0, "jitter": 0, "check_interval": args.spare_check},
         "snmp": {"listen": "127.0.0.1:0", "communities": ["public"]},
     })
 
@@ -500,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trap-seconds", type=float, default=10.0)
     p.add_argument("--storm-cycle", type=int, default=3, help="the cycle the trap storm runs in")
     p.add_argument("--baseline-cycles", type=int, default=1, help="steady baseline cycles")
+    p.add_argument("--subscription-check", type=float, default=300.0,
+                   help="redfish_events.check_interval (the daemon's default: every BMC's subscription "
+                        "reconciled every 300 s; 86400: once, at start)")
+    p.add_argument("--spare-check", type=float, default=300.0,
+                   help="spares.check_interval (the daemon's default 300; the first check at start)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child-baseline", metavar="MANAGER_URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
