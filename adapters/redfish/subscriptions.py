@@ -61,7 +61,10 @@ class SubscriptionManager:
 
     `reconcile_once()` answers per BMC URL: `created`, `kept`, `repaired` (ours was gone or wrong and is
     recreated), `removed-stale` (the correct one kept, extra ones of ours deleted), `skipped: <reason>`
-    (no EventService, service disabled) or `error: <reason>`."""
+    (no EventService, service disabled) or `error: <reason>`. The periodic reconciles of `run()` are
+    quick between two full checks of a BMC (`full_check_interval`): our subscription, found correct by
+    the last full check, is read back alone, and anything but a correct one (gone, changed, an error
+    status) gets the full check at once."""
 
     def __init__(
         self,
@@ -89,6 +92,9 @@ class SubscriptionManager:
         """BMC URL -> path of our subscription, as last seen or created."""
         self._accepted_types: dict[str, frozenset[str]] = {}
         """BMC URL -> the EventTypes it stored when it did not keep the ones we asked for."""
+        self._full: dict[str, tuple[float, list[str] | None]] = {}
+        """BMC URL -> (clock time of its last full check that left our subscription correct, the
+        EventTypes wanted then): what a quick check reads back against."""
         self.last: dict[str, str] = {}
         metrics.describe("redfish_subscriptions_total", "Subscription reconcile outcomes per BMC")
 
@@ -110,7 +116,7 @@ class SubscriptionManager:
                 started = self._clock.monotonic()
                 # Raced with `stop`: a spread reconcile lasts up to 0.8 x check_interval, and a stop
                 # does not wait for it (a BMC cut off halfway is reconciled at the next start).
-                reconcile = await run_unless(self.reconcile_once(spread=True), stop)
+                reconcile = await run_unless(self.reconcile_once(spread=True, quick=True), stop)
                 if reconcile is None or stop.is_set():
                     break
                 outcome = reconcile.result()
@@ -132,9 +138,10 @@ class SubscriptionManager:
             return 0.0
         return min(bmcs / rate, self._config.poll_spread * self._config.check_interval)
 
-    async def reconcile_once(self, *, spread: bool = False) -> dict[str, str]:
-        """Reconcile every BMC's subscription now (`spread`: each at its offset in `window()` after now,
-        as `run()` does) and answer per BMC URL."""
+    async def reconcile_once(self, *, spread: bool = False, quick: bool = False) -> dict[str, str]:
+        """Reconcile every BMC's subscription now (`spread`: each at its offset in `window()` after now;
+        `quick`: a BMC fully checked within `full_check_interval` only has our subscription read back;
+        both as `run()` does) and answer per BMC URL."""
         if not self.enabled:
             return {}
         endpoints = bmc_endpoints(self._servers())
@@ -146,21 +153,23 @@ class SubscriptionManager:
             urls.sort(key=offsets.__getitem__)
             started = self._clock.monotonic()
             start_at = lambda i: started + offsets[urls[i]]  # noqa: E731
-        outcomes = await bounded_map(self._guarded, [endpoints[u][0] for u in urls], self._concurrency,
-                                     clock=self._clock, start_at=start_at)
+        outcomes = await bounded_map(lambda bmc: self._guarded(bmc, quick), [endpoints[u][0] for u in urls],
+                                     self._concurrency, clock=self._clock, start_at=start_at)
         results = [o.value if o.value is not None else f"error: {o.error}" for o in outcomes]
         outcome = dict(zip(urls, results, strict=True))
         for url in set(self._known) - set(urls):
             del self._known[url]
         for url in set(self._accepted_types) - set(urls):
             del self._accepted_types[url]
+        for url in set(self._full) - set(urls):
+            del self._full[url]
         self.last = outcome
         return outcome
 
-    async def _guarded(self, bmc: BmcEndpoint) -> str:
+    async def _guarded(self, bmc: BmcEndpoint, quick: bool = False) -> str:
         try:
             async with asyncio.timeout(self._bmc_timeout):  # network time is real time
-                result = await self._reconcile(bmc)
+                result = await self._reconcile(bmc, quick)
         except AdapterError as exc:
             result = f"error: {exc}"
         except TimeoutError:
@@ -182,10 +191,27 @@ class SubscriptionManager:
         preferred = [t for t in PREFERRED_EVENT_TYPES if t in names]
         return preferred or names or None
 
-    async def _reconcile(self, bmc: BmcEndpoint) -> str:
+    async def _quick(self, bmc: BmcEndpoint, url: str, token: str) -> bool:
+        """Whether our subscription, fully checked within `full_check_interval`, reads back correct."""
+        interval = self._config.full_check_interval
+        full, path = self._full.get(url), self._known.get(url)
+        if interval <= 0 or full is None or path is None or self._clock.monotonic() - full[0] >= interval:
+            return False
+        reply = await self._reader.get(bmc, path)
+        return reply.ok and self._is_correct(reply.object(), token, full[1], self._accepted_types.get(url))
+
+    async def _reconcile(self, bmc: BmcEndpoint, quick: bool = False) -> str:
         assert self._config.destination is not None and self._config.secret is not None
         url = normalize_bmc_url(bmc.url)
         token = bmc_token(self._config.secret.get_secret_value(), url)
+        if quick and await self._quick(bmc, url, token):
+            return "kept"
+        # The full check: a first one, one due, or our subscription gone, changed or unreadable.
+        self._full.pop(url, None)
+        return await self._full_check(bmc, url, token)
+
+    async def _full_check(self, bmc: BmcEndpoint, url: str, token: str) -> str:
+        started = self._clock.monotonic()
         service = await self._reader.event_service(bmc)
         if service is None:
             return "skipped: the BMC has no EventService"
@@ -207,6 +233,7 @@ class SubscriptionManager:
                 return f"error: cannot delete our stale subscription {path}: {reply.reason()}"
         if keep is not None:
             self._known[url] = keep[0]
+            self._full[url] = (started, wanted_types)
             return "removed-stale" if stale else "kept"
         had = url in self._known or bool(stale)
         created = await self._create(bmc, collection, token, wanted_types)
@@ -215,6 +242,7 @@ class SubscriptionManager:
             return created
         self._known[url] = created
         await self._read_back(bmc, url, created, token, wanted_types)
+        self._full[url] = (started, wanted_types)
         return "repaired" if had else "created"
 
     async def _read_back(

@@ -587,6 +587,63 @@ async def test_subscription_lifecycle_and_push_delivery(bmcs: LabBmcs) -> None:
             await manager.close()
 
 
+async def test_quick_reconciles_read_our_subscription_back_and_fall_back_to_the_full_check(
+        bmcs: LabBmcs) -> None:
+    """Between full checks (`full_check_interval`, on the fake clock) a periodic reconcile reads only
+    our subscription back: one GET per BMC. Ours gone or changed gets the full check in the same round;
+    a duplicate of ours added meanwhile waits for the next full check."""
+    picked = bmcs.pick("enc1-bay1", "enc1-bay2", "enc1-bay3")
+    async with start_listener(picked, full_check_interval=3600) as ls:
+        clock = FakeClock()
+        manager = SubscriptionManager(ls.config, picked, ls.metrics, clock, timeout=5.0)
+        reader = manager._reader
+        sent: list[tuple[str, str]] = []
+        real_request = reader.request
+
+        async def counted(bmc: Any, method: str, path: str, body: object = None) -> Any:
+            sent.append((method, path))
+            return await real_request(bmc, method, path, body)
+
+        reader.request = counted  # type: ignore[method-assign]
+        reader.get = lambda bmc, path: counted(bmc, "GET", path)  # type: ignore[method-assign]
+        try:
+            url1, url2, url3 = (bmcs.url(s) for s in ("enc1-bay1", "enc1-bay2", "enc1-bay3"))
+            assert await manager.reconcile_once(quick=True) == {url1: "created", url2: "created",
+                                                                url3: "created"}  # none checked yet
+            mine = {sid: ours(await bmcs.subscriptions(sid), ls.url)[0]["@odata.id"]
+                    for sid in ("enc1-bay1", "enc1-bay2", "enc1-bay3")}
+            sent.clear()
+            assert await manager.reconcile_once(quick=True) == {url1: "kept", url2: "kept", url3: "kept"}
+            assert sorted(sent) == sorted(("GET", m) for m in mine.values())  # one GET per BMC
+            sent.clear()
+            assert await manager.reconcile_once() == {url1: "kept", url2: "kept", url3: "kept"}
+            assert len(sent) > 6  # on demand: the full check (EventService, collection, members)
+
+            # ours deleted on bay 1, changed on bay 2, a duplicate of ours added on bay 3
+            world = bmcs.lab.world
+            status, _ = await bmcs.redfish("enc1-bay1", "DELETE", mine["enc1-bay1"])
+            assert status == 200
+            sub2 = world.event_services["enc1-bay2"].subscriptions[mine["enc1-bay2"].rsplit("/", 1)[1]]
+            sub2.event_types = ["ResourceAdded"]
+            status, _ = await bmcs.redfish("enc1-bay3", "POST", "/redfish/v1/EventService/Subscriptions", {
+                "Destination": ls.url, "Protocol": "Redfish",
+                "Context": CONTEXT_PREFIX + bmc_token(SECRET, normalize_bmc_url(url3)),
+                "EventTypes": ["Alert", "StatusChange"]})
+            assert status == 201
+            assert await manager.reconcile_once(quick=True) == {url1: "repaired", url2: "repaired",
+                                                                url3: "kept"}
+            assert len(ours(await bmcs.subscriptions("enc1-bay3"), ls.url)) == 2
+
+            await clock.advance(3600)  # the full check is due: the duplicate goes
+            assert (await manager.reconcile_once(quick=True))[url3] == "removed-stale"
+            assert len(ours(await bmcs.subscriptions("enc1-bay3"), ls.url)) == 1
+            for sid in ("enc1-bay1", "enc1-bay2"):
+                [sub] = ours(await bmcs.subscriptions(sid), ls.url)
+                assert sub["EventTypes"] == ["Alert", "StatusChange"]
+        finally:
+            await manager.close()
+
+
 @pytest.mark.parametrize(("form", "expect_path"), [("object", False), ("none", True)])
 async def test_http_headers_fallbacks(bmcs: LabBmcs, form: str, expect_path: bool) -> None:
     picked = bmcs.pick("enc1-bay1")
