@@ -7,7 +7,9 @@ of the event loop, several times a minute while polls and subscription reconcile
 moves every object alive now into the permanent generation, which no collection walks:
 
 * at the first inventory (`freeze`): modules, config, rules, the inventory;
-* again whenever a full collection took longer than `slow` (`run`, at most once per `gap`): what was
+* again whenever a full collection took longer than `slow` (`run`; the first time at once, then at
+  least `gap` after the last refreeze, a gap that doubles after each one up to `max_gap`: while the
+  daemon builds its per-BMC state at start, several; once it is built, one an hour at most): what was
   built since (per-BMC clients, sessions, a changed inventory) is frozen too. Before freezing, a full
   collection of *everything* (`gc.unfreeze()` then `gc.collect()`) frees the cyclic garbage the last
   freeze caught: an object frozen while alive that later dies in a reference cycle is freed here, not
@@ -33,19 +35,22 @@ log = logging.getLogger(__name__)
 
 SLOW = 0.05
 """Seconds: a full collection longer than this asks for a refreeze."""
-GAP = 300.0
-"""Seconds at least between two refreezes (each is one full collection of the whole heap)."""
+GAP = 60.0
+"""Seconds at least between the first two refreezes (each is one full collection of the whole heap);
+doubled after each refreeze, up to MAX_GAP."""
+MAX_GAP = 3600.0
 CHECK = 5.0
 """Seconds between looks at whether a slow collection was seen."""
 
 
 class CollectorFreeze:
     def __init__(self, clock: Clock, metrics: Metrics, *, slow: float = SLOW, gap: float = GAP,
-                 check: float = CHECK, timer: Callable[[], float] = time.perf_counter) -> None:
+                 max_gap: float = MAX_GAP, check: float = CHECK,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
         """`timer` times the collections (real time: a collection holds the thread; injectable so a
         test can make one look slow)."""
         self._clock, self._metrics = clock, metrics
-        self._slow, self._gap, self._check, self._timer = slow, gap, check, timer
+        self._slow, self._gap, self._max_gap, self._check, self._timer = slow, gap, max_gap, check, timer
         self._started: float | None = None
         self._slow_seen = False
         """A full collection took longer than `slow` since the last refreeze (set by the gc callback,
@@ -93,14 +98,17 @@ class CollectorFreeze:
         return took
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Watch the full collections until `stop`; refreeze after a slow one (once frozen, at most once
-        per `gap`)."""
+        """Watch the full collections until `stop`; refreeze after a slow one (once frozen; the gaps
+        between refreezes doubling from `gap` to `max_gap`)."""
         gc.callbacks.append(self._on_collection)
         last: float | None = None
+        gap = self._gap
         try:
             while not await sleep_unless(self._clock, self._check, stop):
                 now = self._clock.monotonic()
-                if self._slow_seen and self._frozen and (last is None or now - last >= self._gap):
+                if self._slow_seen and self._frozen and (last is None or now - last >= gap):
+                    if last is not None:
+                        gap = min(self._max_gap, gap * 2)
                     self.refreeze()
                     last = now
         finally:

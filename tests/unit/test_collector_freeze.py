@@ -49,7 +49,8 @@ class Kept:
 async def kept() -> AsyncIterator[Kept]:
     gc.unfreeze()
     clock, metrics, pauses = FakeClock(), Metrics(), Pauses()
-    keeper = CollectorFreeze(clock, metrics, slow=0.05, gap=300.0, check=5.0, timer=pauses)
+    keeper = CollectorFreeze(clock, metrics, slow=0.05, gap=60.0, max_gap=240.0, check=5.0,
+                             timer=pauses)
     stop = asyncio.Event()
     task = asyncio.create_task(keeper.run(stop))
     await clock.next_sleeper()
@@ -90,17 +91,20 @@ async def test_a_slow_full_collection_refreezes_and_frees_what_died_frozen(kept:
     assert kept.keeper.refreezes == 1
 
 
-async def test_refreezes_are_at_least_a_gap_apart(kept: Kept) -> None:
+async def test_the_gaps_between_refreezes_double_up_to_the_longest(kept: Kept) -> None:
+    """gap 60, max_gap 240, a look every 5 s: refreezes at 5, 65, 185, 425 and 665 s while every full
+    collection is slow, none in between."""
     kept.keeper.freeze()
     kept.pauses.pause = 0.2
-    gc.collect()
-    await kept.clock.advance(5.0)
-    assert kept.keeper.refreezes == 1
-    gc.collect()  # slow again at once: it waits for the gap
-    await kept.clock.advance(290.0)
-    assert kept.keeper.refreezes == 1
-    await kept.clock.advance(10.0)
-    assert kept.keeper.refreezes == 2
+    begin = kept.clock.monotonic()
+    at: list[float] = []
+    while kept.clock.monotonic() - begin < 700:
+        gc.collect()  # slow again at once, every look
+        before = kept.keeper.refreezes
+        await kept.clock.advance(5.0)
+        if kept.keeper.refreezes != before:
+            at.append(round(kept.clock.monotonic() - begin))
+    assert at == [5, 65, 185, 425, 665]
 
 
 async def test_fast_collections_never_refreeze(kept: Kept) -> None:
