@@ -1,10 +1,11 @@
 """`CollectorFreeze`: what the daemon keeps for its life is moved out of the garbage collector's sight,
 and moved out again when a full collection grows slow.
 
-A full collection walks every tracked object that is not frozen. At 10,000 BMCs the daemon holds a few
-million of them (the inventory, a client and a lock per BMC, the rules): walking them is a 0.3-0.5 s pause
-of the event loop, several times a minute while polls and subscription reconciles allocate. `gc.freeze()`
-moves every object alive now into the permanent generation, which no collection walks:
+A full collection walks every tracked object that is not frozen. At 10,009 BMCs the daemon holds about
+400,000 of them once started (the inventory, a client, a lock and a TLS session per BMC, the rules;
+bench/bench_scale.py): with those unfrozen a full collection was a 0.2-0.3 s pause of the event loop, 5-8
+times a minute while polls and subscription reconciles allocate. `gc.freeze()` moves every object alive
+now into the permanent generation, which no collection walks:
 
 * at the first inventory (`freeze`): modules, config, rules, the inventory;
 * again whenever a full collection took longer than `slow` (`run`; the first time at once, then at
@@ -39,6 +40,7 @@ GAP = 60.0
 """Seconds at least between the first two refreezes (each is one full collection of the whole heap);
 doubled after each refreeze, up to MAX_GAP."""
 MAX_GAP = 3600.0
+"""Seconds: the longest gap between two refreezes."""
 CHECK = 5.0
 """Seconds between looks at whether a slow collection was seen."""
 
