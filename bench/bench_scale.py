@@ -218,7 +218,7 @@ def monitor_config(args: argparse.Namespace, lab_url: str, store: Path) -> Monit
             "destination": "http://127.0.0.1:9/api/v1/events/redfish",
             "secret": "bench-scale-secret", "check_interval": args.subscription_check,
         },
-        "spares": {"initial_delay": 0, "jitter": 0, "check_interval": args.spare_check},
+        "spares": {"initial_delay": args.spare_delay, "jitter": 0, "check_interval": args.spare_check},
         "snmp": {"listen": "127.0.0.1:0", "communities": ["public"]},
     })
 
@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subscription-check", type=float, default=300.0,
                    help="redfish_events.check_interval (the daemon's default: every BMC's subscription "
                         "reconciled every 300 s; 86400: once, at start)")
+    p.add_argument("--spare-delay", type=float, default=0.0,
+                   help="spares.initial_delay (the daemon's default is 30; 0: the first check at start)")
     p.add_argument("--spare-check", type=float, default=300.0,
                    help="spares.check_interval (the daemon's default 300; the first check at start)")
     p.add_argument("--json", help="also write the results here")
