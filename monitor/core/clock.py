@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -60,7 +61,10 @@ async def sleep_unless(clock: Clock, seconds: float, *events: asyncio.Event) -> 
     if any(e.is_set() for e in events):
         return True
     deadline = clock.monotonic() + seconds
-    tasks = [asyncio.ensure_future(_sleep_until(clock, deadline)),
+    me = asyncio.current_task()
+    sleeper = asyncio.get_running_loop().create_task(
+        _sleep_until(clock, deadline), name=f"{me.get_name() if me else '?'} (sleep_unless)")
+    tasks = [sleeper,
              *(asyncio.ensure_future(e.wait()) for e in events)]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -95,6 +99,8 @@ class FakeClock:
         self._t = start
         self._start = start
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._who: dict[int, str] = {}
+        """Per pending entry: the task that registered it and its await chain (for failure messages)."""
         self._seq = itertools.count()
         self._cancelled: set[int] = set()
         self.sleepers_changed = asyncio.Event()
@@ -116,6 +122,7 @@ class FakeClock:
     def _call_at(self, when: float, callback: Callable[[], None]) -> int:
         seq = next(self._seq)
         heapq.heappush(self._heap, (when, seq, callback))
+        self._who[seq] = _describe(asyncio.current_task())
         self.sleepers_changed.set()
         return seq
 
@@ -165,6 +172,12 @@ class FakeClock:
         """The wall times at which pending sleeps and timeouts fall due, earliest first."""
         return sorted(when for when, seq, _ in self._heap if seq not in self._cancelled)
 
+    def sleepers(self) -> list[tuple[float, str]]:
+        """The pending sleeps and timeouts, earliest first: when each falls due, and who waits (the
+        task's name and its chain of awaits when it began waiting)."""
+        return sorted((when, self._who.get(seq, "?")) for when, seq, _ in self._heap
+                      if seq not in self._cancelled)
+
     async def wait_for_deadline(self, when: float) -> None:
         """Wait (without time passing) until something sleeps until `when` (to the microsecond)."""
         while not any(abs(d - when) < 1e-6 for d in self.deadlines()):
@@ -182,6 +195,7 @@ class FakeClock:
         target = self._t + seconds
         while self._heap and self._heap[0][0] <= target:
             when, seq, callback = heapq.heappop(self._heap)
+            self._who.pop(seq, None)
             if seq in self._cancelled:
                 self._cancelled.discard(seq)
                 continue
@@ -192,6 +206,18 @@ class FakeClock:
         self._t = target
         for _ in range(5):
             await asyncio.sleep(0)
+
+
+def _describe(task: asyncio.Task[object] | None) -> str:
+    """The waiting task's name and the functions of its step that led here, innermost first (the
+    clock's own left out; a sleep_unless is named after the task that sleeps)."""
+    names: list[str] = []
+    frame = sys._getframe(2)
+    while frame is not None and len(names) < 6 and "asyncio" not in frame.f_code.co_filename:
+        if frame.f_code.co_filename != __file__:
+            names.append(frame.f_code.co_qualname)
+        frame = frame.f_back  # type: ignore[assignment]
+    return f"{task.get_name() if task else '(no task)'}: {' < '.join(names)}"
 
 
 @asynccontextmanager

@@ -127,6 +127,23 @@ def monitor_config(lab_url: str, tmp_path: Path, token: str, **failover: Any) ->
 DaemonFactory = Callable[..., Any]
 
 
+def _tasks() -> str:
+    """Every task of the loop and the chain of awaits it is suspended in, for a failure message."""
+    lines = []
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+        chain: list[str] = []
+        coro: Any = task.get_coro()
+        while coro is not None and len(chain) < 12:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:  # a future, or a coroutine that is not suspended
+                chain.append(type(coro).__name__)
+                break
+            chain.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        lines.append(f"  {task.get_name()}: {' > '.join(chain)}")
+    return "\n".join(lines)
+
+
 async def advance_to(clock: FakeClock, when: float) -> None:
     """Move the fake clock to `when`, stopping just before it until something waits for exactly
     `when` (the daemon's timer loop sleeps until the next due timer, and at most a heartbeat)."""
@@ -135,6 +152,8 @@ async def advance_to(clock: FakeClock, when: float) -> None:
     try:
         await asyncio.wait_for(clock.wait_for_deadline(when), 10)
     except TimeoutError:
-        raise AssertionError(f"nothing waits for {when}: {clock.deadlines()} at {clock.time()}") from None
+        waiting = "\n".join(f"  {w:.6f} {who}" for w, who in clock.sleepers())
+        raise AssertionError(f"nothing waits for {when} at {clock.time()}; on the clock:\n{waiting}\n"
+                             f"every task:\n{_tasks()}") from None
     await clock.advance(when - clock.time())
 
