@@ -85,6 +85,8 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         """Times each read: network time is real time (the spread runs on `clock`)."""
         self.last: dict[str, Health] = {}
         """Server id -> the last health read."""
+        self._readings: dict[str, tuple[float, HealthReading]] = {}
+        """Server id -> (clock monotonic time, its last successful reading): `recent()`."""
         self.cycles = 0
         """Cycles completed."""
         self.overruns = 0
@@ -101,6 +103,14 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
     def offset(self, server_id: str) -> float:
         """The server's stable start offset within a cycle."""
         return spread_offset(server_id, self.window)
+
+    def recent(self, server_id: str, max_age: float) -> HealthReading | None:
+        """The server's last successful reading if it was read at most `max_age` seconds ago (the
+        spare pool's check uses it instead of reading the BMC again)."""
+        got = self._readings.get(server_id)
+        if got is None or self._clock.monotonic() - got[0] > max_age:
+            return None
+        return got[1]
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = self._config.poll_interval
@@ -138,6 +148,8 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         current = {s.id for s in servers}
         for gone in set(self.last) - current:
             del self.last[gone]
+        for gone in set(self._readings) - current:
+            del self._readings[gone]
         elapsed = self._clock.monotonic() - started
         self.last_cycle_seconds = elapsed
         self.cycles += 1
@@ -165,6 +177,7 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
     async def _poll(self, server: Server) -> Event | None:
         """Read one server's health (errors propagate to `poll_once`, which counts them)."""
         reading = await self._power.health(server)
+        self._readings[server.id] = (self._clock.monotonic(), reading)
         health = _combined(reading)
         if health is None:
             self._metrics.inc("redfish_health_polls_total", result="unknown")

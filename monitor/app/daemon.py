@@ -338,6 +338,9 @@ class Daemon:
                            "designated spares (present, no profile) per domain group and model",
                            ("domain_group", "model"))
         listener_routes, workers = self._redfish_events(adapters)
+        poller = workers.get("redfish-health-poll")
+        if poller is not None:  # the spare check reuses what the health poll read lately
+            spare_pool.recent = poller.recent
         for worker in workers.values():
             close = getattr(worker, "close", None)
             if close is not None:

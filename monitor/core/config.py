@@ -558,6 +558,11 @@ class SparesConfig(_Strict):
     at 10,000 BMCs: over 93 s, not in one burst beside the health polls). A pool of at most `read_rate`
     spares, and a check asked for on demand (`failover-monitor spares --fresh`), is read at once.
     0: always at once (bounded by `max_concurrency`)."""
+    max_reading_age: float = Field(default=60.0, ge=0)
+    """Seconds: the periodic check uses the health poll's reading of a spare (power and health, from
+    `redfish_events.poll_interval`) when it is at most this old, instead of reading that BMC again;
+    older, failed or no reading: the BMC is read. 0: always read the BMC. An on-demand check
+    (`spares --fresh`, `GET /api/v1/spares?fresh=1`) always reads every BMC."""
     min_per_model: int = Field(default=1, ge=0)
     """k of N+k: the healthy spares wanted per (domain group, model) that the group has servers of."""
     groups: dict[str, int] = Field(default_factory=dict)

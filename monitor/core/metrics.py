@@ -56,7 +56,10 @@ COUNTERS: dict[str, CounterSpec] = {
     "cluster_heartbeat_errors_total": CounterSpec("Lease heartbeats that failed to reach the store"),
     "cluster_lease_lapses_total": CounterSpec("Lease renewals that found the lease already over (a pause or a"
                                               " store outage); the jobs held under it are checked again"),
-    "spare_checks_total": CounterSpec("Spare pool checks completed (every designated spare's BMC read)"),
+    "spare_checks_total": CounterSpec("Spare pool checks completed (every designated spare read)"),
+    "spare_readings_total": CounterSpec(
+        "Spares of the periodic check, by where their reading came from: the health poll's (at most"
+        " spares.max_reading_age old) or a read of the BMC", ("source",), (("health_poll", "bmc"),)),
     "spare_check_errors_total": CounterSpec("Spare pool checks that failed (the next one still runs)"),
     "decisions_total": CounterSpec("Rule decisions, by action", ("action",),
                                    (("failover", "alert", "ignore", "declined", "none"),)),

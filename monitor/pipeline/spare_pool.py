@@ -1,7 +1,9 @@
 """Spare pool health: every designated spare read through its BMC, capacity per (group, model) against N+k.
 
 The periodic check reads a large pool at `spares.read_rate` spares a second (10,000 BMCs: 4,647 spares
-over 93 s), so it is no burst beside the health polls.
+over 93 s), so it is no burst beside the health polls; a spare that the health poll read within
+`spares.max_reading_age` seconds is not read again: the poll's reading is used (an on-demand check,
+`spares --fresh`, reads every BMC).
 
 A spare is *ready* when it is present, has no profile, its BMC answers (within `spares.timeout`), reads
 Off and reads health OK. A (domain group, model) pair exists for every model the group has servers of;
@@ -28,7 +30,7 @@ from monitor.core.config import SparesConfig
 from monitor.core.errors import AdapterError, AdapterTimeout
 from monitor.core.metrics import Metrics
 from monitor.core.model import Health, Inventory, PowerState, Server, identify_product, iso
-from monitor.core.ports import AlertSink, PowerControl
+from monitor.core.ports import AlertSink, HealthReading, PowerControl
 from monitor.jobs.spares import candidate_order
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,11 @@ class SpareHealth:
                 "ready": self.ready, "problems": list(self.problems)}
 
 
-async def check_spare(power: PowerControl, server: Server, timeout: float) -> SpareHealth:
-    """One spare through its BMC (a read, nothing acted on), at most `timeout` seconds of real time."""
+async def check_spare(power: PowerControl, server: Server, timeout: float,
+                      recent: Callable[[], HealthReading | None] | None = None) -> SpareHealth:
+    """One spare through its BMC (a read, nothing acted on), at most `timeout` seconds of real time.
+    `recent`: a reading the health poll made lately, asked for at the moment this spare is checked
+    (None from it: the BMC is read)."""
     problems: list[str] = []
     if not server.present:
         problems.append("not physically present")
@@ -73,8 +78,10 @@ async def check_spare(power: PowerControl, server: Server, timeout: float) -> Sp
         problems.append(f"has profile {server.profile} assigned")
     reachable, pw, hl = False, None, None
     try:
-        async with asyncio.timeout(timeout):
-            reading = await power.health(server)
+        reading = recent() if recent is not None else None
+        if reading is None:
+            async with asyncio.timeout(timeout):
+                reading = await power.health(server)
         reachable, pw, hl = True, reading.power.value, reading.health.value
         if reading.power is not PowerState.OFF:
             problems.append(f"powered {reading.power.value}, not off")
@@ -127,8 +134,12 @@ class SparePool:
 
     def __init__(self, *, power: PowerControl, inventory: Callable[[], Inventory | None], clock: Clock,
                  config: SparesConfig, sinks: list[AlertSink], metrics: Metrics,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 recent: Callable[[str, float], HealthReading | None] | None = None) -> None:
         self.power = power
+        self.recent = recent
+        """The health poll's reading of a server if it is at most that many seconds old (None: no health
+        poll runs): the periodic check uses one younger than `spares.max_reading_age`."""
         self._inventory = inventory
         self.clock = clock
         self.config = config
@@ -173,8 +184,9 @@ class SparePool:
             start_at = lambda i: started + i * step  # noqa: E731
         # At most spares.max_concurrency reads at once (check_spare has its own timeout and never raises
         # for a BMC's fault; anything else is a bug and fails the check).
-        outcomes = await bounded_map(lambda s: check_spare(self.power, s, t), spares,
-                                     self.config.max_concurrency, clock=self.clock, start_at=start_at)
+        outcomes = await bounded_map(lambda s: check_spare(self.power, s, t, self._reuse(s, spread)),
+                                     spares, self.config.max_concurrency, clock=self.clock,
+                                     start_at=start_at)
         results: list[SpareHealth] = []
         for outcome in outcomes:
             if outcome.error is not None:
@@ -189,6 +201,20 @@ class SparePool:
         async with self._checked:
             self._checked.notify_all()
         return report
+
+    def _reuse(self, server: Server, periodic: bool) -> Callable[[], HealthReading | None] | None:
+        """For the periodic check: the health poll's reading of `server` when it is young enough
+        (counted by where each spare's reading came from). An on-demand check always reads the BMC."""
+        recent, age = self.recent, self.config.max_reading_age
+        if not periodic or recent is None or age <= 0:
+            return None
+
+        def reading() -> HealthReading | None:
+            got = recent(server.id, age)
+            self.metrics.inc("spare_readings_total", source="bmc" if got is None else "health_poll")
+            return got
+
+        return reading
 
     def _alert(self, report: PoolReport) -> None:
         for c in report.capacity:

@@ -1,16 +1,20 @@
 """The periodic spare check at scale, on the fake clock: a pool larger than `spares.read_rate` is read
 evenly over N / read_rate seconds (capped at half the check interval), a small pool and an on-demand
-check at once. The BMC reads are a recording PowerControl (the reads against real BMCs are the
+check at once; the periodic check takes the health poll's young readings instead of reading those
+BMCs again. The BMC reads are a recording PowerControl (the reads against real BMCs are the
 integration tests')."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+from adapters.redfish.poller import HealthPoller
 from monitor.core.clock import FakeClock
-from monitor.core.config import SparesConfig
+from monitor.core.config import RedfishEventsConfig, SparesConfig
+from monitor.core.errors import AdapterUnavailable
 from monitor.core.metrics import Metrics
-from monitor.core.model import Health, Inventory, PowerState, Server
+from monitor.core.model import BmcEndpoint, Health, Inventory, PowerState, Server
 from monitor.core.ports import HealthReading
 from monitor.pipeline.spare_pool import SparePool
 
@@ -115,3 +119,76 @@ async def test_the_periodic_check_is_spread() -> None:
     assert len(offsets) == 200 and offsets[0] == 0.0 and 3.9 <= offsets[-1] < 4.0
     stop.set()
     await asyncio.wait_for(task, WAIT)
+
+
+class PolledPower(RecordingPower):
+    """Per server: the reading the BMC gives now (tests change it), or an error; counts reads per
+    server so the health poll's and the spare check's are told apart."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.now: dict[str, HealthReading] = {}
+        self.failing: set[str] = set()
+        self.per_server: dict[str, int] = {}
+
+    async def health(self, server: Server) -> HealthReading:
+        self.per_server[server.id] = self.per_server.get(server.id, 0) + 1
+        if server.id in self.failing:
+            raise AdapterUnavailable(f"{server.id}: connection refused")
+        return self.now.get(server.id, HealthReading(PowerState.OFF, Health.OK, Health.OK, "Enabled"))
+
+
+def with_bmcs(spares: int) -> Inventory:
+    inv = inventory(spares)
+    bmc = BmcEndpoint("https://127.0.0.1:1", "u", "p")
+    servers = {sid: dataclasses.replace(s, bmc=bmc) for sid, s in inv.servers.items()}
+    return Inventory({}, {}, {}, servers, {})
+
+
+async def test_the_periodic_check_uses_young_health_poll_readings_and_reads_the_rest() -> None:
+    clock = FakeClock()
+    power = PolledPower(clock)
+    inv = with_bmcs(6)
+    ids = sorted(inv.servers)
+    power.failing.add(ids[0])  # its poll fails: the check must read it itself
+    metrics = Metrics()
+    poller = HealthPoller(RedfishEventsConfig(poll_interval=60), lambda: list(inv.servers.values()), power,
+                          asyncio.Queue(), metrics, clock)
+    await poller.poll_once()
+    power.failing.clear()
+    # The poll saw ids[1] On and Critical: the check uses that reading, not a second read.
+    power.now[ids[1]] = HealthReading(PowerState.OFF, Health.OK, Health.OK, "Enabled")
+    poller._readings[ids[1]] = (clock.monotonic(),
+                                HealthReading(PowerState.ON, Health.CRITICAL, Health.CRITICAL, "Enabled"))
+    p = SparePool(power=power, inventory=lambda: inv, clock=clock, metrics=metrics, sinks=[],
+                  config=SparesConfig(max_reading_age=60, read_rate=0), recent=poller.recent)
+    await clock.advance(59)
+    before = dict(power.per_server)
+    report = await asyncio.wait_for(p.check(spread=True), WAIT)
+    read = {sid for sid in ids if power.per_server.get(sid, 0) > before.get(sid, 0)}
+    assert read == {ids[0]}  # only the one the poll could not read
+    by_id = {s.server: s for s in report.spares}
+    assert by_id[ids[0]].ready and by_id[ids[0]].reachable
+    assert not by_id[ids[1]].ready and by_id[ids[1]].problems == ("powered On, not off", "health Critical")
+    assert metrics.get("spare_readings_total", source="health_poll") == 5
+    assert metrics.get("spare_readings_total", source="bmc") == 1
+
+    # Older than max_reading_age: every BMC is read again (ids[0]'s own read is no poll reading).
+    await clock.advance(2)
+    before = dict(power.per_server)
+    report = await asyncio.wait_for(p.check(spread=True), WAIT)
+    assert all(power.per_server[sid] == before[sid] + 1 for sid in ids)
+    assert all(s.ready for s in report.spares)
+
+    # An on-demand check reads every BMC, however young the poll's readings.
+    await poller.poll_once()
+    before = dict(power.per_server)
+    await asyncio.wait_for(p.check(), WAIT)
+    assert all(power.per_server[sid] == before[sid] + 1 for sid in ids)
+
+    # max_reading_age 0: the periodic check reads every BMC too.
+    p0 = SparePool(power=power, inventory=lambda: inv, clock=clock, metrics=Metrics(), sinks=[],
+                   config=SparesConfig(max_reading_age=0, read_rate=0), recent=poller.recent)
+    before = dict(power.per_server)
+    await asyncio.wait_for(p0.check(spread=True), WAIT)
+    assert all(power.per_server[sid] == before[sid] + 1 for sid in ids)
