@@ -381,6 +381,7 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
         st = proc_status()
         polls = metrics.series().get("redfish_health_polls_total", {})
         subs = metrics.series().get("redfish_subscriptions_total", {})
+        spare_readings = metrics.series().get("spare_readings_total", {})
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -402,7 +403,7 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
                     "refreezes": daemon.collector.refreezes},
         "gc_cycles": [collections.stats(lag, a, b) for a, b in zip(
             [t0] + [c["t_end"] for c in cycles], [c["t_end"] for c in cycles], strict=False)],
-        "polls": polls, "subscriptions": subs,
+        "polls": polls, "subscriptions": subs, "spare_readings": spare_readings,
         "storm": {k: v for k, v in storm.items() if k not in ("t0", "t1", "drained")},
     }
 
@@ -461,6 +462,8 @@ def table(r: dict[str, Any]) -> str:
     rows.append(f"| start: inventory / subscriptions on every BMC / spare check | "
                 f"{d['marks'].get('inventory_s')} / {d['marks'].get('subscriptions_s')} / "
                 f"{d['marks'].get('spares_s')} s | | | |")
+    if d.get("spare_readings"):
+        rows.append(f"| spare checks' readings (health poll / BMC read) | {d['spare_readings']} | | | |")
     rows.append(f"| overruns | {d['overruns']} | | | 0 |")
     rows.append(f"| health polls / subscriptions | {d['polls']} / {d['subscriptions']} | baseline errors "
                 f"{b['errors']} | | |")

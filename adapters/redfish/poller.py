@@ -93,6 +93,9 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         """Cycles that took longer than the interval."""
         self.last_cycle_seconds: float | None = None
         """How long the last completed cycle took (clock seconds)."""
+        self.cycle_done = asyncio.Event()
+        """Set once a cycle has completed (every BMC read once): the subscriptions' first reconcile
+        waits for it."""
         metrics.describe("redfish_health_polls_total", "Health reads of BMCs, by result")
 
     @property
@@ -153,6 +156,7 @@ at once; `run()` spreads each cycle's reads over `poll_spread` of the interval (
         elapsed = self._clock.monotonic() - started
         self.last_cycle_seconds = elapsed
         self.cycles += 1
+        self.cycle_done.set()
         self._metrics.inc("redfish_health_poll_cycles_total")
         self._metrics.observe("redfish_health_poll_cycle_seconds", elapsed)
         interval = self._config.poll_interval

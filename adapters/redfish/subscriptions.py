@@ -77,10 +77,16 @@ class SubscriptionManager:
         timeout: float = 10.0,
         concurrency: int | None = None,
         bmc_timeout: float | None = None,
+        start_after: asyncio.Event | None = None,
+        start_wait: float = 0.0,
     ) -> None:
         """`session`: share another adapter's (the power adapter's) connection pool; `concurrency`
         (default `config.max_concurrency`) BMCs are reconciled at once, each within `bmc_timeout`
-        seconds (default: 4 requests' worth, `4 x timeout`)."""
+        seconds (default: 4 requests' worth, `4 x timeout`). `start_after`: the first reconcile of
+        `run()` over more than `reconcile_rate` BMCs waits for it, at most `start_wait` seconds (the
+        health poll's first cycle: at start each BMC's first read, a full TLS handshake, and its
+        reconcile do not pile up in the same minute, and the reconcile resumes the TLS session the
+        poll left)."""
         self._config = config
         self._servers = servers
         self._metrics = metrics
@@ -92,6 +98,8 @@ class SubscriptionManager:
         """BMC URL -> path of our subscription, as last seen or created."""
         self._accepted_types: dict[str, frozenset[str]] = {}
         """BMC URL -> the EventTypes it stored when it did not keep the ones we asked for."""
+        self._start_after = start_after
+        self._start_wait = start_wait
         self._full: dict[str, tuple[float, list[str] | None]] = {}
         """BMC URL -> (clock time of its last full check that left our subscription correct, the
         EventTypes wanted then): what a quick check reads back against."""
@@ -106,13 +114,18 @@ class SubscriptionManager:
         await self._reader.close()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile at start and every `check_interval` until `stop` is set, each reconcile spread
-        over `window()` (`reconcile_rate`)."""
+        """Reconcile at start (after `start_after`, see the constructor) and every `check_interval`
+        until `stop` is set, each reconcile spread over `window()` (`reconcile_rate`)."""
         if not self.enabled:
             log.info("Redfish subscriptions not managed (redfish_events.destination/subscribe)")
             return
         try:
+            first = True
             while not stop.is_set():
+                if first and self._servers():
+                    first = False
+                    if await self._wait_for_start(stop):
+                        break
                 started = self._clock.monotonic()
                 # Raced with `stop`: a spread reconcile lasts up to 0.8 x check_interval, and a stop
                 # does not wait for it (a BMC cut off halfway is reconciled at the next start).
@@ -130,6 +143,21 @@ class SubscriptionManager:
                     break
         finally:
             await self.close()
+
+    async def _wait_for_start(self, stop: asyncio.Event) -> bool:
+        """Before the first reconcile of more than `reconcile_rate` BMCs (a second's worth, reconciled
+        at once at a small site): wait for `start_after`, at most `start_wait` seconds. Returns whether
+        `stop` was set meanwhile."""
+        bmcs = len(bmc_endpoints(self._servers()))
+        after, rate = self._start_after, self._config.reconcile_rate
+        if after is None or after.is_set() or self._start_wait <= 0 or rate <= 0 or bmcs <= rate:
+            return False
+        waited = self._clock.monotonic()
+        await sleep_unless(self._clock, self._start_wait, stop, after)
+        log.info("Redfish subscriptions: the first reconcile of %d BMCs starts after %.1f s (%s)", bmcs,
+                 self._clock.monotonic() - waited,
+                 "the first health poll cycle is done" if after.is_set() else "waited long enough")
+        return stop.is_set()
 
     def window(self, bmcs: int) -> float:
         """Seconds over which one reconcile of `bmcs` BMCs is spread (`reconcile_rate`)."""

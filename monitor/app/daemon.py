@@ -446,19 +446,24 @@ class Daemon:
         listener = RedfishEventListener(cfg, self.events, self.metrics, self.clock, resolve)
         workers: dict[str, Any] = {}
         timeout = self.config.redfish.timeout
+        poller = None
+        if cfg.poll_interval > 0:
+            poller = HealthPoller(cfg, servers, adapters.power, self.events, self.metrics, self.clock,
+                                  timeout=timeout * 3)
         if cfg.destination and cfg.subscribe:
             # The power adapter's session: one connection pool (redfish.max_connections) to every BMC.
+            # The first reconcile follows the first poll cycle (at most one poll_interval later).
             http = getattr(adapters.power, "http", None)
             workers["redfish-subscriptions"] = SubscriptionManager(
                 cfg, servers, self.metrics, self.clock, timeout=timeout,
-                session=http() if callable(http) else None)
+                session=http() if callable(http) else None,
+                start_after=poller.cycle_done if poller is not None else None,
+                start_wait=cfg.poll_interval)
         if cfg.sse:
             workers["redfish-sse"] = SseFollower(cfg, servers, self.events, self.metrics, self.clock,
                                                  timeout=timeout)
-        if cfg.poll_interval > 0:
-            workers["redfish-health-poll"] = HealthPoller(cfg, servers, adapters.power, self.events,
-                                                          self.metrics, self.clock,
-                                                          timeout=timeout * 3)
+        if poller is not None:
+            workers["redfish-health-poll"] = poller
         return listener.routes(), workers
 
 

@@ -154,7 +154,9 @@ async def test_the_periodic_check_uses_young_health_poll_readings_and_reads_the_
     metrics = Metrics()
     poller = HealthPoller(RedfishEventsConfig(poll_interval=60), lambda: list(inv.servers.values()), power,
                           asyncio.Queue(), metrics, clock)
+    assert not poller.cycle_done.is_set()
     await poller.poll_once()
+    assert poller.cycle_done.is_set()  # what the subscriptions' first reconcile waits for
     power.failing.clear()
     # The poll saw ids[1] On and Critical: the check uses that reading, not a second read.
     power.now[ids[1]] = HealthReading(PowerState.OFF, Health.OK, Health.OK, "Enabled")
