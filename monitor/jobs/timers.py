@@ -68,7 +68,9 @@ class DurableTimers:
                 asked = clock.monotonic()
                 now = await self.d.store.clock()  # time passed while reading
                 now += clock.monotonic() - asked  # and while the answer came back
-            except StoreError:
+            except StoreError as exc:  # look again within a heartbeat
+                self.metrics.inc("store_errors_total", part="timers")
+                log.warning("timers could not read what is scheduled: %s", exc)
                 upcoming = []
             upcoming.append(now + heartbeat)
             await sleep_unless(clock, max(0.0, min(upcoming) - now), stop, self._wakeup)
