@@ -86,7 +86,7 @@ from tests.e2e.test_cluster import (
     write_monitor_config,
 )
 from tests.peers.processes import Client, DaemonProcess, LabProcess
-from tests.support.net import reserve_port
+from tests.support.net import reserve_port, shared_bmc_port
 from tests.support.wait import eventually
 
 LEASE = 3.0
@@ -937,7 +937,7 @@ async def nemesis_cluster(directory: Path, http: aiohttp.ClientSession, *, monit
         extra = dict(lab_extra or {})
         bmc_port = 0
         if oneview is not None:
-            bmc_port = reserve_port()  # OneView gives the iLOs' addresses; the monitors need their port
+            bmc_port = shared_bmc_port()  # OneView gives the iLOs' addresses; the monitors need their port
             extra.update(bmc_port=bmc_port, oneview={**oneview, "enabled": True})
         lab = LabProcess(directory, latency or LATENCY, enclosures=enclosures, **extra)
         proxies: list[StoreProxy] = []

@@ -19,7 +19,7 @@ from monitor.core.model import STEPS
 from tests.integration import test_ome as ome
 from tests.integration import test_oneview as ov
 from tests.support.harness import DaemonFactory, Harness
-from tests.support.net import reserve_port
+from tests.support.net import shared_bmc_port
 
 SOURCE = "enc1-bay1"
 PROFILE = "prof-enc1-bay1"
@@ -31,7 +31,7 @@ ALL_FAIL = {"levels": ["bmc", "manager"], "bmc": {"attempts": 1, "timeout": 0.3}
 
 @pytest.fixture
 async def ov_lab() -> AsyncIterator[LabSimulator]:
-    async with LabSimulator(ov.lab_config(reserve_port())) as sim:
+    async with LabSimulator(ov.lab_config(shared_bmc_port())) as sim:
         yield sim
 
 

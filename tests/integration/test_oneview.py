@@ -28,7 +28,7 @@ from monitor.core.model import STEPS, Job
 from monitor.core.ports import TaskState
 from tests.peers.processes import Client, DaemonProcess, LabProcess
 from tests.support.harness import FAST_LATENCY, DaemonFactory, Harness, monitor_config
-from tests.support.net import reserve_port
+from tests.support.net import reserve_port, shared_bmc_port
 from tests.support.wait import eventually
 
 USER, PASSWORD = "administrator", "lab-oneview"
@@ -45,7 +45,7 @@ def lab_config(bmc_port: int, **oneview: Any) -> LabConfig:
 
 @pytest.fixture
 async def ov_lab() -> AsyncIterator[LabSimulator]:
-    async with LabSimulator(lab_config(reserve_port())) as sim:
+    async with LabSimulator(lab_config(shared_bmc_port())) as sim:
         yield sim
 
 
@@ -450,7 +450,7 @@ async def lab_and_daemon(tmp_path: Path, http: aiohttp.ClientSession,
                          durations: dict[str, float]) -> AsyncIterator[tuple[Client, Client, int,
                                                                               Callable[[], Awaitable[None]],
                                                                               DaemonProcess, str]]:
-    bmc_port = reserve_port()
+    bmc_port = shared_bmc_port()
     lab = LabProcess(tmp_path, {"power_off_s": 0.1, "power_on_s": 0.1, "boot_s": 0}, bmc_port=bmc_port,
                      oneview={"enabled": True, "durations": durations})
     await lab.start()

@@ -5,6 +5,7 @@ that only takes a port number (mosquitto, PostgreSQL, sushy-tools, the daemon an
 
 from __future__ import annotations
 
+import random
 import socket
 
 
@@ -27,3 +28,30 @@ def reserve_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def shared_bmc_port() -> int:
+    """One TCP port for every simulated BMC of a lab (OneView lists the iLOs' addresses, so the
+    monitor is given a single BMC port): below the ephemeral range, so no other lab's BMCs (which bind
+    port 0 on the same 127.77.x.y addresses, in another pytest worker) can hold it; checked free on
+    the first BMC address and on 127.0.0.1."""
+    low = max(1025, min(_ephemeral_low(), 65536) - 12_000)
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(low, low + 12_000)
+        try:
+            for host in ("127.0.0.1", "127.77.1.1"):
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port in {low}-{low + 12_000} for the lab's BMCs")
