@@ -45,7 +45,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -227,6 +230,7 @@ def monitor_config(args: argparse.Namespace, lab_url: str, store: Path) -> Monit
 class Lag:
     samples: list[tuple[float, float]] = field(default_factory=list)
     """(monotonic time, lateness in seconds)."""
+    sampler: StallSampler | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -234,11 +238,63 @@ class Lag:
             due = loop.time() + TICK
             await asyncio.sleep(TICK)
             self.samples.append((time.monotonic(), max(0.0, loop.time() - due)))
+            if self.sampler is not None:
+                self.sampler.last_tick = time.monotonic()
 
     def stats(self, t0: float = -math.inf, t1: float = math.inf) -> dict[str, float]:
         lags = [lag * 1000 for t, lag in self.samples if t0 <= t <= t1]
         return {"n": len(lags), "p50_ms": round(pctl(lags, 50), 2), "p99_ms": round(pctl(lags, 99), 2),
                 "max_ms": round(max(lags), 2) if lags else math.nan}
+
+
+class StallSampler:
+    """`--stalls`: a thread that, whenever the loop's ticker is over `threshold` late, samples the main
+    thread's stack every `every` seconds; `top()` ranks the stacks (innermost `depth` frames) and the
+    innermost frames by samples. What the loop was doing in its long iterations, at the cost of a
+    thread waking every `every` seconds (its own CPU is charged to the run)."""
+
+    def __init__(self, threshold: float = 0.1, every: float = 0.005, depth: int = 12) -> None:
+        self.threshold, self.every, self.depth = threshold, every, depth
+        self.last_tick = time.monotonic()
+        self.stacks: Counter[str] = Counter()
+        self.leaves: Counter[str] = Counter()
+        self.samples = 0
+        self._main = threading.main_thread().ident or 0
+        self.ours: Counter[str] = Counter()
+        """The innermost frame of the project's own code (not a library's)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            if time.monotonic() - self.last_tick < TICK + self.threshold:
+                continue
+            frame = sys._current_frames().get(self._main)
+            if frame is None:
+                continue
+            full = traceback.extract_stack(frame)
+            stack = full[-self.depth:]
+            own = [f for f in full if f.filename.startswith(str(ROOT)) and "/.venv/" not in f.filename
+                   and "/bench/" not in f.filename]
+            if own:
+                self.ours[f"{Path(own[-1].filename).relative_to(ROOT)}:{own[-1].lineno} {own[-1].name}"] += 1
+            self.samples += 1
+            self.stacks[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                                   for f in reversed(stack))] += 1
+            leaf = stack[-1]
+            self.leaves[f"{leaf.filename}:{leaf.lineno} {leaf.name}"] += 1
+
+    def top(self, n: int = 25) -> dict[str, Any]:
+        return {"samples": self.samples, "every_s": self.every,
+                "leaves": self.leaves.most_common(n),
+                "ours": self.ours.most_common(n), "stacks": self.stacks.most_common(n)}
 
 
 @dataclass
@@ -306,7 +362,10 @@ async def send_traps(port: int, rate: float, count: int, datagram: bytes) -> dic
 
 async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: Path) -> dict[str, Any]:
     config = monitor_config(args, lab.manager_url, tmp / "store.db")
-    lag = Lag()
+    sampler = StallSampler() if args.stalls else None
+    lag = Lag(sampler=sampler)
+    if sampler is not None:
+        sampler.start()
     lag_stop = asyncio.Event()
     rss0 = proc_status()
     lag_task = asyncio.create_task(lag.run(lag_stop))
@@ -389,6 +448,8 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
         lag_stop.set()
         await lag_task
         gc.callbacks.remove(collections)
+        if sampler is not None:
+            sampler.stop()
     storm_window = (storm.get("t0", math.inf), storm.get("drained", storm.get("t1", math.inf)))
     return {
         "cycles": [{k: v for k, v in c.items() if k != "t_end"} for c in cycles],
@@ -400,11 +461,13 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
         "lag_cycles": [lag.stats(a, b) for a, b in zip([t0] + [c["t_end"] for c in cycles],
                                                         [c["t_end"] for c in cycles], strict=False)],
         "gc_full": {"collected": collections.collected, "frozen": collections.frozen,
-                    "refreezes": daemon.collector.refreezes},
+                    "refreezes": daemon.collector.refreezes,
+                    "sweeps": daemon.collector.sweeps},
         "gc_cycles": [collections.stats(lag, a, b) for a, b in zip(
             [t0] + [c["t_end"] for c in cycles], [c["t_end"] for c in cycles], strict=False)],
         "polls": polls, "subscriptions": subs, "spare_readings": spare_readings,
         "storm": {k: v for k, v in storm.items() if k not in ("t0", "t1", "drained")},
+        **({"stalls": sampler.top()} if sampler is not None else {}),
     }
 
 
@@ -511,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="spares.initial_delay (the daemon's default is 30; 0: the first check at start)")
     p.add_argument("--spare-check", type=float, default=300.0,
                    help="spares.check_interval (the daemon's default 300; the first check at start)")
+    p.add_argument("--stalls", action="store_true",
+                   help="sample the daemon's stack while the loop is over 100 ms late (a profile: its "
+                        "sampling thread costs CPU; not for the figures)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child-baseline", metavar="MANAGER_URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -82,7 +82,9 @@ COUNTERS: dict[str, CounterSpec] = {
     "failover_jobs_taken_over_total": CounterSpec("Jobs adopted from a monitor whose lease ran out"),
     "inventory_refresh_errors_total": CounterSpec("Inventory reads from the profile manager that failed"),
     "collector_refreezes_total": CounterSpec(
-        "Full collections of the whole heap after a slow one, each followed by gc.freeze() of what survived"),
+        "gc.freeze() of what is alive after a slow full collection (the young generations collected first)"),
+    "collector_sweeps_total": CounterSpec(
+        "Full collections of the whole heap, frozen objects included, each followed by gc.freeze()"),
     "mqtt_dropped_total": CounterSpec("Messages dropped, oldest first, because the MQTT buffer was full"),
     "mqtt_published_total": CounterSpec("Messages the MQTT broker acknowledged (QoS 1)"),
     "mqtt_reconnects_total": CounterSpec("MQTT connection attempts after the first one"),
