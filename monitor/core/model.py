@@ -6,6 +6,7 @@ out new ones when the world changes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -355,8 +356,13 @@ class ProductInfo:
     inventory)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def identify_product(product: str) -> ProductInfo | None:
     """Identify the product family and generation-free model of a product name, or None.
+
+    Memoized (a pure function of the name, its answer immutable): a datacenter's 10,000 servers carry a
+    few dozen product names, and `Server.model` is asked for each server by every spare count (the
+    dashboard's, the metrics', the spare check's): ~4 µs of regular expressions a call, 40 ms a pass.
 
     ProLiant: "ProLiant BL460c Gen8", "HP ProLiant BL465c G7", "BL460c Gen10".
     Integrity: "Integrity BL860c i2", "HP Integrity BL870c i4", "BL890c i2".

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import urlencode
 
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("detect", ("check_domain", "lock_group", "check_product")),
@@ -104,10 +105,59 @@ def overview(view: dict[str, Any], *, token_required: bool) -> str:
 <th>spare</th></tr></thead><tbody>{jobs}</tbody></table></section>
 <section><h2>Recent decisions</h2><table id="decisions"><thead><tr><th>time</th><th>server</th><th>action</th>
 <th>rule</th><th>guard</th><th>job</th></tr></thead><tbody>{decisions}</tbody></table></section>
-<section><h2>Servers</h2><table id="servers"><thead><tr><th>server</th><th>group</th><th>model</th>
-<th>power</th><th>health</th><th>profile</th><th>state</th><th>actions</th></tr></thead>
-<tbody>{servers}</tbody></table></section>"""
+<section><h2>Servers</h2>{_server_filter(view)}<table id="servers"><thead><tr><th>server</th><th>group</th>
+<th>model</th><th>power</th><th>health</th><th>profile</th><th>state</th><th>actions</th></tr></thead>
+<tbody>{servers}</tbody></table>{_pager(view)}</section>"""
     return _page(f"failover-monitor {status['instance']}", body, token_required=token_required)
+
+
+def _link(query: Any, **change: str | int) -> str:
+    """`?...`: the overview with `query`'s filters (web.ServerQuery), `change` applied (page 1 unless
+    given)."""
+    params = {"q": query.text, "state": query.state, "group": query.group, "page": 1}
+    params.update(change)
+    kept = {k: v for k, v in params.items() if v and not (k == "page" and v == 1)}
+    return "/?" + urlencode(kept) if kept else "/"
+
+
+def _server_filter(view: dict[str, Any]) -> str:
+    """The servers counted by state (each a link to that state), and the filter form."""
+    query, counts = view["query"], view["server_counts"]
+    total = sum(counts.values())
+    by_state = " · ".join(
+        f'<a class="state-{esc(state)}" href="{esc(_link(query, state=state))}">{esc(state)} '
+        f'<span class="server-count" data-state="{esc(state)}">{n:,}</span></a>'
+        for state, n in counts.items() if n)
+    options = "".join(f'<option value="{esc(state)}"{" selected" if state == query.state else ""}>'
+                      f"{esc(state)}</option>" for state in counts)
+    return (f'<p id="server-counts">{total:,} servers: {by_state or "none"}</p>'
+            f'<form id="server-filter" method="get" action="/"><label>server, profile, group or model '
+            f'<input name="q" value="{esc(query.text)}"></label> <label>group <input name="group" '
+            f'value="{esc(query.group)}" size="10"></label> <label>state <select name="state">'
+            f'<option value="">any</option>{options}</select></label> <button type="submit">show</button> '
+            f'<a href="/">all</a></form>')
+
+
+def _pager(view: dict[str, Any]) -> str:
+    query, matched, size = view["query"], view["servers_matched"], view["page_size"]
+    if matched == 0:
+        return '<p id="server-pages">no server matches</p>'
+    first = (query.page - 1) * size
+    shown = len(view["servers"])
+    where = f"{first + 1:,}-{first + shown:,} of {matched:,}" if shown else \
+        f"none of {matched:,} on this page"
+    links = []
+    if query.page > 1:
+        previous = min(query.page - 1, pages(matched, size))
+        links.append(f'<a rel="prev" href="{esc(_link(query, page=previous))}">previous</a>')
+    if first + size < matched:
+        links.append(f'<a rel="next" href="{esc(_link(query, page=query.page + 1))}">next</a>')
+    return f'<p id="server-pages">servers {where} {" · ".join(links)}</p>'
+
+
+def pages(matched: int, size: int) -> int:
+    """Pages of `size` that `matched` servers fill (at least one)."""
+    return max(1, -(-matched // size))
 
 
 def _queue(waiting: object) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,6 +27,55 @@ from rules.engine import Decision
 log = logging.getLogger(__name__)
 
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+PAGE_SIZE = 200
+"""Servers listed on one page of the overview (a datacenter has 10,000: the page would be megabytes, and
+building it a long pause of the daemon's loop)."""
+SERVER_STATES = ("production", "spare", "fenced", "maintenance", "unassigned")
+MAX_FILTER = 200
+"""Characters kept of a filter's text."""
+
+
+@dataclass(frozen=True)
+class ServerQuery:
+    """Which servers the overview lists: those whose id, profile, group or model holds `text`
+    (case-insensitive), in `state` and `group` when given; page `page` of PAGE_SIZE."""
+
+    text: str = ""
+    state: str = ""
+    group: str = ""
+    page: int = 1
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> ServerQuery:
+        """From the page's query string; raises ValueError with the reason when it is not one (the
+        reason is fixed text: it becomes the answer's status line)."""
+        raw_page = query.get("page", "1").strip() or "1"
+        if not raw_page.isdigit() or int(raw_page) < 1:
+            raise ValueError("page: a whole number from 1")
+        state = query.get("state", "").strip()
+        if state and state not in SERVER_STATES:
+            raise ValueError(f"state: one of {', '.join(SERVER_STATES)}")
+        return cls(text=query.get("q", "").strip()[:MAX_FILTER], state=state,
+                   group=query.get("group", "").strip()[:MAX_FILTER], page=min(int(raw_page), 10**6))
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        if self.state and row["state"] != self.state:
+            return False
+        if self.group and row["domain_group"] != self.group:
+            return False
+        if self.text:
+            needle = self.text.casefold()
+            return any(needle in str(row[k] or "").casefold()
+                       for k in ("id", "profile", "domain_group", "model"))
+        return True
+
+    def params(self, page: int | None = None) -> dict[str, str]:
+        """The query string's parameters for this query (at another `page`)."""
+        out = {"q": self.text, "state": self.state, "group": self.group}
+        out = {k: v for k, v in out.items() if v}
+        if (page or self.page) > 1:
+            out["page"] = str(page or self.page)
+        return out
 
 
 class Dashboard:
@@ -85,7 +136,10 @@ class Dashboard:
         return [{"domain_group": g, "model": m, "available": int(n), "min": want.get((g, m), default)}
                 for (g, m), n in sorted(counts.items()) if m]  # an empty bay has no model
 
-    async def overview_view(self) -> dict[str, Any]:
+    async def overview_view(self, query: ServerQuery | None = None) -> dict[str, Any]:
+        """The overview's content; its servers are the page of `query` (every server counted by
+        state)."""
+        query = query or ServerQuery()
         status = await self.api.status_view()
         inv = self.d.inventory()
         jobs = await self.d.store.list_jobs(limit=20)
@@ -94,6 +148,9 @@ class Dashboard:
         now = self.d.clock.time()
         silences = [r for r in await self.d.store.list_silences(since=now) if r.starts <= now]
         servers = []
+        counts = dict.fromkeys(SERVER_STATES, 0)
+        matched = 0
+        first = (query.page - 1) * PAGE_SIZE
         for s in sorted(inv.servers.values(), key=lambda s: s.id) if inv is not None else ():
             if any(covers(r, s) for r in silences):
                 state = "maintenance"
@@ -105,15 +162,22 @@ class Dashboard:
                 state = "production"
             else:
                 state = "unassigned"
-            servers.append({"id": s.id, "domain_group": s.domain_group, "model": s.model,
-                            "power": s.power.value, "health": s.health.value, "profile": s.profile,
-                            "state": state})
+            counts[state] += 1
+            row = {"id": s.id, "domain_group": s.domain_group, "model": s.model, "profile": s.profile,
+                   "state": state}
+            if not query.matches(row):
+                continue
+            if first <= matched < first + PAGE_SIZE:
+                row.update(power=s.power.value, health=s.health.value)
+                servers.append(row)
+            matched += 1
         decisions: list[dict[str, Any]] = []
         if self.d.pipeline is not None:
             await self.d.pipeline.flush()
             decisions = await self.d.store.list_decisions(server=None, action=None, limit=20)
         return {"status": status, "servers": servers, "spares": await self.spares_view(),
-                "jobs": [j.public() for j in jobs], "decisions": decisions}
+                "jobs": [j.public() for j in jobs], "decisions": decisions, "server_counts": counts,
+                "servers_matched": matched, "query": query, "page_size": PAGE_SIZE}
 
     # --- handlers --------------------------------------------------------------------------------
 
@@ -122,7 +186,11 @@ class Dashboard:
         return self.api.token_required
 
     async def get_overview(self, request: web.Request) -> web.Response:
-        html = render.overview(await self.overview_view(), token_required=self._token_required)
+        try:
+            query = ServerQuery.parse(request.query)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
+        html = render.overview(await self.overview_view(query), token_required=self._token_required)
         return web.Response(text=html, content_type="text/html")
 
     async def get_job_page(self, request: web.Request) -> web.Response:

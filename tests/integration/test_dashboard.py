@@ -5,6 +5,7 @@ the actions staying the API's (401 without the token)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,45 @@ async def test_pages_stream_and_auth(lab: LabSimulator, start_daemon: DaemonFact
     status, answer = await h.api("POST", "/api/v1/failovers", {"server": "enc1-bay3"})
     assert status == 202, answer
     await eventually(lambda: len(dashboard.hub) == 0, WAIT, "the closed stream's client to be dropped")
+
+
+async def test_the_servers_filter_and_pages_on_the_daemon(lab: LabSimulator, start_daemon: DaemonFactory,
+                                                         tmp_path: Path, token: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overview lists a page of the servers the query picks, every server counted by state; a query
+    that is not one is a 400 with the reason."""
+    monkeypatch.setattr("monitor.dashboard.web.PAGE_SIZE", 5)
+    h = await start_daemon(monitor_config(lab.manager_url, tmp_path, token))
+    inv = h.daemon.inventory()
+    assert inv is not None and len(inv.servers) > 10
+
+    def rows(page: str) -> list[str]:
+        return re.findall(r'<tr data-server="([^"]+)">', page)
+
+    async def get(query: str, status: int = 200) -> str:
+        async with h.http.get(h.base + "/" + query) as r:
+            text: str = await r.text()
+            assert r.status == status, (query, text[:200])
+            return text
+
+    everyone = sorted(inv.servers)
+    seen: list[str] = []
+    page = 1
+    while True:
+        html = await get(f"?page={page}")
+        assert len(rows(html)) <= 5
+        seen += rows(html)
+        if 'rel="next"' not in html:
+            break
+        page += 1
+    assert seen == everyone, "the pages list every server once, in order"
+    assert f"{len(everyone):,} servers:" in html
+
+    spares = sorted(s.id for s in inv.servers.values() if s.spare and s.profile is None)
+    html = await get("?state=spare")
+    assert rows(html) == spares[:5] and f"of {len(spares):,}" in html
+    assert rows(await get("?q=ENC1-BAY1")) == sorted(
+        s for s in everyone if "enc1-bay1" in s)[:5], "the text matches the id without case"
+    assert "no server matches" in await get("?q=no-such-server")
+    assert "page: a whole number" in await get("?page=0", 400)
+    assert "state: one of" in await get("?state=lost", 400)
