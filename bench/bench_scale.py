@@ -349,6 +349,34 @@ def histogram_sum(metrics: Metrics, name: str) -> float:
     return value if value is not None else 0.0
 
 
+PAGES = ("/healthz", "/", "/?state=spare", "/?q=bay16", "/api/v1/status", "/metrics")
+"""What an operator's browser and Prometheus ask of the daemon; /healthz is the HTTP floor."""
+
+
+async def page_times(daemon: Daemon, lag: Lag, repeat: int = 3) -> dict[str, dict[str, float]]:
+    """Each of PAGES `repeat` times once the cycles are done (the polls still running): the median
+    seconds to the whole answer, its size, and the loop's longest lateness meanwhile."""
+    if daemon.http_address is None:
+        return {}
+    base = f"http://{daemon.http_address[0]}:{daemon.http_address[1]}"
+    out: dict[str, dict[str, float]] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        for path in PAGES:
+            took, size = [], 0
+            t0 = time.monotonic()
+            for _ in range(repeat):
+                started = time.perf_counter()
+                async with http.get(base + path) as r:
+                    body = await r.read()
+                    assert r.status == 200, (path, r.status)
+                took.append(time.perf_counter() - started)
+                size = len(body)
+                await asyncio.sleep(TICK * 2)  # a tick between two asks, so each is seen alone
+            out[path] = {"median_ms": round(pctl([t * 1000 for t in took], 50), 1), "bytes": size,
+                         "lag_max_ms": lag.stats(t0, time.monotonic())["max_ms"]}
+    return out
+
+
 async def send_traps(port: int, rate: float, count: int, datagram: bytes) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SENDER, str(port), str(rate), str(count), datagram.hex(),
@@ -437,6 +465,7 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
                 storm["drained"] = time.monotonic()
         wall, cpu = time.monotonic() - t0, time.process_time() - c0
         lab_cpu = proc_cpu(lab.pid) - lab_c0
+        pages = await page_times(daemon, lag)
         st = proc_status()
         polls = metrics.series().get("redfish_health_polls_total", {})
         subs = metrics.series().get("redfish_subscriptions_total", {})
@@ -467,6 +496,7 @@ async def run_daemon(args: argparse.Namespace, lab: LabProc, n_bmcs: int, tmp: P
             [t0] + [c["t_end"] for c in cycles], [c["t_end"] for c in cycles], strict=False)],
         "polls": polls, "subscriptions": subs, "spare_readings": spare_readings,
         "storm": {k: v for k, v in storm.items() if k not in ("t0", "t1", "drained")},
+        "pages": pages,
         **({"stalls": sampler.top()} if sampler is not None else {}),
     }
 
@@ -527,6 +557,12 @@ def table(r: dict[str, Any]) -> str:
                 f"{d['marks'].get('spares_s')} s | | | |")
     if d.get("spare_readings"):
         rows.append(f"| spare checks' readings (health poll / BMC read) | {d['spare_readings']} | | | |")
+    floor = d.get("pages", {}).get("/healthz")
+    for path, page in d.get("pages", {}).items():
+        ratio = f"x{page['median_ms'] / floor['median_ms']:.1f}" if floor and floor["median_ms"] else ""
+        rows.append(f"| GET {path}: median, size, loop lag max meanwhile | {page['median_ms']} ms, "
+                    f"{page['bytes'] / 1024:,.0f} KB, {page['lag_max_ms']} ms | GET /healthz "
+                    f"{floor['median_ms'] if floor else '?'} ms | {ratio} | |")
     rows.append(f"| overruns | {d['overruns']} | | | 0 |")
     rows.append(f"| health polls / subscriptions | {d['polls']} / {d['subscriptions']} | baseline errors "
                 f"{b['errors']} | | |")
