@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from monitor.api import Api
-from monitor.core.model import Job
+from monitor.core.model import Inventory, Job
 from monitor.dashboard import render
 from monitor.dashboard.hub import Hub
 from monitor.pipeline.inventory import spare_counts
@@ -88,6 +88,10 @@ class Dashboard:
         self.write_timeout = write_timeout
         self._static = {name: (resources.files("monitor.dashboard") / "static" / name).read_bytes()
                         for name in STATIC}
+        self._counted: tuple[Inventory | None, dict[tuple[str, str], float]] | None = None
+        """The last inventory object and its spare counts: an inventory is replaced, never changed in
+        place, so its counts hold until the next one (each of a job's steps asks, 10,000 servers
+        each time)."""
 
     def attach(self) -> None:
         """Subscribe to the job runner and the pipeline (both cost nothing while no page is open)."""
@@ -122,7 +126,9 @@ class Dashboard:
         inventory has not caught up), against the group's N+k."""
         inv = self.d.inventory()
         taken = {j.spare for j in await self.d.store.list_jobs(limit=200) if j.spare}
-        counts = spare_counts(inv)
+        if self._counted is None or self._counted[0] is not inv:
+            self._counted = (inv, spare_counts(inv))
+        counts = dict(self._counted[1])
         if inv is not None:
             for sid in taken:
                 server = inv.servers.get(sid)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lab.main import LabSimulator
-from tests.support.harness import DaemonFactory, monitor_config
+from tests.support.harness import DaemonFactory, LabControl, monitor_config
 from tests.support.wait import eventually
 
 WAIT = 30.0
@@ -117,3 +117,33 @@ async def test_the_servers_filter_and_pages_on_the_daemon(lab: LabSimulator, sta
     assert "no server matches" in await get("?q=no-such-server")
     assert "page: a whole number" in await get("?page=0", 400)
     assert "state: one of" in await get("?state=lost", 400)
+
+
+async def test_the_spare_counts_follow_a_new_inventory(lab: LabSimulator, lab_control: LabControl,
+                                                      start_daemon: DaemonFactory, tmp_path: Path,
+                                                      token: str) -> None:
+    """The counts are kept for one inventory object (each job step asks for them): a refreshed inventory
+    (a spare pulled from its bay) is counted again."""
+    h = await start_daemon(monitor_config(lab.manager_url, tmp_path, token))
+    dashboard = h.daemon.dashboard
+    assert dashboard is not None
+    inv = h.daemon.inventory()
+    assert inv is not None
+    spare = next(s for _, s in sorted(inv.servers.items()) if s.spare and s.profile is None and s.present)
+    key = (spare.domain_group, spare.model)
+
+    async def available() -> int:
+        return next(int(c["available"]) for c in await dashboard.spares_view()
+                    if (c["domain_group"], c["model"]) == key)
+
+    before = await available()
+    assert before >= 1 and await available() == before
+    await lab_control.call("PUT", f"/lab/v1/servers/{spare.id}", {"present": False})
+    h.daemon.inventory_view.wake()
+
+    def pulled() -> bool:
+        now = h.daemon.inventory()
+        return now is not None and not now.servers[spare.id].present
+
+    await eventually(pulled, WAIT, f"the inventory to show {spare.id} pulled")
+    assert await available() == before - 1
