@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,29 @@ async def test_the_spare_counts_follow_a_new_inventory(lab: LabSimulator, lab_co
 
     await eventually(pulled, WAIT, f"the inventory to show {spare.id} pulled")
     assert await available() == before - 1
+
+
+async def test_the_servers_page_is_built_off_the_loop(lab: LabSimulator, start_daemon: DaemonFactory,
+                                                     tmp_path: Path, token: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass over every server and the HTML run in a worker thread (tens of ms at 10,000 servers)."""
+    from monitor.dashboard import render, web
+
+    ran_in: dict[str, threading.Thread] = {}
+    page, overview = web.server_page, render.overview
+
+    def server_page(*args: Any) -> Any:
+        ran_in["servers"] = threading.current_thread()
+        return page(*args)
+
+    def html(*args: Any, **kw: Any) -> str:
+        ran_in["html"] = threading.current_thread()
+        return overview(*args, **kw)
+
+    monkeypatch.setattr(web, "server_page", server_page)
+    monkeypatch.setattr(render, "overview", html)
+    h = await start_daemon(monitor_config(lab.manager_url, tmp_path, token))
+    async with h.http.get(h.base + "/") as r:
+        assert r.status == 200 and "enc1-bay1" in await r.text()
+    assert set(ran_in) == {"servers", "html"}
+    assert all(t is not threading.main_thread() for t in ran_in.values()), ran_in

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,22 @@ async def test_metrics_pass_promtool_and_start_at_zero(lab: LabSimulator, start_
     status, _ = await h.api("POST", "/api/v1/pause", {"reason": "change window"})
     assert status in (200, 201, 204)
     assert samples(await scrape(h))["failover_monitor_failover_paused"] == 1
+
+
+async def test_a_scrape_is_formatted_off_the_loop(lab: LabSimulator, start_daemon: DaemonFactory,
+                                                 tmp_path: Path, token: str) -> None:
+    """At 10,000 servers the exposition is tens of ms of formatting: it runs in a worker thread, so a
+    scrape does not stall the loop (a gauge's read tells where it ran)."""
+    h = await start_daemon(monitor_config(lab.manager_url, tmp_path, token))
+    ran_in: list[threading.Thread] = []
+
+    def read() -> dict[Any, float]:
+        ran_in.append(threading.current_thread())
+        return {"": 1.0}
+
+    h.daemon.metrics.gauge("probe", read, "where the scrape ran")
+    assert samples(await scrape(h))["failover_monitor_probe"] == 1
+    assert ran_in and all(t is not threading.main_thread() for t in ran_in), ran_in
 
 
 async def test_a_failover_fills_the_histograms(lab: LabSimulator, start_daemon: DaemonFactory,
