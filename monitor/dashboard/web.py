@@ -51,13 +51,14 @@ class ServerQuery:
         """From the page's query string; raises ValueError with the reason when it is not one (the
         reason is fixed text: it becomes the answer's status line)."""
         raw_page = query.get("page", "1").strip() or "1"
-        if not raw_page.isdigit() or int(raw_page) < 1:
-            raise ValueError("page: a whole number from 1")
+        # ASCII digits only ("²".isdigit() is true, and int() refuses it), few enough for int()
+        if not (raw_page.isascii() and raw_page.isdigit()) or len(raw_page) > 7 or int(raw_page) < 1:
+            raise ValueError("page: a whole number from 1 to 9999999")
         state = query.get("state", "").strip()
         if state and state not in SERVER_STATES:
             raise ValueError(f"state: one of {', '.join(SERVER_STATES)}")
         return cls(text=query.get("q", "").strip()[:MAX_FILTER], state=state,
-                   group=query.get("group", "").strip()[:MAX_FILTER], page=min(int(raw_page), 10**6))
+                   group=query.get("group", "").strip()[:MAX_FILTER], page=int(raw_page))
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         if self.state and row["state"] != self.state:
@@ -69,14 +70,6 @@ class ServerQuery:
             return any(needle in str(row[k] or "").casefold()
                        for k in ("id", "profile", "domain_group", "model"))
         return True
-
-    def params(self, page: int | None = None) -> dict[str, str]:
-        """The query string's parameters for this query (at another `page`)."""
-        out = {"q": self.text, "state": self.state, "group": self.group}
-        out = {k: v for k, v in out.items() if v}
-        if (page or self.page) > 1:
-            out["page"] = str(page or self.page)
-        return out
 
 
 def server_page(inv: Inventory | None, silences: list[SilenceRow], fenced: set[str], query: ServerQuery,

@@ -83,7 +83,8 @@ def test_the_server_query_is_checked_and_matched() -> None:
     assert ServerQuery.parse({}) == ServerQuery()
     q = ServerQuery.parse({"q": "  BAY1 ", "state": "spare", "group": "dg1", "page": "2"})
     assert q == ServerQuery(text="BAY1", state="spare", group="dg1", page=2)
-    for bad in ({"page": "0"}, {"page": "x"}, {"page": "-1"}, {"state": "lost"}):
+    for bad in ({"page": "0"}, {"page": "x"}, {"page": "-1"}, {"page": "²"}, {"page": "9" * 5000},
+                {"page": "12345678"}, {"state": "lost"}):
         with pytest.raises(ValueError, match=r"^(page|state): "):
             ServerQuery.parse(bad)
     assert len(ServerQuery.parse({"q": "x" * 5000}).text) == 200
