@@ -21,6 +21,13 @@ Concurrency, with several monitors writing at once:
 - dedupe: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expired OR ours`.
 Serialization failures and deadlocks are retried a few times inside the call. `commits` counts the
 committed write transactions per method.
+
+A transaction left open by a monitor that went silent (partitioned from the database, paused, killed
+without its socket closing) would hold its row and advisory locks until the server noticed the dead
+connection — TCP's keepalive, hours — and every other monitor's adoption of its jobs would wait on them.
+Every session therefore sets `idle_in_transaction_session_timeout` (IDLE_IN_TRANSACTION, at most the
+store's `timeout`): the server ends a transaction that waited that long for its next statement, its locks
+are released, and the silent monitor's commit fails when it comes back (it retries, fenced as ever).
 """
 
 from __future__ import annotations
@@ -62,6 +69,10 @@ from monitor.store.rows import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+IDLE_IN_TRANSACTION = 5.0
+"""Seconds a transaction may wait for its next statement before the server ends it (our transactions
+wait milliseconds between statements)."""
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 # Advisory lock namespaces (the two-int form keeps ours apart from anyone else's in the database).
@@ -185,6 +196,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full
     asyncpg.exceptions.InterfaceError,  # the connection or pool closed under the call
     asyncpg.exceptions.InternalClientError,
+    # 25P03: the server ended our transaction after it waited IDLE_IN_TRANSACTION for us (we were
+    # paused or cut off): from here, the store was away
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
 )
 # Worth doing again at once: another transaction got in the way.
 _CONFLICT = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
@@ -284,7 +298,10 @@ class PostgresStore:
             async with asyncio.timeout(self.timeout):
                 pool = await asyncpg.create_pool(
                     self.url, min_size=self.min_size, max_size=self.max_size, timeout=self.timeout,
-                    command_timeout=self.timeout, server_settings={"application_name": "failover-monitor"})
+                    command_timeout=self.timeout, server_settings={
+                        "application_name": "failover-monitor",
+                        "idle_in_transaction_session_timeout": str(
+                            max(1, int(1000 * min(self.timeout, IDLE_IN_TRANSACTION))))})
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         except asyncpg.exceptions.PostgresError as exc:  # no such database, authentication, …

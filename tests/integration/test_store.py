@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -639,3 +640,40 @@ async def test_audit_records_operator_actions(store: Store) -> None:
         ("bob", "guards_reset", "dg1", {"rate_limit": 2}), ("alice", "spare", "enc1-bay1", {"power": "Off"})]
     assert rows[1]["time"].startswith("2026-11-27T11:00:00")
     assert len(await store.list_audit(limit=1)) == 1
+
+
+async def test_a_transaction_left_open_by_a_silent_monitor_releases_its_locks(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A monitor silent between two statements of a transaction (cut off, paused): the server ends the
+    transaction after idle_in_transaction_session_timeout (0.5 s here), so another monitor's write to the
+    same row goes through instead of waiting for TCP to notice, hours later; the silent monitor's next
+    statement is StoreUnavailable (it retries, as after any outage), and its next call works."""
+    monkeypatch.setattr("monitor.store.postgres.IDLE_IN_TRANSACTION", 0.5)
+    silent = PostgresStore(db, timeout=10.0)
+    await silent.open()
+    other = await asyncpg.connect(db)
+    locked, resume = asyncio.Event(), asyncio.Event()
+
+    async def hold(c: Any) -> None:
+        async with c.transaction():
+            await c.execute("UPDATE jobs SET owner='silent' WHERE id=$1", job)  # the row lock held
+            locked.set()
+            await resume.wait()  # silent: no statement, no commit
+            await c.execute("UPDATE jobs SET owner='late' WHERE id=$1", job)
+
+    try:
+        job = await other.fetchval("INSERT INTO jobs(server, grp, state, trigger, created)"
+                                   " VALUES ('s', 'g', 'running', '{}', 0) RETURNING id")
+        held = asyncio.create_task(silent._run(hold))
+        await asyncio.wait_for(locked.wait(), 10)
+        started = time.monotonic()
+        await asyncio.wait_for(other.execute("UPDATE jobs SET owner='adopter' WHERE id=$1", job), 10)
+        assert time.monotonic() - started < 5, "the lock was released by the server, not by a commit"
+        resume.set()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(held, 10)
+        assert await other.fetchval("SELECT owner FROM jobs WHERE id=$1", job) == "adopter"
+        assert [j.id for j in await silent.list_jobs()] == [job], "the silent monitor's store works again"
+    finally:
+        await other.close()
+        await silent.close()
