@@ -85,7 +85,10 @@ class DurableTimers:
             log.warning("rediscovery timer %s: its claim ran out before it fired; it fires again", timer.id)
             return
         try:
-            async with clock.timeout(budget):
+            # The discovery is a network call (or a command): its limit is real time, as every network
+            # call's. The budget is fixed now from the claim (on the injected clock); a fake clock
+            # moved on meanwhile must not end a call still in flight.
+            async with asyncio.timeout(budget):
                 result = await self.d.discovery.discover(timer.server)
             found, detail = result.found, result.detail
             if result.found and result.host:
