@@ -105,8 +105,8 @@ class CollectorFreeze:
                 self._slow_seen = True
             self._started = None
 
-    def refreeze(self) -> float:
-        """Collect the young generations, then freeze what is alive; returns its seconds."""
+    def refreeze(self) -> None:
+        """Collect the young generations, then freeze what is alive."""
         started = self._timer()
         gc.collect(1)
         gc.freeze()
@@ -117,10 +117,9 @@ class CollectorFreeze:
         self._metrics.inc("collector_refreezes_total")
         log.debug("garbage collector: a full collection took over %g s; what is alive is frozen "
                   "(refreeze %d: %.3f s)", self._slow, self.refreezes, took)
-        return took
 
-    def sweep(self) -> float:
-        """One full collection of everything, then freeze what survived; returns its seconds."""
+    def sweep(self) -> None:
+        """One full collection of everything, then freeze what survived."""
         started = self._timer()
         gc.unfreeze()
         gc.collect()
@@ -134,7 +133,6 @@ class CollectorFreeze:
         self._metrics.inc("collector_sweeps_total")
         log.info("garbage collector: the whole heap collected and frozen again (sweep %d: %.3f s)",
                  self.sweeps, took)
-        return took
 
     def sweep_due(self) -> bool:
         """Something was refrozen since the last sweep, and `sweep_gap` has passed and the frozen

@@ -69,11 +69,11 @@ from monitor.store.rows import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 IDLE_IN_TRANSACTION = 5.0
 """Seconds a transaction may wait for its next statement before the server ends it (our transactions
 wait milliseconds between statements)."""
-Conn = asyncpg.Connection | PoolConnectionProxy
 
 # Advisory lock namespaces (the two-int form keeps ours apart from anyone else's in the database).
 LOCK_NS = 0x666D  # "fm"
